@@ -1,0 +1,69 @@
+"""The model zoo and checkpoint loading."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+
+from edgevt.errors import CheckpointError
+from edgevt.models.registry import ModelEntry, get_entry, list_models, register_model
+
+__all__ = ["LoadedModel", "ModelEntry", "get_entry", "list_models", "load_model", "register_model"]
+
+
+@dataclass
+class LoadedModel:
+    """A zoo model in eval mode plus where its weights came from."""
+
+    model: nn.Module
+    entry: ModelEntry
+    weights: str  # human-readable: "random init (seed 0)" or "<format> from <path>"
+    checkpoint: Path | None = None
+
+    @property
+    def random_weights(self) -> bool:
+        return self.checkpoint is None
+
+
+def load_model(
+    name: str,
+    checkpoint: str | Path | None = None,
+    pretrained: bool = False,
+    seed: int = 0,
+) -> LoadedModel:
+    """Build a zoo model and load its weights.
+
+    Args:
+        name: a zoo name (``edgevt.list_models()``).
+        checkpoint: a local checkpoint file or Hugging Face folder in any layout the model
+            knows. None means random weights, made non-degenerate (see ``models.init``).
+        pretrained: use the real checkpoint installable from the package index, where the
+            model has one (efficientnet_lite0).
+        seed: seed of the random weights when there is no checkpoint.
+    """
+    import torch
+
+    entry = get_entry(name)
+    if pretrained:
+        if checkpoint is not None:
+            raise CheckpointError("pass either --checkpoint or --pretrained, not both.")
+        if entry.pretrained_path is None:
+            raise CheckpointError(
+                f"{name} has no locally installable pretrained checkpoint (no weights can be "
+                "downloaded here); pass --checkpoint PATH."
+            )
+        checkpoint = entry.pretrained_path()
+    torch.manual_seed(seed)
+    model = entry.build()
+    if checkpoint is None:
+        from edgevt.models.init import randomize_degenerate_parameters
+
+        randomize_degenerate_parameters(model, seed)
+        return LoadedModel(model.eval(), entry, f"random init (seed {seed})")
+    from edgevt.models.checkpoint import load_checkpoint
+
+    checkpoint = Path(checkpoint)
+    fmt = load_checkpoint(model, entry, checkpoint)
+    return LoadedModel(model.eval(), entry, f"{fmt} from {checkpoint}", checkpoint)
