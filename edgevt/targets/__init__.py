@@ -1,0 +1,41 @@
+"""The declarative table of targets that the CLI, the docs and `open_runner` all read.
+
+A target is one module with an exporter and a runner. Targets that need an optional extra
+are listed with what to install, so a missing backend is reported, never a crash.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgevt.errors import EdgevtError
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    name: str
+    suffix: str
+    description: str
+    precisions: tuple[str, ...]
+    extra: str | None = None  # pip extra that installs its runtime; None = core dependency
+    needs_gpu: bool = False
+
+
+TARGETS: dict[str, TargetSpec] = {
+    "onnx": TargetSpec(
+        "onnx", ".onnx", "ONNX (opset 17+, dynamic batch), run by ONNX Runtime", ("fp32",)
+    ),
+}
+
+
+def get_target(name: str) -> TargetSpec:
+    if name not in TARGETS:
+        raise EdgevtError(
+            f"unknown target {name!r}; available here: {', '.join(TARGETS)}."
+        )
+    return TARGETS[name]
+
+
+def target_for_artifact(path: Path) -> TargetSpec | None:
+    return next((t for t in TARGETS.values() if path.name.endswith(t.suffix)), None)

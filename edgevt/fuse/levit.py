@@ -1,0 +1,87 @@
+"""LeViT rewrites: BatchNorm folding (timm's own ``fuse()``), one merged classifier head,
+and attention biases precomputed into constants."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+@torch.no_grad()
+def fold_levit_batchnorms(model: nn.Module) -> int:
+    """timm's ConvNorm / LinearNorm / NormLinear carry ``fuse()``; reuse it via
+    ``reparameterize_model``. Returns the number of BatchNorms folded."""
+    from timm.utils.model import reparameterize_model
+
+    before = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    reparameterize_model(model, inplace=True)
+    after = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    return before - after
+
+
+@torch.no_grad()
+def merge_distillation_head(model: nn.Module) -> int:
+    """At inference LeViT averages ``head`` and ``head_dist``: fold them into one Linear.
+
+    ``(W1 x + b1 + W2 x + b2) / 2 == ((W1 + W2) / 2) x + (b1 + b2) / 2``.
+    """
+    head, dist = getattr(model, "head", None), getattr(model, "head_dist", None)
+    if not (isinstance(head, nn.Linear) and isinstance(dist, nn.Linear)):
+        return 0
+    merged = nn.Linear(head.in_features, head.out_features)
+    merged.weight.copy_((head.weight + dist.weight) / 2)
+    merged.bias.copy_((head.bias + dist.bias) / 2)
+    model.head = merged
+    del model.head_dist
+    model.__class__ = _single_head_class(type(model))
+    return 1
+
+
+def _single_head_class(cls: type) -> type:
+    name = f"SingleHead{cls.__name__}"
+    if name not in _CLASS_CACHE:
+
+        def forward_head(self, x, pre_logits: bool = False):
+            if self.global_pool == "avg":
+                x = x.mean(dim=(-2, -1)) if self.use_conv else x.mean(dim=1)
+            return x if pre_logits else self.head(x)
+
+        _CLASS_CACHE[name] = type(name, (cls,), {"forward_head": forward_head})
+    return _CLASS_CACHE[name]
+
+
+@torch.no_grad()
+def precompute_attention_biases(model: nn.Module) -> int:
+    """Replace each ``attention_biases[:, attention_bias_idxs]`` gather with a constant.
+
+    The gathered (heads, N, N) table becomes a buffer; the parameter and index buffer go, so
+    exported graphs hold one constant instead of a Gather on every inference.
+    """
+    count = 0
+    for module in model.modules():
+        biases = module._parameters.get("attention_biases") if hasattr(module, "_parameters") else None
+        if biases is None or not hasattr(module, "attention_bias_idxs"):
+            continue
+        table = biases[:, module.attention_bias_idxs].detach().clone()
+        del module.attention_biases
+        del module.attention_bias_idxs
+        module.register_buffer("attention_bias_table", table)
+        module.attention_bias_cache = {}
+        module.__class__ = _constant_bias_class(type(module))
+        count += 1
+    return count
+
+
+def _constant_bias_class(cls: type) -> type:
+    name = f"ConstantBias{cls.__name__}"
+    if name not in _CLASS_CACHE:
+
+        def get_attention_biases(self, device: torch.device) -> torch.Tensor:
+            return self.attention_bias_table
+
+        # timm's train()/_apply() only reset a cache we no longer use; keep them harmless.
+        _CLASS_CACHE[name] = type(name, (cls,), {"get_attention_biases": get_attention_biases})
+    return _CLASS_CACHE[name]
+
+
+_CLASS_CACHE: dict[str, type] = {}
