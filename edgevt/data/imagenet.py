@@ -83,7 +83,7 @@ class ImageDataset(Sequence[Sample]):
     def batches(
         self, preprocess: Preprocess, batch_size: int = 32, workers: int | None = None
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Yield (images NCHW float32, labels) batches; decoding runs in threads (PIL frees the GIL)."""
+        """Yield (images NCHW float32, labels) batches, decoded in threads (PIL frees the GIL)."""
         workers = workers or min(8, (os.cpu_count() or 2) + 1)
         with ThreadPoolExecutor(max_workers=workers) as pool:
             for start in range(0, len(self.samples), batch_size):
@@ -151,8 +151,10 @@ def open_dataset(
             f"no images found under {root} (looked for {', '.join(sorted(IMAGE_SUFFIXES))}). "
             "Expected DIR/<wnid>/*.JPEG (ImageFolder) or DIR/*.JPEG with a ground-truth file."
         )
-    gt_path = Path(labels) if labels else next(
-        (root / n for n in GROUND_TRUTH_NAMES if (root / n).is_file()), None
+    gt_path = (
+        Path(labels)
+        if labels
+        else next((root / n for n in GROUND_TRUTH_NAMES if (root / n).is_file()), None)
     )
     if gt_path is None:
         if require_labels:
@@ -207,3 +209,16 @@ def _label(token: str, index: dict[str, int], path: Path) -> int:
     if token.isdigit() and int(token) < len(index):
         return int(token)
     raise DataError(f"{path}: label {token!r} is neither a known wnid nor a class index.")
+
+
+def sample_batch(
+    preprocess: Preprocess, folder: str | os.PathLike[str] | None = None, n: int = 8
+) -> tuple[np.ndarray | None, str]:
+    """``n`` preprocessed images from ``folder`` (class-interleaved when labelled), and a
+    description; ``(None, reason)`` when there is no such folder."""
+    if folder is None or not Path(folder).is_dir():
+        return None, f"no image folder ({folder})"
+    dataset = open_dataset(folder, require_labels=False)
+    samples = list(dataset.subset(n) if dataset.labelled else dataset)[:n]
+    images = np.stack([_load(preprocess, s.path) for s in samples])
+    return images, f"{len(images)} real images from {folder}"

@@ -1,18 +1,19 @@
 """Fusion: verified rewrites of the nn.Module for inference.
 
 ``fuse_model`` applies the rewrites of the model's family, then proves two things: no
-BatchNorm module remains, and the logits on the given (real) images moved by less than
-``1e-4 x`` their range. Either failure raises ``FusionError``; success returns a report.
+BatchNorm module remains, and the fp32 logits on the given (real) images moved by less than
+``1e-4 x`` their range. A deep network can amplify float32 rounding beyond that bar on its
+own (large random-weight LeViTs do); then the rewrite is accepted only if it is exact in
+float64 and its fp32 difference stays within the network's own fp32-vs-fp64 noise floor.
+Any failure raises ``FusionError``; success returns a report that says which test passed.
 """
 
 from __future__ import annotations
 
 import copy
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -25,6 +26,8 @@ from edgevt.fuse.levit import (
 )
 
 RELATIVE_TOLERANCE = 1e-4  # of the fp32 logit range
+FLOAT64_TOLERANCE = 1e-6  # of the logit range: the rewrite itself must be exact
+NOISE_FLOOR_FACTOR = 4.0  # fp32 difference allowed, in units of the unfused fp32 rounding error
 
 
 @dataclass
@@ -36,13 +39,28 @@ class FuseReport:
     logit_range: float
     tolerance: float
     inputs: str
+    float64_max_abs_diff: float | None = None  # fused vs unfused, both in float64
+    fp32_noise_floor: float | None = None  # unfused fp32 vs unfused float64
+
+    @property
+    def within_tolerance(self) -> bool:
+        return self.max_abs_diff <= self.tolerance
 
     @property
     def ok(self) -> bool:
-        return self.batchnorm_after == 0 and self.max_abs_diff <= self.tolerance
+        if self.batchnorm_after:
+            return False
+        if self.within_tolerance:
+            return True
+        return (
+            self.float64_max_abs_diff is not None
+            and self.fp32_noise_floor is not None
+            and self.float64_max_abs_diff <= FLOAT64_TOLERANCE * self.logit_range
+            and self.max_abs_diff <= NOISE_FLOOR_FACTOR * self.fp32_noise_floor
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "ok": self.ok}
+        return {**asdict(self), "within_tolerance": self.within_tolerance, "ok": self.ok}
 
 
 def apply_rewrites(model: nn.Module, family: str, example: torch.Tensor) -> dict[str, int]:
@@ -87,6 +105,10 @@ def fuse_model(
         tolerance=RELATIVE_TOLERANCE * logit_range,
         inputs=inputs,
     )
+    if not report.within_tolerance:
+        report.float64_max_abs_diff, report.fp32_noise_floor = _float64_check(
+            model, family, images, reference
+        )
     if left:
         raise FusionError(
             f"fusion left {len(left)} BatchNorm module(s), e.g. {', '.join(left[:3])}: their "
@@ -95,9 +117,28 @@ def fuse_model(
     if not report.ok:
         raise FusionError(
             f"fusion changed the logits by {diff:.3g} (allowed {report.tolerance:.3g}, 1e-4 of "
-            f"the logit range {logit_range:.3g}); not using the fused model."
+            f"the logit range {logit_range:.3g}; in float64 the difference is "
+            f"{report.float64_max_abs_diff:.3g}, this model's own fp32 rounding error "
+            f"{report.fp32_noise_floor:.3g}); not using the fused model."
         )
     return fused, report
+
+
+@torch.no_grad()
+def _float64_check(
+    model: nn.Module, family: str, images: torch.Tensor, reference32: torch.Tensor
+) -> tuple[float, float]:
+    """(fused vs unfused, both in float64; unfused fp32 vs unfused float64) max abs diffs."""
+    from edgevt.models.init import clear_attention_bias_caches
+
+    model64 = copy.deepcopy(model).double()
+    clear_attention_bias_caches(model64)
+    fused64 = copy.deepcopy(model64)
+    apply_rewrites(fused64, family, images.double())
+    reference64 = model64(images.double())
+    exact = float((fused64(images.double()) - reference64).abs().max())
+    floor = float((reference32.double() - reference64).abs().max())
+    return exact, floor
 
 
 def fused_skeleton(model: nn.Module, family: str, input_size: int) -> nn.Module:
@@ -105,20 +146,3 @@ def fused_skeleton(model: nn.Module, family: str, input_size: int) -> nn.Module:
     model = model.eval()
     apply_rewrites(model, family, torch.zeros(1, 3, input_size, input_size))
     return model
-
-
-def verification_batch(
-    preprocess, data_dir: str | Path | None = None, n: int = 8
-) -> tuple[torch.Tensor, str]:
-    """``n`` real preprocessed images from ``data_dir`` (an image folder), or random inputs
-    with a note saying so when no folder is available."""
-    from edgevt.data.imagenet import open_dataset
-
-    if data_dir is not None and Path(data_dir).is_dir():
-        dataset = open_dataset(data_dir, require_labels=False)
-        samples = dataset.subset(n) if dataset.labelled else dataset
-        images = np.stack([preprocess.load(s.path) for s in list(samples)[:n]])
-        return torch.from_numpy(images), f"{len(images)} real images from {data_dir}"
-    gen = torch.Generator().manual_seed(0)
-    size = preprocess.input_size
-    return torch.randn(n, 3, size, size, generator=gen), f"{n} random inputs (no image folder)"

@@ -30,12 +30,14 @@ def fold_conv_bn(conv: nn.Conv2d, bn: nn.modules.batchnorm._BatchNorm) -> nn.Con
 
     In place keeps the conv's own class: timm's Conv2dSame pads in ``forward``.
     """
-    inv_std = torch.rsqrt(bn.running_var + bn.eps)
-    scale = bn.weight * inv_std if bn.affine else inv_std
-    shift = bn.bias if bn.affine else torch.zeros_like(bn.running_mean)
-    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-    conv.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
-    conv.bias = nn.Parameter((bias - bn.running_mean) * scale + shift)
+    # Compute in float64 and round once, so the folded weights are as exact as fp32 allows.
+    mean, var = bn.running_mean.double(), bn.running_var.double()
+    inv_std = torch.rsqrt(var + bn.eps)
+    scale = bn.weight.double() * inv_std if bn.affine else inv_std
+    shift = bn.bias.double() if bn.affine else torch.zeros_like(mean)
+    bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(mean)
+    conv.weight.copy_(conv.weight.double() * scale.reshape(-1, 1, 1, 1))
+    conv.bias = nn.Parameter(((bias - mean) * scale + shift).to(conv.weight.dtype))
     return conv
 
 

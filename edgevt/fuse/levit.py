@@ -14,7 +14,17 @@ def fold_levit_batchnorms(model: nn.Module) -> int:
     from timm.utils.model import reparameterize_model
 
     before = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-    reparameterize_model(model, inplace=True)
+    # Fold in float64 and round once: the folded weights are as exact as the model's dtype
+    # allows. timm's fuse() builds its new modules in the default dtype, hence the switch.
+    dtype = next(model.parameters()).dtype
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        model.double()
+        reparameterize_model(model, inplace=True)
+    finally:
+        torch.set_default_dtype(default)
+    model.to(dtype)
     after = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
     return before - after
 
@@ -28,9 +38,9 @@ def merge_distillation_head(model: nn.Module) -> int:
     head, dist = getattr(model, "head", None), getattr(model, "head_dist", None)
     if not (isinstance(head, nn.Linear) and isinstance(dist, nn.Linear)):
         return 0
-    merged = nn.Linear(head.in_features, head.out_features)
-    merged.weight.copy_((head.weight + dist.weight) / 2)
-    merged.bias.copy_((head.bias + dist.bias) / 2)
+    merged = nn.Linear(head.in_features, head.out_features, dtype=head.weight.dtype)
+    merged.weight.copy_((head.weight.double() + dist.weight.double()) / 2)
+    merged.bias.copy_((head.bias.double() + dist.bias.double()) / 2)
     model.head = merged
     del model.head_dist
     model.__class__ = _single_head_class(type(model))
@@ -59,7 +69,9 @@ def precompute_attention_biases(model: nn.Module) -> int:
     """
     count = 0
     for module in model.modules():
-        biases = module._parameters.get("attention_biases") if hasattr(module, "_parameters") else None
+        biases = (
+            module._parameters.get("attention_biases") if hasattr(module, "_parameters") else None
+        )
         if biases is None or not hasattr(module, "attention_bias_idxs"):
             continue
         table = biases[:, module.attention_bias_idxs].detach().clone()

@@ -38,7 +38,9 @@ def load_model(
     Args:
         name: a zoo name (``edgevt.list_models()``).
         checkpoint: a local checkpoint file or Hugging Face folder in any layout the model
-            knows. None means random weights, made non-degenerate (see ``models.init``).
+            knows. None means random weights, made non-degenerate (see ``models.init``):
+            BatchNorm statistics come from 8 images of ``$EDGEVT_DATA/imagenet-sample1000``
+            when present, else from photo-like noise.
         pretrained: use the real checkpoint installable from the package index, where the
             model has one (efficientnet_lite0).
         seed: seed of the random weights when there is no checkpoint.
@@ -58,9 +60,16 @@ def load_model(
     torch.manual_seed(seed)
     model = entry.build()
     if checkpoint is None:
+        from edgevt.data.imagenet import default_data_root, sample_batch
         from edgevt.models.init import randomize_degenerate_parameters
 
-        randomize_degenerate_parameters(model, seed)
+        images, _ = sample_batch(entry.preprocess, default_data_root() / "imagenet-sample1000")
+        randomize_degenerate_parameters(
+            model,
+            seed,
+            entry.preprocess.input_size,
+            None if images is None else torch.from_numpy(images),
+        )
         return LoadedModel(model.eval(), entry, f"random init (seed {seed})")
     from edgevt.models.checkpoint import load_checkpoint
 

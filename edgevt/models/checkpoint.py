@@ -107,7 +107,9 @@ def load_checkpoint(model: nn.Module, entry: ModelEntry, path: str | Path) -> st
     return fmt
 
 
-def check_state_dict(state_dict: StateDict, model: nn.Module, entry: ModelEntry, path: Path) -> None:
+def check_state_dict(
+    state_dict: StateDict, model: nn.Module, entry: ModelEntry, path: Path
+) -> None:
     """Raise one CheckpointError naming missing/unexpected/mis-shaped keys, if any."""
     expected = model.state_dict()
     # BatchNorm's counter is not part of the model's function; old checkpoints lack it.

@@ -70,7 +70,7 @@ for _name, _size in (("cvt_13", 224), ("cvt_21", 224), ("cvt_w24", 384)):
             name=_name,
             family="cvt",
             build=partial(_build, _name),
-            # 224 px models: resize 256 / crop 224 (crop_pct 0.875); the 384 px W24 uses a full crop.
+            # 224 px: resize 256, crop 224 (crop_pct 0.875); the 384 px W24 uses the full image.
             preprocess=Preprocess(
                 input_size=_size, crop_pct=0.875 if _size == 224 else 1.0, interpolation="bicubic"
             ),

@@ -61,8 +61,11 @@ register_model(
         build=_build,
         # Resize 256 bicubic, centre crop 224, mean/std 0.5 (the checkpoint's TF preprocessing).
         preprocess=Preprocess(
-            input_size=224, crop_pct=0.875, interpolation="bicubic",
-            mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+            input_size=224,
+            crop_pct=0.875,
+            interpolation="bicubic",
+            mean=(0.5, 0.5, 0.5),
+            std=(0.5, 0.5, 0.5),
         ),
         source="timm:tf_efficientnet_lite0",
         convert_state_dict=convert_effnet_state_dict,

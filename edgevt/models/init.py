@@ -2,8 +2,9 @@
 
 timm zero-initialises the BatchNorm scale that closes each LeViT residual branch and the
 attention biases, so a freshly built levit_128s outputs (almost) a constant and converters fold
-its blocks away. Fresh BatchNorms also hold identity statistics, which makes a fusion check
-prove nothing. Every random-weight model in edgevt goes through this one helper.
+its blocks away. Fresh BatchNorms also hold identity statistics (mean 0, var 1, scale 1,
+shift 0), which makes a fusion check prove nothing. Every random-weight model in edgevt goes
+through this one helper.
 """
 
 from __future__ import annotations
@@ -11,11 +12,25 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+BIAS_STD = 1.0  # LeViT attention-bias tables: trained ones span a few units
+
 
 @torch.no_grad()
-def randomize_degenerate_parameters(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Give every BatchNorm non-trivial statistics and affine parameters, and every
-    LeViT attention-bias table random values. Returns ``model`` (changed in place)."""
+def randomize_degenerate_parameters(
+    model: nn.Module, seed: int = 0, input_size: int = 224, images: torch.Tensor | None = None
+) -> nn.Module:
+    """Make a freshly built model behave like a trained one, numerically.
+
+    1. BatchNorm affine parameters and LeViT attention-bias tables get random values.
+    2. BatchNorm running statistics are re-estimated from one forward pass over ``images``
+       (real preprocessed photographs; photo-like noise when None), so every layer sees
+       unit-scale activations on real inputs. Random statistics instead blow channels up
+       and wash the input out (near-constant logits again); statistics from white noise
+       mis-scale the deep layers on photographs until attention saturates and the network
+       amplifies rounding noise chaotically.
+
+    Returns ``model`` in eval mode (changed in place).
+    """
     gen = torch.Generator().manual_seed(seed)
 
     def uniform(t: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
@@ -24,19 +39,44 @@ def randomize_degenerate_parameters(model: nn.Module, seed: int = 0) -> nn.Modul
     def normal(t: torch.Tensor, std: float) -> torch.Tensor:
         return torch.randn(t.shape, generator=gen, dtype=t.dtype) * std
 
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            if module.weight is not None:
-                module.weight.copy_(uniform(module.weight, 0.5, 1.5))
-                module.bias.copy_(normal(module.bias, 0.1))
-            if module.running_mean is not None:
-                module.running_mean.copy_(normal(module.running_mean, 0.1))
-                module.running_var.copy_(uniform(module.running_var, 0.5, 1.5))
         biases = getattr(module, "attention_biases", None)
         if isinstance(biases, nn.Parameter):
-            biases.copy_(normal(biases, 1.0))
+            biases.copy_(normal(biases, BIAS_STD))
+    for bn in norms:
+        if bn.affine:
+            # The library zero-initialised the BatchNorms that close residual branches: keep
+            # those branches small, as training leaves them, or the residual stream grows with
+            # depth until the network amplifies rounding noise chaotically.
+            closes_residual = bool((bn.weight == 0).all())
+            lo, hi = (0.1, 0.3) if closes_residual else (0.5, 1.5)
+            bn.weight.copy_(uniform(bn.weight, lo, hi))
+            bn.bias.copy_(normal(bn.bias, 0.1))
+        if bn.track_running_stats:
+            bn.reset_running_stats()
+            bn.momentum = None  # cumulative average over the pass below
+    if norms:
+        model.train()
+        model(images if images is not None else natural_noise(8, input_size, gen))
+        for bn in norms:
+            bn.momentum = 0.1
+    model.eval()
     clear_attention_bias_caches(model)
     return model
+
+
+def natural_noise(n: int, size: int, gen: torch.Generator) -> torch.Tensor:
+    """Random images with a photo-like spectrum (most energy at low spatial frequencies).
+
+    White noise has statistics unlike real images; BatchNorm statistics estimated on it would
+    mis-scale every layer once real photographs go through the network.
+    """
+    out = torch.zeros(n, 3, size, size)
+    for cells, weight in ((4, 1.0), (16, 0.5), (64, 0.25), (size, 0.1)):
+        coarse = torch.randn(n, 3, cells, cells, generator=gen)
+        out += weight * nn.functional.interpolate(coarse, size=(size, size), mode="bilinear")
+    return out / out.std()
 
 
 def clear_attention_bias_caches(model: nn.Module) -> None:

@@ -65,7 +65,8 @@ def levit_from_hf_folder(folder: Path, model: nn.Module) -> StateDict:
         if hv.shape != tv.shape:
             raise CheckpointError(
                 f"{folder}: tensor {hk} has shape {tuple(hv.shape)} where {tk} needs "
-                f"{tuple(tv.shape)}: it is a different LeViT size ({_describe_levit_config(config)})."
+                f"{tuple(tv.shape)}: it is a different LeViT size "
+                f"({_describe_levit_config(config)})."
             )
         out[tk] = hv
     return out
@@ -93,4 +94,6 @@ for _name in ("levit_128s", "levit_128", "levit_192", "levit_256", "levit_384"):
 
 def levit_attention_modules(model: nn.Module) -> list[nn.Module]:
     """Every timm LeViT attention block that carries an attention-bias table."""
-    return [m for m in model.modules() if isinstance(getattr(m, "attention_biases", None), torch.Tensor)]
+    return [
+        m for m in model.modules() if isinstance(getattr(m, "attention_biases", None), torch.Tensor)
+    ]

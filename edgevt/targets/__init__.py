@@ -31,9 +31,7 @@ TARGETS: dict[str, TargetSpec] = {
 
 def get_target(name: str) -> TargetSpec:
     if name not in TARGETS:
-        raise EdgevtError(
-            f"unknown target {name!r}; available here: {', '.join(TARGETS)}."
-        )
+        raise EdgevtError(f"unknown target {name!r}; available here: {', '.join(TARGETS)}.")
     return TARGETS[name]
 
 

@@ -36,8 +36,13 @@ def export_onnx(
     with atomic_path(path) as tmp:
         with torch.inference_mode(False), torch.no_grad():
             torch.onnx.export(
-                model, (example,), str(tmp), dynamo=False, opset_version=opset,
-                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                model,
+                (example,),
+                str(tmp),
+                dynamo=False,
+                opset_version=opset,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
                 dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
                 do_constant_folding=True,
             )
@@ -64,7 +69,10 @@ class OnnxRuntimeRunner(Runner):
     """ONNX Runtime on the CPU; ``threads`` None = ONNX Runtime's default (all cores)."""
 
     def __init__(
-        self, path: str | Path, threads: int | None = None, info: ArtifactInfo | None = None,
+        self,
+        path: str | Path,
+        threads: int | None = None,
+        info: ArtifactInfo | None = None,
         optimization: str = "all",
     ) -> None:
         super().__init__()

@@ -54,10 +54,16 @@ def evaluate(
 
     logits, labels = [], []
     start = time.perf_counter()
-    with runner, tqdm(
-        total=len(dataset), unit="img", desc=f"eval {runner.info.model}", disable=None if progress else True,
-        leave=False,
-    ) as bar:
+    with (
+        runner,
+        tqdm(
+            total=len(dataset),
+            unit="img",
+            desc=f"eval {runner.info.model}",
+            disable=None if progress else True,
+            leave=False,
+        ) as bar,
+    ):
         for images, batch_labels in dataset.batches(runner.info.preprocess, batch_size):
             logits.append(runner.infer(images))
             labels.append(batch_labels)
