@@ -148,6 +148,7 @@ class ExportOutcome:
     run_dir: RunDir
     fuse_report: FuseReport
     check: dict[str, float]
+    weights: str
     evals: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
@@ -194,7 +195,7 @@ def export(
         {"model": artifact},
         check,
     )
-    outcome = ExportOutcome(artifact, run, fused.report, check)
+    outcome = ExportOutcome(artifact, run, fused.report, check, loaded.weights)
     if eval_data is not None:
         outcome.evals = evaluate_against_reference(loaded, artifact, eval_data, limit, progress)
         write_json(run / "eval.json", outcome.evals)

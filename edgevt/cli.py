@@ -237,6 +237,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         limit=args.limit,
         seed=args.seed,
     )
+    _note_random(out.weights)
     r = out.fuse_report
     print(f"fused: {r.batchnorm_before} BatchNorm folded, max |logit diff| {r.max_abs_diff:.3g}")
     print(

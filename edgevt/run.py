@@ -50,12 +50,13 @@ class RunDir:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
+        self.manifest = self._read()
+
+    def _read(self) -> dict[str, Any]:
         manifest = self.path / MANIFEST
-        self.manifest: dict[str, Any] = (
-            json.loads(manifest.read_text())
-            if manifest.is_file()
-            else {"created": _now(), "stages": {}}
-        )
+        if manifest.is_file():
+            return json.loads(manifest.read_text())
+        return {"created": _now(), "stages": {}}
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name
@@ -69,6 +70,7 @@ class RunDir:
         results: dict[str, Any] | None = None,
     ) -> None:
         """Record one finished stage (replacing an earlier record of it) and save."""
+        self.manifest = self._read()  # another RunDir on the same folder may have written
         self.manifest["stages"][stage] = {
             "finished": _now(),
             "inputs": inputs,

@@ -70,6 +70,10 @@ def _rename(key: str, table: list[tuple[re.Pattern[str], str]]) -> str | None:
     return None
 
 
+def _official_name(key: str) -> str:
+    return _rename(key, _TO_OFFICIAL) or key
+
+
 def _describe(model: nn.Module) -> str:
     config = model.config
     return f"CvT with depth {list(config.depth)} and embed_dim {list(config.embed_dim)}"
@@ -86,7 +90,7 @@ def official_cvt_to_hf(state_dict: StateDict, model: nn.Module) -> StateDict:
             out[name] = value
     what = "microsoft CvT checkpoint"
     hint = f"it is probably a checkpoint for another CvT size than {_describe(model)}"
-    return check_converted(out, unmapped, model, what, hint)
+    return check_converted(out, _official_name, unmapped, model, what, hint)
 
 
 def hf_cvt_to_official(state_dict: StateDict, model: nn.Module) -> StateDict:

@@ -62,6 +62,11 @@ def levit_from_hf_folder(folder: Path, model: nn.Module) -> StateDict:
         )
     out = {}
     for (hk, hv), (tk, tv) in zip(src, dst, strict=True):
+        if hv.shape != tv.shape and tk.startswith("head"):
+            raise CheckpointError(
+                f"{folder} has a {hv.shape[0]}-class head; the zoo's LeViTs are ImageNet-1k "
+                "(1000 classes)."
+            )
         if hv.shape != tv.shape:
             raise CheckpointError(
                 f"{folder}: tensor {hk} has shape {tuple(hv.shape)} where {tk} needs "

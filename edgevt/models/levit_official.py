@@ -10,6 +10,7 @@ stage depths, so the dict order of a checkpoint never matters.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -88,26 +89,31 @@ def _describe(model: nn.Module) -> str:
 
 
 def check_converted(
-    converted: StateDict, unmapped: list[str], model: nn.Module, what: str, hint: str
+    converted: StateDict,
+    origin: Callable[[str], str],
+    unmapped: list[str],
+    model: nn.Module,
+    what: str,
+    hint: str,
 ) -> StateDict:
     """Raise a one-line CheckpointError if ``converted`` does not fit ``model``, else return it.
 
-    BatchNorm's ``num_batches_tracked`` does not change inference and some exports drop it:
-    missing counters are filled from the model. ``hint`` names the likely cause of a misfit.
+    ``origin`` gives the checkpoint's own name for a model key, which the messages use;
+    ``unmapped`` lists checkpoint keys with no name in the model's layout at all; ``hint`` names
+    the likely cause of a misfit. BatchNorm's ``num_batches_tracked`` does not change inference
+    and some exports drop it: missing counters are filled from the model.
     """
     expected = model.state_dict()
-    unexpected = [k for k in converted if k not in expected]
-    if unmapped or unexpected:
-        key = (unmapped or unexpected)[0]
-        more = len(unmapped) + len(unexpected) - 1
+    extra = unmapped + [origin(k) for k in converted if k not in expected]
+    if extra:
+        more = f" ({len(extra) - 1} more)" if len(extra) > 1 else ""
         raise CheckpointError(
-            f"{what}: key {key} has no counterpart in the model"
-            f"{f' ({more} more)' if more else ''}; {hint}."
+            f"{what}: key {extra[0]} has no counterpart in the model{more}; {hint}."
         )
     for k, v in expected.items():
         if k in converted and converted[k].shape != v.shape:
             raise CheckpointError(
-                f"{what}: tensor for {k} has shape {tuple(converted[k].shape)} but the model "
+                f"{what}: {origin(k)} has shape {tuple(converted[k].shape)} but the model's {k} "
                 f"needs {tuple(v.shape)}; {hint}."
             )
     out = dict(converted)
@@ -117,8 +123,9 @@ def check_converted(
     missing = [k for k in expected if k not in out]
     if missing:
         raise CheckpointError(
-            f"{what}: {len(missing)} key(s) missing, first {', '.join(missing[:3])}; the file is "
-            "incomplete or for another model size."
+            f"{what}: {len(missing)} tensor(s) missing, first "
+            f"{', '.join(origin(k) for k in missing[:3])}; the file is incomplete or for another "
+            "model size."
         )
     return out
 
@@ -129,7 +136,14 @@ def official_levit_to_timm(state_dict: StateDict, model: nn.Module) -> StateDict
     ``attention_bias_idxs`` buffers are dropped: timm recomputes the same indices (both
     number the offsets (|dy|, |dx|) as ``|dy| * resolution + |dx|``).
     """
-    to_timm = {v: k for k, v in _timm_to_official_names(model).items()}
+    if "patch_embed.0.weight" in state_dict:
+        # levit.py's fuse=True folds every BatchNorm into a biased conv/linear: no BN keys left.
+        raise CheckpointError(
+            "facebookresearch LeViT checkpoint was saved after BatchNorm fusion (fuse=True); "
+            "save the state_dict of the unfused model instead."
+        )
+    origin = _timm_to_official_names(model)
+    to_timm = {v: k for k, v in origin.items()}
     out, unmapped = {}, []
     for key, value in state_dict.items():
         if key.endswith("attention_bias_idxs"):
@@ -140,7 +154,7 @@ def official_levit_to_timm(state_dict: StateDict, model: nn.Module) -> StateDict
             unmapped.append(key)
     what = "facebookresearch LeViT checkpoint"
     hint = f"it is probably a checkpoint for another LeViT size than {_describe(model)}"
-    return check_converted(out, unmapped, model, what, hint)
+    return check_converted(out, origin.__getitem__, unmapped, model, what, hint)
 
 
 def timm_levit_to_official(state_dict: StateDict, model: nn.Module) -> StateDict:

@@ -1,0 +1,80 @@
+"""The command line as a user meets it: fast help, JSON output, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+EDGEVT = [sys.executable, "-m", "edgevt.cli"]
+
+
+def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([*EDGEVT, *args], capture_output=True, text=True, timeout=600)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_help_needs_no_heavy_imports() -> None:
+    code = (
+        "import sys, edgevt.cli as c; c.build_parser().format_help(); "
+        "heavy = [m for m in ('torch', 'onnx', 'onnxruntime', 'timm', 'transformers') "
+        "if m in sys.modules]; print(heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    help_text = run("--help").stdout
+    for command in ("models", "fuse", "export", "eval"):
+        assert command in help_text
+    assert "--checkpoint" in run("export", "--help").stdout
+
+
+def test_models_lists_the_zoo() -> None:
+    names = {row["name"] for row in json.loads(run("models", "--json").stdout.splitlines()[-1])}
+    assert {"levit_128s", "levit_384", "cvt_13", "cvt_w24", "efficientnet_lite0"} <= names
+
+
+def test_export_then_eval_an_artifact_with_no_further_flags(tmp_path: Path, val_dir) -> None:
+    out = tmp_path / "run"
+    proc = run("export", "levit_128s", "--target", "onnx", "-o", str(out), "--json")
+    assert "random init" in proc.stderr or "random init" in proc.stdout
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["fuse"]["batchnorm_after"] == 0
+    assert (out / "model.onnx").is_file() and (out / "manifest.json").is_file()
+    # No stray temporary files from the atomic writes.
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+    proc = run("eval", str(out / "model.onnx"), "--data", str(val_dir), "--limit", "16", "--json")
+    last = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert last["n"] == 16 and 0.0 <= last["top1"] <= 100.0 and "top5" in last
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["eval", "levit_128s", "--data", "/nonexistent/dir"], "does not exist"),
+        (["eval", "missing.onnx", "--data", "."], "does not exist"),
+        (["export", "levit_999"], "unknown model"),
+        (["export", "levit_128s", "--target", "vulkan"], "unknown target"),
+        (["fuse", "levit_128s", "--checkpoint", "/nonexistent.pth"], "does not exist"),
+    ],
+)
+def test_errors_are_one_line_without_traceback(args, message) -> None:
+    proc = run(*args, check=False)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("edgevt: error")]
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_corrupt_checkpoint_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.pth"
+    torch.save({"w": torch.zeros(10)}, bad)
+    bad.write_bytes(bad.read_bytes()[:50])
+    proc = run("fuse", "levit_128s", "--checkpoint", str(bad), check=False)
+    assert proc.returncode == 2 and "truncated" in proc.stderr and "Traceback" not in proc.stderr
