@@ -1,0 +1,88 @@
+"""Does fusion make the model faster? PyTorch eager unfused vs fused vs ONNX Runtime fp32.
+
+Batch 1, on this machine's CPU; every ratio is measured within one run, with the variants
+timed in interleaved rounds so that machine noise hits them alike.
+
+    .venv/bin/python benchmarks/fusion_speed.py [--models levit_128s cvt_13 efficientnet_lite0]
+        [--threads 1 2] [--rounds 7] [--iters 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgevt import api
+from edgevt.models import get_entry, load_model
+from edgevt.targets.onnx import OnnxRuntimeRunner
+
+
+def median_ms(fns: dict[str, Callable[[], object]], rounds: int, iters: int) -> dict[str, float]:
+    """Median per-call latency of each fn, timed in interleaved rounds after a warm-up."""
+    for fn in fns.values():
+        for _ in range(3):
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            for _ in range(iters):
+                fn()
+            samples[name].append((time.perf_counter() - start) / iters * 1e3)
+    return {name: statistics.median(s) for name, s in samples.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--models", nargs="+", default=["levit_128s", "cvt_13", "efficientnet_lite0"]
+    )
+    parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--iters", type=int, default=20)
+    args = parser.parse_args()
+
+    print(
+        f"{'model':<20}{'threads':>8}{'eager ms':>10}{'fused ms':>10}{'ORT ms':>9}"
+        f"{'fused speed-up':>16}{'ORT speed-up':>14}"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models:
+            pretrained = name == "efficientnet_lite0"
+            outcome = api.export(name, pretrained=pretrained, out=Path(tmp) / name, progress=False)
+            eager = load_model(name, pretrained=pretrained).model
+            fused, _ = api.load_fused(outcome.run_dir / api.FUSED_FILE)
+            size = get_entry(name).preprocess.input_size
+            x = torch.from_numpy(
+                np.random.default_rng(0).standard_normal((1, 3, size, size), dtype=np.float32)
+            )
+            for threads in args.threads:
+                torch.set_num_threads(threads)
+                with torch.inference_mode(), OnnxRuntimeRunner(outcome.artifact, threads) as ort:
+                    xn = x.numpy()
+                    ms = median_ms(
+                        {
+                            "eager": partial(eager, x),
+                            "fused": partial(fused, x),
+                            "ort": partial(ort.infer, xn),
+                        },
+                        args.rounds,
+                        args.iters,
+                    )
+                print(
+                    f"{name:<20}{threads:>8}{ms['eager']:>10.2f}{ms['fused']:>10.2f}"
+                    f"{ms['ort']:>9.2f}{ms['eager'] / ms['fused']:>15.2f}x"
+                    f"{ms['eager'] / ms['ort']:>13.2f}x"
+                )
+
+
+if __name__ == "__main__":
+    main()
