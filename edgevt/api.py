@@ -20,7 +20,8 @@ from edgevt.errors import EdgevtError
 from edgevt.fuse import FuseReport, fuse_model, fused_skeleton
 from edgevt.io import atomic_path, sha256, write_json
 from edgevt.models import LoadedModel, get_entry, load_model
-from edgevt.run import RunDir
+from edgevt.quant.table import CalibrationTable
+from edgevt.run import RunDir, library_versions
 from edgevt.targets import get_target, target_for_artifact
 from edgevt.targets.base import Runner
 from edgevt.validate.evaluate import EvalResult, compare_logits
@@ -142,6 +143,60 @@ def load_fused(path: str | Path) -> tuple[nn.Module, ArtifactInfo]:
     return skeleton.eval(), info
 
 
+DEFAULT_CALIB_SIZE = 512
+
+
+def calibrate(
+    model: str,
+    checkpoint: str | Path | None = None,
+    *,
+    data: str | Path,
+    pretrained: bool = False,
+    calib_size: int = DEFAULT_CALIB_SIZE,
+    method: str = "percentile",
+    percentile: float = 99.99,
+    out: str | Path | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    fused: FuseOutcome | None = None,
+) -> CalibrationTable:
+    """Observe the fused model on ``calib_size`` images of ``data`` (any image folder) and
+    return (and write to ``out``, a .json path) its CalibrationTable.
+
+    Args:
+        method: minmax, percentile, entropy (TensorRT's KL) or mse.
+        fused: an already fused model to calibrate (skips loading and fusing again).
+    """
+    from edgevt.quant.calibrate import calibrate_model, calibration_batches
+    from edgevt.quant.observers import METHODS
+
+    if method not in METHODS:
+        raise EdgevtError(
+            f"unknown calibration method {method!r}; choose from {', '.join(METHODS)}."
+        )
+    if calib_size < 1:
+        raise EdgevtError("--calib-size must be at least 1.")
+    if not (50.0 < percentile < 100.0):
+        raise EdgevtError("--percentile must lie between 50 and 100 (e.g. 99.99).")
+    fused = fused or fuse(model, checkpoint, pretrained=pretrained, seed=seed)
+    loaded = fused.loaded
+    source = {**_model_inputs(loaded), "data": str(data), "calib_size": calib_size}
+    source["versions"] = {k: v for k, v in library_versions().items() if k in ("torch", "edgevt")}
+    batches = calibration_batches(loaded.entry.preprocess, data, calib_size, progress=progress)
+    table = calibrate_model(
+        fused.model,
+        batches,
+        model_name=loaded.entry.name,
+        weights=loaded.weights,
+        method=method,
+        percentile=percentile,
+        source=source,
+    )
+    if out is not None:
+        table.save(out)
+    return table
+
+
 @dataclass
 class ExportOutcome:
     artifact: Path
@@ -150,6 +205,7 @@ class ExportOutcome:
     check: dict[str, float]
     weights: str
     evals: dict[str, dict[str, Any]] = field(default_factory=dict)
+    int8: dict[str, Any] | None = None
 
 
 def export(
@@ -165,6 +221,13 @@ def export(
     limit: int | None = None,
     seed: int = 0,
     progress: bool = True,
+    int8: bool = False,
+    calib: str | Path | None = None,
+    calib_table: str | Path | None = None,
+    calib_size: int = DEFAULT_CALIB_SIZE,
+    method: str = "percentile",
+    quant_config: str | Path | None = None,
+    max_drop: float | None = None,
 ) -> ExportOutcome:
     """Fuse, export to ``target`` and check the artifact against the fused PyTorch model.
 
@@ -172,16 +235,35 @@ def export(
         out: run directory; None means ``runs/<model>``.
         data: images for the fusion and export checks (see ``fuse``).
         eval_data: labelled images; if given, top-1/top-5 of the fp32 PyTorch reference and of
-            the artifact are measured and written to ``eval.json``.
+            every artifact are measured and written to ``eval.json``.
         limit: evaluate on at most this many images.
+        int8: also write the int8 QDQ model, from ``calib_table`` or by calibrating on ``calib``.
+        quant_config: JSON QuantConfig (None = defaults for vision transformers).
+        max_drop: accuracy budget in top-1 points; sensitive layers stay in float to meet it.
     """
     spec = get_target(target)
+    if int8 and calib is None and calib_table is None:
+        raise EdgevtError(
+            "--int8 needs calibration data: --calib DIR (any image folder, e.g. "
+            "../shared/data/imagenet-sample1000) or --calib-table calib/NAME.json."
+        )
+    if not int8 and (calib or calib_table or max_drop is not None):
+        raise EdgevtError("--calib, --calib-table and --max-drop only apply with --int8.")
+    table = None
+    if calib_table is not None:
+        table = CalibrationTable.load(calib_table)
+        table.check_for(model)
+    elif calib is not None:
+        from edgevt.quant.calibrate import calibration_batches
+
+        next(iter(calibration_batches(get_entry(model).preprocess, calib, 1, progress=False)))
+    config = _quant_config(quant_config) if int8 else None
     run = RunDir(out or Path("runs") / model)
     fused = fuse(model, checkpoint, pretrained=pretrained, data=data, out=run.path, seed=seed)
     loaded = fused.loaded
-    artifact = run / f"model{spec.suffix}"
     from edgevt.targets.onnx import OnnxRuntimeRunner, export_onnx
 
+    artifact = run / f"model{spec.suffix}"
     export_onnx(fused.model, _info(loaded, target, fused=True), artifact, opset=opset)
     images, described = check_images(loaded.entry.preprocess, data)
     with torch.no_grad():
@@ -196,8 +278,41 @@ def export(
         check,
     )
     outcome = ExportOutcome(artifact, run, fused.report, check, loaded.weights)
+    artifacts = [artifact]
+    if int8:
+        if table is None:
+            table = calibrate(
+                model,
+                data=calib,
+                calib_size=calib_size,
+                method=method,
+                fused=fused,
+                progress=progress,
+            )
+        from edgevt.quant.calibrate import trace_ops
+
+        table.check_for(
+            model, {k for op in trace_ops(fused.model, images[:1]) for k in op.input_keys}
+        )
+        table.save(run / "calibration.json")
+        int8_outcome = _export_int8(
+            fused,
+            table,
+            config,
+            target,
+            artifact,
+            run,
+            images,
+            described,
+            reference,
+            max_drop=max_drop,
+            calib=calib,
+            progress=progress,
+        )
+        outcome.int8 = int8_outcome
+        artifacts.append(int8_outcome["artifact"])
     if eval_data is not None:
-        outcome.evals = evaluate_against_reference(loaded, artifact, eval_data, limit, progress)
+        outcome.evals = evaluate_against_reference(loaded, artifacts, eval_data, limit, progress)
         write_json(run / "eval.json", outcome.evals)
         run.record(
             "eval",
@@ -208,21 +323,145 @@ def export(
     return outcome
 
 
+def _quant_config(path: str | Path | None):
+    from edgevt.quant.config import QuantConfig
+
+    return QuantConfig() if path is None else QuantConfig.load(path)
+
+
+def _export_int8(
+    fused: FuseOutcome,
+    table: CalibrationTable,
+    config,
+    target: str,
+    fp32_artifact: Path,
+    run: RunDir,
+    images: torch.Tensor,
+    described: str,
+    reference,
+    *,
+    max_drop: float | None,
+    calib: str | Path | None,
+    progress: bool,
+) -> dict[str, Any]:
+    """Write the int8 QDQ model (and, for TensorRT, its build kit); check it; record it."""
+    from edgevt.quant.onnx_qdq import RULES, write_qdq_onnx
+    from edgevt.targets.onnx import OnnxRuntimeRunner
+
+    rules = RULES[target]
+    loaded = fused.loaded
+    sensitivity = None
+    if max_drop is not None:
+        from edgevt.quant.sensitivity import choose_float_layers
+
+        sensitivity = choose_float_layers(
+            fused.model,
+            table,
+            config,
+            rules,
+            calib or table.source.get("data"),
+            loaded.entry.preprocess,
+            max_drop,
+            progress=progress,
+        )
+        config = config.keep_float(sensitivity.kept_float)
+        write_json(run / "sensitivity.json", sensitivity.to_dict())
+    write_json(run / "quant_config.json", config.to_dict())
+    info = _info(loaded, target, fused=True)
+    info.precision = "int8"
+    qdq = run / "model_int8.onnx"
+    plan = write_qdq_onnx(fp32_artifact, qdq, table, config, rules, info)
+    with OnnxRuntimeRunner(qdq) as runner:
+        check = compare_logits(reference, runner.infer(images.numpy()))
+    result: dict[str, Any] = {
+        "artifact": qdq,
+        "check": check,
+        "quantized_ops": len(plan.quantized),
+        "float_ops": plan.kept_float,
+        "not_honoured": plan.not_honoured,
+        "sensitivity": sensitivity.to_dict() if sensitivity else None,
+    }
+    files = {
+        "model": qdq,
+        "calibration": run / "calibration.json",
+        "config": run / "quant_config.json",
+    }
+    if target == "tensorrt":
+        result.update(_tensorrt_kit(fp32_artifact, qdq, plan, loaded, run))
+        files.update({k: v for k, v in result.items() if k in ("calib_cache", "trtexec")})
+    run.record(
+        "export_int8",
+        {**_model_inputs(loaded), "calibration_method": table.method},
+        {"target": target, "check_inputs": described, "max_drop": max_drop},
+        files,
+        {k: v for k, v in result.items() if k not in ("artifact", "calib_cache", "trtexec")},
+    )
+    return result
+
+
+def _tensorrt_kit(
+    fp32_artifact: Path, qdq: Path, plan, loaded: LoadedModel, run: RunDir
+) -> dict[str, Any]:
+    """Check TensorRT's Q/DQ rules, write the legacy cache and trtexec script, build the engine
+    where TensorRT runs."""
+    import onnx
+
+    from edgevt.targets.onnx import INPUT_NAME
+    from edgevt.targets.tensorrt import (
+        build_engine,
+        check_tensorrt_qdq,
+        tensorrt_available,
+        trtexec_commands,
+        write_calibration_cache,
+    )
+
+    problems = check_tensorrt_qdq(onnx.load(str(qdq)))
+    if problems:
+        raise EdgevtError(
+            f"{qdq} breaks {len(problems)} TensorRT Q/DQ rule(s), first: {problems[0]}"
+        )
+    # plan.ranges is keyed by the fp32 graph's tensor names: what implicit int8 calibrates
+    cache = write_calibration_cache(plan.ranges, run / "calib.cache")
+    size = loaded.entry.preprocess.input_size
+    script = run / "trtexec.sh"
+    with atomic_path(script) as tmp:
+        tmp.write_text(trtexec_commands(qdq.name, fp32_artifact.name, cache.name, INPUT_NAME, size))
+    script.chmod(0o755)
+    result: dict[str, Any] = {"calib_cache": cache, "trtexec": script, "tensorrt_rules": "ok"}
+    why_not = tensorrt_available()
+    if why_not is None:
+        result["engine"] = build_engine(qdq, qdq.with_suffix(".engine"), INPUT_NAME, size)
+    else:
+        result["engine"] = None
+        result["engine_note"] = (
+            f"engine to be built on the device ({why_not}): run trtexec.sh there; "
+            "ONNX Runtime ran the same QDQ graph as the stand-in for TensorRT's int8 numerics"
+        )
+    return result
+
+
 def evaluate_against_reference(
-    loaded: LoadedModel, artifact: Path, data: str | Path, limit: int | None, progress: bool
+    loaded: LoadedModel,
+    artifacts: Path | list[Path],
+    data: str | Path,
+    limit: int | None,
+    progress: bool,
 ) -> dict[str, dict[str, Any]]:
-    """Top-1/top-5 of the unfused fp32 PyTorch model and of ``artifact``, and their agreement."""
+    """Top-1/top-5 of the unfused fp32 PyTorch model and of each artifact, and their agreement."""
     dataset = open_dataset(data).subset(limit)
     from edgevt.targets.pytorch import TorchRunner
 
     ref = _evaluate(
         TorchRunner(loaded.model, _info(loaded, "pytorch", False)), dataset, progress=progress
     )
-    art = _evaluate(open_runner(artifact), dataset, progress=progress)
-    return {
-        "pytorch_fp32": ref.to_dict(),
-        artifact.name: {**art.to_dict(), "vs_pytorch_fp32": compare_logits(ref.logits, art.logits)},
-    }
+    results: dict[str, dict[str, Any]] = {"pytorch_fp32": ref.to_dict()}
+    for artifact in [artifacts] if isinstance(artifacts, Path) else artifacts:
+        art = _evaluate(open_runner(artifact), dataset, progress=progress)
+        results[artifact.name] = {
+            **art.to_dict(),
+            "vs_pytorch_fp32": compare_logits(ref.logits, art.logits),
+        }
+    return results
 
 
 def open_runner(

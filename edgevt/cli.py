@@ -19,6 +19,10 @@ examples:
       --eval-data ../shared/data/imagenet-val1000
   edgevt eval runs/lite0/model.onnx --data ../shared/data/imagenet-val1000 --json
   edgevt fuse levit_128s --checkpoint LeViT-128S.pth -o runs/levit
+  edgevt calibrate efficientnet_lite0 --pretrained --data ../shared/data/imagenet-sample1000 \
+      -o calib/efficientnet_lite0.json
+  edgevt export efficientnet_lite0 --pretrained --int8 --calib-table calib/efficientnet_lite0.json
+  edgevt export levit_128s --checkpoint w.pth --target tensorrt --int8 --calib DIR
 
 Without --checkpoint a model gets random (non-degenerate) weights: fine for checking
 numerics and speed, meaningless for accuracy.
@@ -47,6 +51,18 @@ def _add_weights(p: argparse.ArgumentParser) -> None:
 def _add_json(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--json", action="store_true", help="print a JSON object as the last line of stdout"
+    )
+
+
+def _add_calibration(p) -> None:
+    p.add_argument(
+        "--calib-size", type=int, default=512, metavar="N", help="images to calibrate on (512)"
+    )
+    p.add_argument(
+        "--method",
+        default="percentile",
+        choices=("minmax", "percentile", "entropy", "mse"),
+        help="activation range method (default percentile 99.99)",
     )
 
 
@@ -84,6 +100,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_json(p)
     p.set_defaults(func=cmd_fuse)
 
+    p = sub.add_parser(
+        "calibrate",
+        help="measure activation ranges on images: the CalibrationTable every target honours",
+    )
+    p.add_argument("model", help="zoo name (see `edgevt models`)")
+    _add_weights(p)
+    p.add_argument(
+        "--data",
+        metavar="DIR",
+        required=True,
+        help="calibration images: any folder of images, labels not needed "
+        "(keep it disjoint from the evaluation set, e.g. imagenet-sample1000)",
+    )
+    _add_calibration(p)
+    p.add_argument("-o", "--out", metavar="TABLE.json", required=True, help="table to write")
+    _add_json(p)
+    p.set_defaults(func=cmd_calibrate)
+
     p = sub.add_parser("export", help="fuse and export a model to a target")
     p.add_argument("model", help="zoo name (see `edgevt models`)")
     p.add_argument(
@@ -100,8 +134,29 @@ def build_parser() -> argparse.ArgumentParser:
         "artifact, written to eval.json",
     )
     p.add_argument("--limit", type=int, help="evaluate at most N images")
+    g = p.add_argument_group("int8")
+    g.add_argument("--int8", action="store_true", help="also write the int8 (QDQ) model")
+    g.add_argument("--calib", metavar="DIR", help="calibrate on these images on the way")
+    g.add_argument("--calib-table", metavar="FILE", help="reuse a table from `edgevt calibrate`")
+    _add_calibration(g)
+    g.add_argument(
+        "--quant-config",
+        metavar="FILE",
+        help="JSON quantization config (global < op_type < module_name regex; null = float)",
+    )
+    g.add_argument(
+        "--max-drop",
+        type=float,
+        metavar="PT",
+        help="top-1 budget in points: keep the most sensitive ops in float to stay within it",
+    )
     _add_json(p)
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("check", help="check a QDQ ONNX model against TensorRT's Q/DQ rules")
+    p.add_argument("artifact", metavar="MODEL.onnx")
+    _add_json(p)
+    p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("eval", help="top-1/top-5 of a zoo model or an artifact on ImageNet images")
     p.add_argument(
@@ -222,6 +277,62 @@ def cmd_fuse(args: argparse.Namespace) -> None:
         _print_json(r.to_dict())
 
 
+def cmd_calibrate(args: argparse.Namespace) -> None:
+    from edgevt import api
+
+    table = api.calibrate(
+        args.model,
+        args.checkpoint,
+        data=args.data,
+        pretrained=args.pretrained,
+        calib_size=args.calib_size,
+        method=args.method,
+        out=args.out,
+        seed=args.seed,
+    )
+    _note_random(table.weights)
+    ops = table.source["ops"]
+    print(
+        f"calibrated {args.model} ({table.method}) on {table.source['images']} images in "
+        f"{table.source['seconds']} s: {len(table.activations)} activation ranges over "
+        f"{len(ops)} ops ({sum(t == 'matmul' for t in ops.values())} matmul products)"
+    )
+    print(f"wrote {args.out}")
+    if args.json:
+        _print_json({"table": args.out, "method": table.method, "ops": len(ops)})
+
+
+def cmd_check(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    import onnx
+
+    from edgevt.errors import EdgevtError
+    from edgevt.targets.tensorrt import check_tensorrt_qdq
+
+    path = Path(args.artifact)
+    if not path.is_file():
+        raise EdgevtError(f"{path} does not exist.")
+    try:
+        problems = check_tensorrt_qdq(onnx.load(str(path)))
+    except Exception as exc:
+        raise EdgevtError(f"{path} is not a readable ONNX model: {exc}") from exc
+    for p in problems:
+        print(f"  {p}")
+    print(
+        f"{path}: "
+        + (
+            "obeys TensorRT's Q/DQ rules"
+            if not problems
+            else f"{len(problems)} TensorRT Q/DQ rule violation(s)"
+        )
+    )
+    if args.json:
+        _print_json({"artifact": str(path), "ok": not problems, "problems": problems})
+    if problems:
+        raise SystemExit(1)
+
+
 def cmd_export(args: argparse.Namespace) -> None:
     from edgevt import api
 
@@ -236,6 +347,13 @@ def cmd_export(args: argparse.Namespace) -> None:
         eval_data=args.eval_data,
         limit=args.limit,
         seed=args.seed,
+        int8=args.int8,
+        calib=args.calib,
+        calib_table=args.calib_table,
+        calib_size=args.calib_size,
+        method=args.method,
+        quant_config=args.quant_config,
+        max_drop=args.max_drop,
     )
     _note_random(out.weights)
     r = out.fuse_report
@@ -244,6 +362,28 @@ def cmd_export(args: argparse.Namespace) -> None:
         f"exported {out.artifact} (checked against PyTorch: max |diff| "
         f"{out.check['max_abs_diff']:.3g}, cosine {out.check['cosine']:.6f})"
     )
+    q = out.int8
+    if q is not None:
+        kept = f", {len(q['float_ops'])} kept in float" if q["float_ops"] else ""
+        print(
+            f"int8: {q['artifact']} ({q['quantized_ops']} ops int8{kept}; vs fused fp32: cosine "
+            f"{q['check']['cosine']:.5f}, top-1 agreement "
+            f"{100 * q['check']['top1_agreement']:.1f} %)"
+        )
+        for note in q["not_honoured"]:
+            print(f"  not honoured: {note}")
+        if q.get("sensitivity"):
+            s = q["sensitivity"]
+            print(
+                f"  --max-drop: all-int8 {s['drop_all_int8']:.2f} pt -> {s['drop_chosen']:.2f} pt "
+                f"({s['measure']}, {s['images']} calibration images)"
+            )
+        if "trtexec" in q:
+            print(
+                f"tensorrt: Q/DQ rules ok; {q['trtexec']} builds the engines, "
+                f"{q['calib_cache']} serves TensorRT <= 8.5"
+            )
+            print(f"  {q.get('engine') or q.get('engine_note')}")
     for name, e in out.evals.items():
         extra = ""
         if "vs_pytorch_fp32" in e:
@@ -259,6 +399,9 @@ def cmd_export(args: argparse.Namespace) -> None:
                 "fuse": r.to_dict(),
                 "check": out.check,
                 "eval": out.evals,
+                "int8": None
+                if q is None
+                else {k: (str(v) if hasattr(v, "parts") else v) for k, v in q.items()},
             }
         )
 

@@ -24,7 +24,18 @@ class TargetSpec:
 
 TARGETS: dict[str, TargetSpec] = {
     "onnx": TargetSpec(
-        "onnx", ".onnx", "ONNX (opset 17+, dynamic batch), run by ONNX Runtime", ("fp32",)
+        "onnx",
+        ".onnx",
+        "ONNX (opset 17+, dynamic batch), run by ONNX Runtime; int8 as QDQ",
+        ("fp32", "int8"),
+    ),
+    "tensorrt": TargetSpec(
+        "tensorrt",
+        ".onnx",
+        "TensorRT (Jetson): QDQ ONNX + trtexec script + calib cache; engine where TRT runs",
+        ("fp32", "fp16", "int8"),
+        extra="tensorrt",
+        needs_gpu=True,
     ),
 }
 

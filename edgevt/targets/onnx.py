@@ -73,12 +73,12 @@ class OnnxRuntimeRunner(Runner):
         path: str | Path,
         threads: int | None = None,
         info: ArtifactInfo | None = None,
-        optimization: str = "all",
+        optimization: str | None = None,
     ) -> None:
+        """``optimization`` None = what the artifact asks for (its metadata), else "all"."""
         super().__init__()
         self.path = Path(path)
         self.threads = threads
-        self.optimization = optimization
         found = info or read_onnx_info(self.path)
         if found is None:
             raise EdgevtError(
@@ -86,6 +86,7 @@ class OnnxRuntimeRunner(Runner):
                 "with `edgevt export`, or pass --model ZOO_NAME to use that model's preprocessing."
             )
         self.info = found
+        self.optimization = optimization or found.extra.get("ort_optimization", "all")
         self.session = None
 
     def _activate(self) -> None:

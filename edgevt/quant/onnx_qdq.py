@@ -1,0 +1,231 @@
+"""QDQ ONNX from a fused fp32 ONNX model, a CalibrationTable and a QuantConfig.
+
+The Q/DQ insertion itself is onnxruntime's ``QDQQuantizer`` (what NVIDIA ModelOpt also builds
+on); edgevt supplies the ranges (from its own observers, through the table), which nodes to
+quantize (from the config), and each target's rules:
+
+* ``onnx`` (ONNX Runtime on x86 CPUs): uint8 asymmetric activations, int8 per-channel weights
+  in 7 bits (``reduce_range``: without VNNI, ORT's u8s8 kernels saturate 16-bit sums with full
+  8-bit weights), Conv outputs quantized so ORT fuses Conv into QLinearConv, int32 biases.
+* ``tensorrt``: int8 symmetric everywhere (zero point 0), per-output-channel weights, Q/DQ on
+  the inputs of quantized ops only (TensorRT propagates and fuses them), float biases.
+
+ONNX node names carry the module scope (``/stages/stages.0/blocks/blocks.0/attn/MatMul``), which
+is how a node finds its table entry.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgevt.artifact import METADATA_KEY, ArtifactInfo
+from edgevt.errors import EdgevtError
+from edgevt.io import atomic_path
+from edgevt.quant.config import QuantConfig
+from edgevt.quant.table import CalibrationTable
+
+QUANTIZABLE_NODES = ("Conv", "Gemm", "MatMul")
+
+
+@dataclass(frozen=True)
+class TargetRules:
+    name: str
+    signed_activations: bool  # int8 symmetric (True) or uint8 asymmetric (False)
+    weight_reduce_range: bool  # 7-bit weights
+    quantize_outputs: tuple[str, ...]  # node types whose output also gets Q/DQ
+    quantize_bias: bool
+
+    @property
+    def weight_qmax(self) -> int:
+        return 64 if self.weight_reduce_range else 127
+
+
+RULES = {
+    "onnx": TargetRules("onnx", False, True, ("Conv",), True),
+    "tensorrt": TargetRules("tensorrt", True, False, (), False),
+}
+
+
+def node_scope(node_name: str) -> str:
+    """Module path of an exported node: ``/blocks/blocks.0/conv/Conv`` -> ``blocks.0.conv``."""
+    parts: list[str] = []
+    for comp in node_name.strip("/").split("/")[:-1]:
+        if parts and comp.startswith(parts[-1] + "."):
+            parts[-1] = comp  # a container's scope, then its child's "container.i"
+        else:
+            parts.append(comp)
+    return ".".join(parts)
+
+
+@dataclass
+class NodeMapping:
+    """Which table keys each ONNX node's activation inputs and output correspond to."""
+
+    op_of_node: dict[str, str] = field(default_factory=dict)  # node name -> op name
+    inputs: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # node -> (tensor, key)
+    output: dict[str, tuple[str, str]] = field(default_factory=dict)
+    unmapped: list[str] = field(default_factory=list)  # quantizable-looking nodes with no op
+
+
+def map_nodes(graph: Any, ops: dict[str, str]) -> NodeMapping:
+    """Match nodes of an exported graph to the model's quantizable ops (``{name: op_type}``)."""
+    mapping = NodeMapping()
+    products: dict[str, int] = defaultdict(int)
+    initializers = {t.name for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type not in (*QUANTIZABLE_NODES, "Einsum"):
+            continue
+        scope = node_scope(node.name)
+        if ops.get(scope) in ("Conv2d", "Linear") and node.op_type in QUANTIZABLE_NODES:
+            mapping.op_of_node[node.name] = scope
+            mapping.inputs[node.name] = [(node.input[0], f"{scope}:in0")]
+            if node.op_type in ("Conv", "Gemm"):  # a MatMul's output is before the bias Add
+                mapping.output[node.name] = (node.output[0], f"{scope}:out")
+            continue
+        name = f"{scope}@matmul{products[scope]}"
+        products[scope] += 1
+        if ops.get(name) == "matmul" and not any(i in initializers for i in node.input[:2]):
+            mapping.op_of_node[node.name] = name
+            mapping.inputs[node.name] = [(t, f"{name}:in{i}") for i, t in enumerate(node.input[:2])]
+        else:
+            mapping.unmapped.append(node.name)
+    return mapping
+
+
+@dataclass
+class QdqPlan:
+    """What will be quantized, and what the table or target could not honour (reported)."""
+
+    quantized: list[str]  # op names
+    kept_float: list[str]  # op names the config keeps in float
+    not_honoured: list[str]  # human-readable reasons
+    ranges: dict[str, tuple[float, float]]  # onnx tensor -> (min, max)
+    nodes: list[str]  # ONNX node names to quantize
+    per_channel: bool
+
+
+def plan_qdq(proto: Any, table: CalibrationTable, config: QuantConfig) -> QdqPlan:
+    ops: dict[str, str] = table.source.get("ops", {})
+    if not ops:
+        raise EdgevtError(
+            "the calibration table lists no ops; recreate it with `edgevt calibrate`."
+        )
+    mapping = map_nodes(proto.graph, ops)
+    ranges: dict[str, tuple[float, float]] = {}
+    quantized, kept, notes, nodes, granularity = [], [], [], [], set()
+    for node_name, op_name in mapping.op_of_node.items():
+        setting = config.resolve(op_name, ops[op_name])
+        if setting is None:
+            kept.append(op_name)
+            continue
+        keys = [*mapping.inputs[node_name]]
+        if node_name in mapping.output:
+            keys.append(mapping.output[node_name])
+        missing = [k for _, k in keys if k not in table.activations]
+        if missing:
+            notes.append(f"{op_name}: no range for {missing[0]} in the table; kept in float")
+            continue
+        for tensor, key in keys:
+            r = table.activations[key]
+            lo, hi = ranges.get(tensor, (r.min, r.max))
+            ranges[tensor] = (min(lo, r.min), max(hi, r.max))
+        quantized.append(op_name)
+        nodes.append(node_name)
+        if ops[op_name] != "matmul":
+            granularity.add(setting.weights)
+    if len(granularity) > 1:
+        raise EdgevtError(
+            "the config mixes per-channel and per-tensor weights; the ONNX exporter needs one "
+            "granularity for the whole model."
+        )
+    for node in mapping.unmapped:
+        notes.append(f"{node}: no matching op in the table (left in float)")
+    if not quantized:
+        raise EdgevtError("nothing to quantize: the config keeps every op in float.")
+    per_channel = granularity != {"per_tensor"}
+    return QdqPlan(quantized, kept, notes, ranges, nodes, per_channel)
+
+
+def quantize_onnx(proto: Any, plan: QdqPlan, rules: TargetRules) -> Any:
+    """Insert Q/DQ into ``proto`` (fp32, fused) per ``plan`` and ``rules``; returns a new model."""
+    from onnxruntime.quantization import QuantType
+    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
+    from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
+
+    ranges = {
+        name: TensorData(lowest=np.array(lo, np.float32), highest=np.array(hi, np.float32))
+        for name, (lo, hi) in plan.ranges.items()
+    }
+    act_type = QuantType.QInt8 if rules.signed_activations else QuantType.QUInt8
+    quantizer = QDQQuantizer(
+        proto,
+        plan.per_channel,
+        rules.weight_reduce_range,
+        QuantType.QInt8,
+        act_type,
+        TensorsData(CalibrationMethod.MinMax, ranges),
+        plan.nodes,
+        [],
+        list(QUANTIZABLE_NODES),
+        {
+            "ActivationSymmetric": rules.signed_activations,
+            "WeightSymmetric": True,
+            "QuantizeBias": rules.quantize_bias,
+            "OpTypesToExcludeOutputQuantization": [
+                t for t in QUANTIZABLE_NODES if t not in rules.quantize_outputs
+            ],
+            # weights are (K, N) in MatMul: output channels are axis 1
+            "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},
+            "DedicatedQDQPair": False,
+        },
+    )
+    from onnxruntime.quantization.onnx_model import ONNXModel
+
+    model = ONNXModel(quantizer.quantize_model())
+    model.topological_sort()  # the quantizer appends Q/DQ nodes after their consumers
+    return model.model
+
+
+def write_qdq_onnx(
+    fp32_path: str | Path,
+    out_path: str | Path,
+    table: CalibrationTable,
+    config: QuantConfig,
+    rules: TargetRules,
+    info: ArtifactInfo,
+) -> QdqPlan:
+    """Quantize the fp32 artifact at ``fp32_path`` into ``out_path`` (atomically), with
+    ``info`` (precision, target, what was kept in float) embedded as metadata."""
+    import onnx
+
+    proto = onnx.load(str(fp32_path))
+    plan = plan_qdq(proto, table, config)
+    quantized = quantize_onnx(proto, plan, rules)
+    info.extra.update(
+        {
+            "quantized_ops": len(plan.quantized),
+            "float_ops": plan.kept_float,
+            "not_honoured": plan.not_honoured,
+            "calibration": {"method": table.method, **_brief(table.source)},
+            # ORT's fused int8 kernels are the ONNX target's numerics; for TensorRT the exact
+            # QDQ simulation (no fusion) stands in for TensorRT's int8.
+            "ort_optimization": "all" if rules.name == "onnx" else "none",
+        }
+    )
+    del quantized.metadata_props[:]
+    meta = quantized.metadata_props.add()
+    meta.key, meta.value = METADATA_KEY, info.to_json()
+    quantized.producer_name = "edgevt"
+    with atomic_path(out_path) as tmp:
+        onnx.checker.check_model(quantized, full_check=True)
+        onnx.save(quantized, str(tmp))
+    return plan
+
+
+def _brief(source: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in source.items() if k != "ops"}

@@ -1,0 +1,114 @@
+"""Accuracy-budgeted mixed precision: keep the fewest, most sensitive ops in float.
+
+1. Rank: quantize one op at a time (fake quantization, the target's rules) and measure the KL
+   divergence of the logits from fp32 on a few calibration images.
+2. Choose: the smallest k such that keeping the k most sensitive ops in float brings the top-1
+   drop on the calibration images within the budget (binary search; the drop is measured
+   against the labels when the folder has them, else as top-1 disagreement with fp32).
+The calibration images are the yardstick, never the evaluation set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgevt.data.imagenet import open_dataset
+from edgevt.errors import DataError
+from edgevt.quant.config import QuantConfig
+from edgevt.quant.fakequant import FakeQuantModel
+from edgevt.quant.onnx_qdq import TargetRules
+from edgevt.quant.table import CalibrationTable
+
+
+@dataclass
+class SensitivityResult:
+    ranking: list[tuple[str, float]]  # (op, KL when only it is quantized), most sensitive first
+    kept_float: list[str]
+    drop_all_int8: float
+    drop_chosen: float
+    images: int
+    measure: str  # "top-1 drop vs labels" or "top-1 disagreement with fp32"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ranking": [{"op": op, "kl": score} for op, score in self.ranking],
+            "kept_float": self.kept_float,
+            "drop_all_int8": self.drop_all_int8,
+            "drop_chosen": self.drop_chosen,
+            "images": self.images,
+            "measure": self.measure,
+        }
+
+
+def _logits(fn, images: torch.Tensor, batch: int = 64) -> np.ndarray:
+    with torch.no_grad():
+        return torch.cat([fn(images[i : i + batch]) for i in range(0, len(images), batch)]).numpy()
+
+
+def _kl(p_logits: np.ndarray, q_logits: np.ndarray) -> float:
+    p = torch.log_softmax(torch.from_numpy(p_logits).double(), 1)
+    q = torch.log_softmax(torch.from_numpy(q_logits).double(), 1)
+    return float((p.exp() * (p - q)).sum(1).mean())
+
+
+def choose_float_layers(
+    model: nn.Module,
+    table: CalibrationTable,
+    config: QuantConfig,
+    rules: TargetRules,
+    data: str | Path | None,
+    preprocess,
+    max_drop: float,
+    *,
+    n_images: int = 512,
+    n_rank: int = 64,
+    progress: bool = True,
+) -> SensitivityResult:
+    from tqdm import tqdm
+
+    if data is None or not Path(data).is_dir():
+        raise DataError(f"--max-drop needs the calibration images; {data} is not a folder.")
+    dataset = open_dataset(data, require_labels=False).subset(n_images)
+    batches = list(dataset.batches(preprocess, 64))
+    images = torch.from_numpy(np.concatenate([b[0] for b in batches]))
+    labels = np.concatenate([b[1] for b in batches])
+    labelled = bool((labels >= 0).all())
+    reference = _logits(model, images)
+    fq = FakeQuantModel(model, table, config, rules)
+    ops = sorted(fq.ops)
+
+    def drop(kept: list[str]) -> float:
+        fq.set_active(set(ops) - set(kept))
+        q = _logits(fq, images).argmax(1)
+        ref = reference.argmax(1)
+        if labelled:
+            return 100.0 * float((ref == labels).mean() - (q == labels).mean())
+        return 100.0 * float((q != ref).mean())
+
+    scores = []
+    for op in tqdm(ops, desc="sensitivity", unit="op", disable=not progress):
+        fq.set_active([op])
+        scores.append((op, _kl(reference[:n_rank], _logits(fq, images[:n_rank]))))
+    ranking = sorted(scores, key=lambda s: -s[1])
+    order = [op for op, _ in ranking]
+    all_int8 = drop([])
+    best_k, best_drop = 0, all_int8
+    if all_int8 > max_drop:
+        lo, hi = 1, len(order)  # keeping every op in float drops nothing
+        best_k, best_drop = hi, 0.0
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            d = drop(order[:mid])
+            if d <= max_drop:
+                best_k, best_drop, hi = mid, d, mid - 1
+            else:
+                lo = mid + 1
+    fq.set_active(ops)
+    measure = "top-1 drop vs labels" if labelled else "top-1 disagreement with fp32"
+    return SensitivityResult(ranking, order[:best_k], all_int8, best_drop, len(images), measure)

@@ -1,0 +1,123 @@
+"""The CalibrationTable: measured ranges, keyed by stable names, that every target honours.
+
+Activation keys name where a tensor meets a quantizable op in the fused PyTorch model:
+``<module>:in0`` / ``<module>:out`` for a Conv2d or Linear module, and
+``<module>@matmul<i>:in0`` / ``:in1`` for the i-th matmul/einsum a module's own forward calls
+(attention products). Weight entries give the per-output-channel max |w|. The file is JSON:
+readable, diffable, hand-editable; ``edgevt calibrate --method`` can re-derive ranges later
+because the observed min/max travel with the clipped range.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgevt.errors import EdgevtError
+from edgevt.io import write_json
+
+FORMAT = "edgevt.calibration/1"
+
+
+@dataclass
+class TensorRange:
+    min: float
+    max: float
+    observed_min: float | None = None
+    observed_max: float | None = None
+
+    @property
+    def amax(self) -> float:
+        return max(abs(self.min), abs(self.max))
+
+    def to_dict(self) -> dict[str, float]:
+        d = {"min": self.min, "max": self.max}
+        if self.observed_min is not None:
+            d["observed_min"] = self.observed_min
+            d["observed_max"] = self.observed_max
+        return d
+
+
+@dataclass
+class CalibrationTable:
+    model: str
+    weights: str
+    method: str
+    activations: dict[str, TensorRange]
+    weight_amax: dict[str, list[float]] = field(default_factory=dict)
+    source: dict[str, Any] = field(default_factory=dict)  # data, checkpoint hash, versions...
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "model": self.model,
+            "weights": self.weights,
+            "method": self.method,
+            "source": self.source,
+            "activations": {k: r.to_dict() for k, r in self.activations.items()},
+            "weight_amax": self.weight_amax,
+        }
+
+    def save(self, path: str | Path) -> Path:
+        return write_json(path, self.to_dict())
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], origin: str = "table") -> CalibrationTable:
+        if data.get("format") != FORMAT:
+            raise EdgevtError(
+                f"{origin} is not an edgevt calibration table (format {data.get('format')!r}, "
+                f"expected {FORMAT!r}); write one with `edgevt calibrate`."
+            )
+        try:
+            acts = {k: TensorRange(**v) for k, v in data["activations"].items()}
+            return cls(
+                model=data["model"],
+                weights=data.get("weights", ""),
+                method=data["method"],
+                activations=acts,
+                weight_amax={k: [float(x) for x in v] for k, v in data["weight_amax"].items()},
+                source=data.get("source", {}),
+            )
+        except (KeyError, TypeError) as exc:
+            raise EdgevtError(f"{origin} is a damaged calibration table: {exc!r}") from exc
+
+    @classmethod
+    def load(cls, path: str | Path) -> CalibrationTable:
+        path = Path(path)
+        if not path.is_file():
+            raise EdgevtError(f"calibration table {path} does not exist.")
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise EdgevtError(f"{path} is not JSON ({exc}); is it a calibration table?") from exc
+        return cls.from_dict(data, str(path))
+
+    def check_for(self, model: str, known_keys: set[str] | None = None) -> None:
+        """Refuse a table made for another model (or a model whose structure changed)."""
+        if self.model != model:
+            raise EdgevtError(
+                f"the calibration table was made for {self.model!r}, not {model!r}; calibrate "
+                f"this model: edgevt calibrate {model} --data DIR -o calib/{model}.json"
+            )
+        if known_keys is not None:
+            missing = sorted(known_keys - set(self.activations))
+            if missing:
+                raise EdgevtError(
+                    f"the calibration table lacks {len(missing)} tensors this model quantizes "
+                    f"(first: {missing[0]}); it is from another version of the model: "
+                    "calibrate again."
+                )
+
+
+def diff_tables(a: CalibrationTable, b: CalibrationTable) -> list[tuple[str, float, float]]:
+    """(key, relative change of amax, amax in b) for activations whose range differs."""
+    out = []
+    for key in sorted(set(a.activations) | set(b.activations)):
+        ra, rb = a.activations.get(key), b.activations.get(key)
+        if ra is None or rb is None:
+            out.append((key, float("inf"), rb.amax if rb else float("nan")))
+        elif (ra.min, ra.max) != (rb.min, rb.max):
+            out.append((key, (rb.amax - ra.amax) / max(ra.amax, 1e-12), rb.amax))
+    return out
