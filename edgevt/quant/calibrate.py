@@ -111,8 +111,9 @@ class OpTracer:
             self.stack.append(name)
             self.counts[name] = 0
             op_type = weighted_op_type(module)
-            if op_type and self.rewrite is not None and args:
-                new = self.rewrite(self._op(name, op_type), [args[0]])
+            op = self._op(name, op_type) if op_type else None
+            if op is not None and self.rewrite is not None and args:
+                new = self.rewrite(op, [args[0]])
                 return (new[0], *args[1:])
             return None
 

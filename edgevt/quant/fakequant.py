@@ -65,10 +65,11 @@ class FakeQuantModel:
             for name, op_type in self.ops.items():
                 if op_type == "matmul":
                     continue
-                w = self.modules[name].weight
+                module = self.modules[name]
                 per_channel = config.resolve(name, op_type).weights == "per_channel"
-                self._float[name] = w.detach().clone()
-                self._quant[name] = fake_quant_weight(w, rules.weight_qmax, per_channel)
+                qmax = rules.weight_qmax(getattr(module, "groups", 1) > 1)
+                self._float[name] = module.weight.detach().clone()
+                self._quant[name] = fake_quant_weight(module.weight, qmax, per_channel)
         self.active: set[str] = set()
         self.set_active(self.ops)
 

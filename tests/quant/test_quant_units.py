@@ -1,0 +1,230 @@
+"""Observers, the table, the config, Q/DQ on a small real graph, TensorRT's rules."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from edgevt.artifact import ArtifactInfo
+from edgevt.data.imagenet import imagenet_synsets, open_dataset
+from edgevt.data.preprocess import Preprocess
+from edgevt.errors import EdgevtError
+from edgevt.quant.calibrate import calibrate_model, trace_ops
+from edgevt.quant.config import QuantConfig
+from edgevt.quant.fakequant import FakeQuantModel
+from edgevt.quant.observers import RangeObserver, entropy_amax, mse_amax
+from edgevt.quant.onnx_qdq import RULES, node_scope, write_qdq_onnx
+from edgevt.quant.table import CalibrationTable, diff_tables
+from edgevt.targets.onnx import OnnxRuntimeRunner, export_onnx
+from edgevt.targets.tensorrt import check_tensorrt_qdq, write_calibration_cache
+from edgevt.validate.evaluate import compare_logits
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        attn = (q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5).softmax(-1)
+        return x + self.proj(attn @ v)
+
+
+class TinyViT(nn.Module):
+    """Conv stem, one attention block (functional matmuls), a classifier: every op kind."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 4, 4), nn.Hardswish(), nn.Conv2d(16, 32, 2, 2))
+        self.blocks = nn.Sequential(Attention(32))
+        self.head = nn.Linear(32, 1000)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x).flatten(2).transpose(1, 2)
+        return self.head(self.blocks(x).mean(1))
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    torch.manual_seed(0)
+    model = TinyViT().eval()
+    images = torch.randn(64, 3, 32, 32)
+    table = calibrate_model(model, images.split(16), model_name="tiny", weights="random")
+    info = ArtifactInfo("tiny", Preprocess(32, 1.0), imagenet_synsets(), target="onnx")
+    path = tmp_path_factory.mktemp("tiny") / "model.onnx"
+    export_onnx(model, info, path)
+    return model, images, table, info, path
+
+
+def test_observer_methods_clip_outliers_but_never_widen() -> None:
+    obs = RangeObserver()
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(4):
+        obs.observe(torch.randn(10000, generator=gen))
+    obs.observe(torch.tensor([40.0]))  # one outlier: the histogram doubles its range
+    assert obs.range("minmax") == (obs.min, 40.0)
+    for method in ("percentile", "entropy"):
+        lo, hi = obs.range(method)
+        assert obs.min <= lo < 0 < hi < 10, method
+    lo, hi = obs.range("mse")  # one outlier costs more squared error than coarse steps do
+    assert obs.min <= lo < 0 < hi <= 40
+    assert sum(obs.hist) == pytest.approx(40001)
+    with pytest.raises(ValueError):
+        obs.range("kl-divergence")
+
+
+def test_entropy_and_mse_find_the_bulk_of_a_gaussian() -> None:
+    x = np.abs(np.random.default_rng(0).standard_normal(1_000_000))
+    hist, _ = np.histogram(x, bins=2048, range=(0, x.max()))
+    assert 3.7 < mse_amax(hist, x.max()) < 4.1  # ACIQ: 8-bit Gaussian optimum is ~3.9 sigma
+    x = np.concatenate([x, [50.0] * 3])  # three far outliers
+    hist, _ = np.histogram(x, bins=2048, range=(0, 50.0))
+    assert 3.0 < entropy_amax(hist, 50.0) < 5.0  # KL ignores them; min-max would take 50
+
+
+def test_calibration_names_modules_and_matmul_products(tiny) -> None:
+    model, images, table, _, _ = tiny
+    ops = table.source["ops"]
+    assert ops == {
+        "stem.0": "Conv2d",
+        "stem.2": "Conv2d",
+        "blocks.0.qkv": "Linear",
+        "blocks.0@matmul0": "matmul",
+        "blocks.0@matmul1": "matmul",
+        "blocks.0.proj": "Linear",
+        "head": "Linear",
+    }
+    assert [op.name for op in trace_ops(model, images[:1])] == list(ops)
+    assert {"blocks.0@matmul1:in0", "blocks.0@matmul1:in1", "stem.0:out"} <= set(table.activations)
+    softmax = table.activations["blocks.0@matmul1:in0"]
+    assert 0 <= softmax.min and softmax.max <= 1
+    assert len(table.weight_amax["head"]) == 1000
+
+
+def test_table_round_trip_and_refusals(tiny, tmp_path) -> None:
+    table = tiny[2]
+    path = table.save(tmp_path / "t.json")
+    again = CalibrationTable.load(path)
+    assert again.to_dict() == json.loads(path.read_text())
+    assert diff_tables(table, again) == []
+    with pytest.raises(EdgevtError, match="made for 'tiny', not 'levit_128s'"):
+        again.check_for("levit_128s")
+    with pytest.raises(EdgevtError, match="lacks 1 tensors"):
+        again.check_for("tiny", {"nowhere:in0"})
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(EdgevtError, match="not JSON"):
+        CalibrationTable.load(tmp_path / "bad.json")
+    (tmp_path / "other.json").write_text('{"format": "something-else"}')
+    with pytest.raises(EdgevtError, match="not an edgevt calibration table"):
+        CalibrationTable.load(tmp_path / "other.json")
+
+
+def test_config_layers_and_validation() -> None:
+    config = QuantConfig.from_dict(
+        {"op_type": {"Linear": {"weights": "per_tensor"}}, "module_name": {"head": None}}
+    )
+    assert config.resolve("stem.0", "Conv2d").weights == "per_channel"
+    assert config.resolve("blocks.0.qkv", "Linear").weights == "per_tensor"
+    assert config.resolve("head", "Linear") is None
+    assert config.resolve("blocks.0@matmul0", "matmul") is None  # default: float
+    assert QuantConfig.from_dict(config.to_dict()).to_dict() == config.to_dict()
+    assert config.keep_float(["stem.0"]).resolve("stem.0", "Conv2d") is None
+    for bad in ({"gloabl": {}}, {"op_type": {"Softmax": {}}}, {"global": {"bits": 4}}):
+        with pytest.raises(EdgevtError):
+            QuantConfig.from_dict(bad)
+
+
+def test_node_scope_follows_module_paths() -> None:
+    assert node_scope("/stages/stages.0/blocks/blocks.1/attn/qkv/MatMul") == (
+        "stages.0.blocks.1.attn.qkv"
+    )
+    assert node_scope("/blocks/blocks.0/blocks.0.0/conv_dw/Conv") == "blocks.0.0.conv_dw"
+    assert node_scope("/cvt/encoder/stages.0/layers.0/attention/Einsum") == (
+        "cvt.encoder.stages.0.layers.0.attention"
+    )
+
+
+@pytest.mark.parametrize("target", ["onnx", "tensorrt"])
+def test_qdq_export_matches_fake_quant_and_obeys_rules(tiny, tmp_path, target) -> None:
+    model, images, table, info, fp32 = tiny
+    config = QuantConfig.from_dict({"op_type": {"matmul": {}}})  # quantize every op kind
+    out = tmp_path / f"int8-{target}.onnx"
+    plan = write_qdq_onnx(fp32, out, table, config, RULES[target], info)
+    assert sorted(plan.quantized) == sorted(table.source["ops"])
+    proto = onnx.load(str(out))
+    dq = [n for n in proto.graph.node if n.op_type == "DequantizeLinear"]
+    assert len(dq) >= 2 * 7  # an activation and a weight (or 2 activations) per op
+    problems = check_tensorrt_qdq(proto)
+    if target == "tensorrt":
+        assert problems == []
+    else:  # uint8 activations with zero points and int32 biases: not TensorRT's rules
+        assert any("zero point is uint8" in p for p in problems)
+        assert any("int32" in p for p in problems)
+    # exact QDQ simulation in ORT == our fake quantization in PyTorch
+    with OnnxRuntimeRunner(out, optimization="none") as runner:
+        ort_logits = runner.infer(images[:16].numpy())
+    with torch.no_grad():
+        fq = FakeQuantModel(model, table, config, RULES[target])(images[:16]).numpy()
+        ref = model(images[:16]).numpy()
+    assert compare_logits(fq, ort_logits)["cosine"] > 0.9999
+    assert np.abs(fq - ort_logits).max() < 0.05 * np.abs(ref).max()
+    assert compare_logits(ref, ort_logits)["cosine"] > 0.99
+
+
+def test_tensorrt_check_catches_a_bad_axis_and_one_sided_quantization(tiny, tmp_path) -> None:
+    _, _, table, info, fp32 = tiny
+    out = tmp_path / "trt.onnx"
+    write_qdq_onnx(fp32, out, table, QuantConfig(), RULES["tensorrt"], info)
+    proto = onnx.load(str(out))
+    conv_dq = next(
+        n
+        for n in proto.graph.node
+        if n.op_type == "DequantizeLinear" and "stem.0.weight" in n.input[0]
+    )
+    for a in conv_dq.attribute:
+        if a.name == "axis":
+            a.i = 1
+    assert any("per-channel axis 1" in p for p in check_tensorrt_qdq(proto))
+
+
+def test_calibration_cache_is_tensorrt_text_format(tmp_path) -> None:
+    path = write_calibration_cache({"images": (-2.0, 2.54), "x": (0.0, 1.27)}, tmp_path / "c")
+    lines = path.read_text().splitlines()
+    assert lines[0].startswith("TRT-") and lines[0].endswith("-EntropyCalibration2")
+    assert lines[1] == "images: 3ca3d70a"  # 2.54 / 127 = 0.02 as float32 bits
+    assert lines[2] == "x: 3c23d70a"  # 0.01
+
+
+def test_max_drop_keeps_the_fewest_sensitive_ops_in_float(tiny, tmp_path, calib_dir) -> None:
+    from edgevt.quant.sensitivity import choose_float_layers
+
+    model, _, _, info, _ = tiny
+    flat = tmp_path / "unlabelled"  # no labels: the drop is measured as disagreement with fp32
+    flat.mkdir()
+    for src in sorted(calib_dir.rglob("*.JPEG"))[:48]:
+        (flat / src.name).symlink_to(src)
+    pp = info.preprocess
+    table = calibrate_model(
+        model,
+        [torch.from_numpy(b) for b, _ in open_dataset(flat, require_labels=False).batches(pp, 16)],
+        model_name="tiny",
+        weights="random",
+    )
+    config = QuantConfig.from_dict({"op_type": {"matmul": {}}})
+    loose = choose_float_layers(
+        model, table, config, RULES["onnx"], flat, pp, 100.0, progress=False
+    )
+    assert loose.kept_float == [] and loose.measure == "top-1 disagreement with fp32"
+    assert [op for op, _ in loose.ranking] and len(loose.ranking) == 7
+    strict = choose_float_layers(model, table, config, RULES["onnx"], flat, pp, 0.0, progress=False)
+    assert strict.drop_chosen == 0.0
+    if strict.drop_all_int8 > 0:
+        assert strict.kept_float == [op for op, _ in strict.ranking][: len(strict.kept_float)]
+        assert 0 < len(strict.kept_float) <= 7
