@@ -530,3 +530,49 @@ def evaluate(
     )
     dataset = open_dataset(data, labels=labels, synsets=runner.info.classes).subset(limit)
     return _evaluate(runner, dataset, batch_size=batch_size, progress=progress)
+
+
+def bench(
+    artifacts: list[Path],
+    *,
+    threads: list[int] | tuple[int, ...] = (1,),
+    batch: int = 1,
+    warmup: int = 10,
+    seconds: float = 3.0,
+    iterations: int = 20,
+    out: str | Path | None = None,
+) -> list[tuple[Any, Path]]:
+    """Host latency of each artifact at each thread count; one JSON result file per pair.
+
+    Results land in ``out`` or in ``bench/`` of the artifact's own folder (its run directory,
+    whose manifest records a ``bench`` stage). Each measurement runs in its own process.
+    Returns (BenchResult, json path) pairs, grouped
+    by thread count so each group's first entry is the baseline.
+    """
+    from edgevt.bench import benchmark_isolated
+
+    for path in artifacts:
+        if not path.is_file():
+            raise EdgevtError(f"{path} does not exist (edgevt bench takes exported artifacts).")
+    results: list[tuple[Any, Path]] = []
+    for n in threads:
+        if n < 1:
+            raise EdgevtError(f"--threads {n}: thread counts must be >= 1.")
+        for path in artifacts:
+            result = benchmark_isolated(path, n, batch, warmup, seconds, iterations)
+            folder = Path(out) if out is not None else path.parent / "bench"
+            json_path = write_json(folder / f"{path.stem}-t{n}-b{batch}.json", result.to_dict())
+            if out is None and (path.parent / "manifest.json").is_file():
+                run = RunDir(path.parent)
+                stage = run.manifest["stages"].get("bench", {}).get("results", {})
+                stage[json_path.stem] = {
+                    k: getattr(result, k) for k in ("p50_ms", "p90_ms", "p99_ms", "batch")
+                }
+                run.record(
+                    "bench",
+                    {"artifacts": sorted({str(p.name) for p in artifacts})},
+                    {"warmup": warmup, "seconds": seconds, "iterations": iterations},
+                    results=stage,
+                )
+            results.append((result, json_path))
+    return results

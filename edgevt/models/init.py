@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 BIAS_STD = 1.0  # LeViT attention-bias tables: trained ones span a few units
+STATS_PIXELS = 64 * 224 * 224  # input pixels per forward pass estimating BatchNorm statistics
 
 
 @torch.no_grad()
@@ -22,12 +23,14 @@ def randomize_degenerate_parameters(
     """Make a freshly built model behave like a trained one, numerically.
 
     1. BatchNorm affine parameters and LeViT attention-bias tables get random values.
-    2. BatchNorm running statistics are re-estimated from one forward pass over ``images``
+    2. BatchNorm running statistics are re-estimated from a forward pass over ``images``
        (real preprocessed photographs; photo-like noise when None), so every layer sees
        unit-scale activations on real inputs. Random statistics instead blow channels up
        and wash the input out (near-constant logits again); statistics from white noise
        mis-scale the deep layers on photographs until attention saturates and the network
-       amplifies rounding noise chaotically.
+       amplifies rounding noise chaotically. The pass runs in chunks of at most
+       ``STATS_PIXELS`` input pixels (64 images at 224: one chunk, and random LeViTs are
+       sensitive to how the statistics were pooled; CvT-W24 at 384 in one pass needs 24 GB).
 
     Returns ``model`` in eval mode (changed in place).
     """
@@ -58,7 +61,10 @@ def randomize_degenerate_parameters(
             bn.momentum = None  # cumulative average over the pass below
     if norms:
         model.train()
-        model(images if images is not None else natural_noise(8, input_size, gen))
+        batch = images if images is not None else natural_noise(8, input_size, gen)
+        per_chunk = max(1, STATS_PIXELS // (batch.shape[-1] * batch.shape[-2]))
+        for chunk in batch.split(per_chunk):
+            model(chunk)
         for bn in norms:
             bn.momentum = 0.1
     model.eval()

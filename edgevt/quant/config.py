@@ -11,6 +11,11 @@ accuracy (FQ-ViT, PTQ4ViT). Defaults chosen for these models:
 * Conv2d and Linear: int8 per-output-channel symmetric weights, per-tensor activations.
   That includes the first conv (its input is an 8-bit image anyway) and the classifier
   (its output, the logits, stays float).
+* add: residual adds whose inputs and output were all calibrated (CNN blocks: conv outputs
+  and conv inputs) run in int8 on ONNX Runtime, which keeps a whole MBConv block in int8
+  (EfficientNet-Lite0: 1.7x faster than fp32 instead of 1.0x, cosine 0.993 vs 0.994).
+  Transformer residual streams are never calibrated tensors, so their adds stay in float.
+  ``{"op_type": {"add": null}}`` turns it off.
 * matmul (activation x activation): float. In LeViT and CvT they are small (196 tokens,
   head dim 16-64), ONNX Runtime's int8 kernels for them are slower than fp32 here, and the
   softmax output is the tensor ViT PTQ papers find hardest. Turn on with
@@ -27,7 +32,7 @@ from typing import Any
 
 from edgevt.errors import EdgevtError
 
-OP_TYPES = ("Conv2d", "Linear", "matmul")
+OP_TYPES = ("Conv2d", "Linear", "matmul", "add")
 GRANULARITIES = ("per_channel", "per_tensor")
 
 

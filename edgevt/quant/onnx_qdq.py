@@ -42,6 +42,10 @@ class TargetRules:
     weight_reduce_range: bool  # 7-bit weights
     quantize_outputs: tuple[str, ...]  # node types whose output also gets Q/DQ
     quantize_bias: bool
+    # Element-wise nodes quantized when every tensor they touch has a calibrated range; lets
+    # ONNX Runtime keep whole CNN blocks in int8 (QLinearConv + QLinearAdd, Clip folded into Q)
+    # instead of converting layouts around each float Add.
+    calibrated_elementwise: tuple[str, ...] = ()
 
     def weight_qmax(self, depthwise: bool = False) -> int:
         """Largest int8 weight magnitude (ORT's 7-bit range spares depthwise convs)."""
@@ -49,7 +53,7 @@ class TargetRules:
 
 
 RULES = {
-    "onnx": TargetRules("onnx", False, False, (), True),
+    "onnx": TargetRules("onnx", False, False, (), True, ("Add", "Clip", "Relu")),
     "tensorrt": TargetRules("tensorrt", True, False, (), False),
 }
 
@@ -110,6 +114,7 @@ class QdqPlan:
     ranges: dict[str, tuple[float, float]]  # onnx tensor -> (min, max)
     nodes: list[str]  # ONNX node names to quantize
     per_channel: bool
+    add_elementwise: bool = True  # config op type "add"
 
 
 def plan_qdq(proto: Any, table: CalibrationTable, config: QuantConfig) -> QdqPlan:
@@ -151,7 +156,28 @@ def plan_qdq(proto: Any, table: CalibrationTable, config: QuantConfig) -> QdqPla
     if not quantized:
         raise EdgevtError("nothing to quantize: the config keeps every op in float.")
     per_channel = granularity != {"per_tensor"}
-    return QdqPlan(quantized, kept, notes, ranges, nodes, per_channel)
+    add = config.resolve("add", "add") is not None
+    return QdqPlan(quantized, kept, notes, ranges, nodes, per_channel, add)
+
+
+def calibrated_elementwise_nodes(proto: Any, plan: QdqPlan, rules: TargetRules) -> list[str]:
+    """Nodes of ``rules.calibrated_elementwise`` types whose tensors all have ranges (an Add)
+    or whose output has one (a Clip/Relu, which ORT then folds into the Q's saturation)."""
+    if not rules.calibrated_elementwise or not plan.add_elementwise:
+        return []
+    constant = {t.name for t in proto.graph.initializer}
+    constant |= {n.output[0] for n in proto.graph.node if n.op_type == "Constant"}
+    chosen = []
+    for node in proto.graph.node:
+        if node.op_type not in rules.calibrated_elementwise:
+            continue
+        if node.op_type == "Add":
+            tensors = [t for t in node.input if t not in constant] + list(node.output)
+            if len(tensors) == 3 and all(t in plan.ranges for t in tensors):
+                chosen.append(node.name)
+        elif node.output[0] in plan.ranges:
+            chosen.append(node.name)
+    return chosen
 
 
 def quantize_onnx(proto: Any, plan: QdqPlan, rules: TargetRules) -> Any:
@@ -164,6 +190,7 @@ def quantize_onnx(proto: Any, plan: QdqPlan, rules: TargetRules) -> Any:
         name: TensorData(lowest=np.array(lo, np.float32), highest=np.array(hi, np.float32))
         for name, (lo, hi) in plan.ranges.items()
     }
+    nodes = plan.nodes + calibrated_elementwise_nodes(proto, plan, rules)
     act_type = QuantType.QInt8 if rules.signed_activations else QuantType.QUInt8
     overrides = {}
     if rules.weight_reduce_range:
@@ -180,9 +207,9 @@ def quantize_onnx(proto: Any, plan: QdqPlan, rules: TargetRules) -> Any:
         QuantType.QInt8,
         act_type,
         TensorsData(CalibrationMethod.MinMax, ranges),
-        plan.nodes,
+        nodes,
         [],
-        list(QUANTIZABLE_NODES),
+        [*QUANTIZABLE_NODES, *rules.calibrated_elementwise],
         {
             "ActivationSymmetric": rules.signed_activations,
             "WeightSymmetric": True,

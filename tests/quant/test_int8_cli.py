@@ -94,3 +94,26 @@ def test_onnx_runtime_int8_is_not_tensorrt_shaped(tmp_path: Path, lite0_table: P
     checked = run("check", str(out / "model_int8.onnx"))
     assert checked.returncode == 1
     assert "zero point is uint8" in checked.stdout
+    # MBConv residual adds have calibrated inputs and output, so they run in int8 too.
+    assert quantized_adds(out / "model_int8.onnx") > 0
+
+    config = tmp_path / "no_add.json"
+    config.write_text(json.dumps({"op_type": {"add": None}}))
+    out = tmp_path / "no_add"
+    proc = run(
+        "export", *LITE0, "--int8", "--calib-table", str(lite0_table),
+        "--quant-config", str(config), "-o", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert quantized_adds(out / "model_int8.onnx") == 0
+
+
+def quantized_adds(path: Path) -> int:
+    """Adds whose inputs are all DequantizeLinear outputs (ORT fuses them to QLinearAdd)."""
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    dequantized = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    return sum(
+        n.op_type == "Add" and all(i in dequantized for i in n.input) for n in graph.node
+    )
