@@ -180,6 +180,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser(
+        "bundle",
+        help="write a self-contained folder that checks and times a run's artifacts on a device",
+        description="Copy RUN_DIR's artifacts that DEVICE runs, real sample images with the "
+        "logits this host computed for them, a standalone runner (numpy + the device runtime) "
+        "and a README with the exact ssh/adb commands into -o DIR. Run it on the device; feed "
+        "its results JSON to `edgevt report`.",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory from `edgevt export`")
+    p.add_argument(
+        "--device", required=True, help="profile name (see `edgevt devices`) or a .toml path"
+    )
+    p.add_argument("-o", "--out", required=True, metavar="DIR", help="the bundle folder")
+    p.add_argument("--samples", type=int, default=8, help="sample images to check (default 8)")
+    p.add_argument("--data", metavar="DIR", help="sample images (default: imagenet-val1000)")
+    p.add_argument("--force", action="store_true", help="replace a non-empty -o folder")
+    p.set_defaults(func=cmd_bundle)
+
+    p = sub.add_parser("devices", help="list device profiles (targets/*.toml) or show one")
+    p.add_argument("device", nargs="?", help="a profile name or a .toml path to show")
+    _add_json(p)
+    p.set_defaults(func=cmd_devices)
+
+    p = sub.add_parser(
         "bench",
         help="host latency of artifacts: p50/p90/p99, throughput, memory, size",
         description="Time artifacts with the same runners as `edgevt eval`: warm-up, then "
@@ -454,6 +477,39 @@ def cmd_eval(args: argparse.Namespace) -> None:
     )
     if args.json:
         _print_json(result.to_dict())
+
+
+def cmd_bundle(args: argparse.Namespace) -> None:
+    from edgevt.bundle import make_bundle
+
+    bundle = make_bundle(
+        args.run_dir, args.device, args.out, samples=args.samples, data=args.data,
+        force=args.force,
+    )  # fmt: skip
+    print(
+        f"bundle for {bundle.device.name}: {bundle.path} ({', '.join(bundle.models)}; "
+        f"{bundle.samples} sample images). Next: see {bundle.path / 'README.md'}"
+    )
+
+
+def cmd_devices(args: argparse.Namespace) -> None:
+    from dataclasses import asdict
+
+    from edgevt.devices import list_profiles, load_profile, profiles_dir
+
+    names = [args.device] if args.device else list_profiles()
+    profiles = [load_profile(n) for n in names]
+    if args.device:
+        for key, value in asdict(profiles[0]).items():
+            print(f"{key:<16}{', '.join(map(str, value)) if isinstance(value, tuple) else value}")
+    else:
+        print(f"device profiles in {profiles_dir()}:")
+        for p in profiles:
+            print(f"  {p.name:<18}{p.backend:<12}{'/'.join(p.precisions):<18}{p.description}")
+    if args.json:
+        _print_json(
+            [{k: str(v) if k == "path" else v for k, v in asdict(p).items()} for p in profiles]
+        )
 
 
 def cmd_bench(args: argparse.Namespace) -> None:

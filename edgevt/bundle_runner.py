@@ -1,0 +1,259 @@
+#!/usr/bin/env python3
+"""edgevt device bundle runner: check, then time, every model in this folder.
+
+Standalone on purpose: it needs only numpy and the device's runtime (ai-edge-litert or
+tflite-runtime for .tflite, onnxruntime for .onnx, TensorRT's Python API for .engine,
+coremltools on macOS for .mlpackage). edgevt copies this file verbatim into every bundle and
+runs the same file on the host in its tests.
+
+    python3 run_bundle.py [--threads N] [--seconds S] [--iterations N] [--out results/]
+
+For each model listed in bundle.json it runs the bundled sample images, compares the logits with
+the expected ones computed on the host (cosine and top-1 agreement; a model that fails the check
+is reported and not timed), then times batch-1 inference and writes one results JSON that
+`edgevt report` reads beside the host results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+MIN_COSINE = 0.99  # the device must reproduce the host's logits of the same artifact
+
+
+class Model:
+    """One loaded artifact: ``infer(nchw_float32) -> logits``."""
+
+    def __init__(self, path: Path, threads: int, compute_units: str | None = None) -> None:
+        self.path, self.threads = path, threads
+        suffix = path.suffix
+        if suffix == ".onnx":
+            self.backend, self._run = self._onnxruntime()
+        elif suffix == ".tflite":
+            self.backend, self._run = self._litert()
+        elif suffix == ".engine":
+            self.backend, self._run = self._tensorrt()
+        elif suffix == ".mlpackage":
+            self.backend, self._run = self._coreml(compute_units or "ALL")
+        else:
+            raise SystemExit(f"run_bundle: unknown model type {path.name}")
+
+    def _onnxruntime(self):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise SystemExit("run_bundle: pip install onnxruntime (needed for .onnx)") from None
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        meta = json.loads((HERE / "bundle.json").read_text())["models"][self.path.name]
+        if meta.get("ort_optimization") == "none":  # QDQ stand-in for TensorRT: exact numerics
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        return f"onnxruntime {ort.__version__}", lambda x: session.run(None, {name: x})[0]
+
+    def _litert(self):
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+
+            backend = "ai-edge-litert"
+        except ImportError:
+            try:
+                from tflite_runtime.interpreter import Interpreter
+
+                backend = "tflite-runtime"
+            except ImportError:
+                raise SystemExit(
+                    "run_bundle: pip install ai-edge-litert (or tflite-runtime) for .tflite"
+                ) from None
+        interp = Interpreter(model_path=str(self.path), num_threads=self.threads)
+        interp.allocate_tensors()
+        inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+
+        def run(x: np.ndarray) -> np.ndarray:
+            if inp["shape"][-1] == 3:  # NHWC model
+                x = x.transpose(0, 2, 3, 1)
+            if inp["dtype"] != np.float32:  # integer input: quantize with the model's scale
+                scale, zero = inp["quantization"]
+                info = np.iinfo(inp["dtype"])
+                x = np.clip(np.round(x / scale + zero), info.min, info.max).astype(inp["dtype"])
+            interp.set_tensor(inp["index"], np.ascontiguousarray(x))
+            interp.invoke()
+            y = interp.get_tensor(out["index"])
+            if out["dtype"] != np.float32:
+                scale, zero = out["quantization"]
+                y = (y.astype(np.float32) - zero) * scale
+            return y
+
+        return backend, run
+
+    def _tensorrt(self):
+        try:
+            import tensorrt as trt
+        except ImportError:
+            raise SystemExit(
+                "run_bundle: the tensorrt Python package is missing (JetPack ships it); or "
+                "use trtexec as the bundle README shows"
+            ) from None
+        logger = trt.Logger(trt.Logger.WARNING)
+        engine = trt.Runtime(logger).deserialize_cuda_engine(self.path.read_bytes())
+        context = engine.create_execution_context()
+        try:
+            from cuda.bindings import runtime as cudart
+        except ImportError:
+            from cuda import cudart
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        inp = next(n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
+        out = next(n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
+
+        def run(x: np.ndarray) -> np.ndarray:
+            context.set_input_shape(inp, x.shape)
+            y = np.empty(tuple(context.get_tensor_shape(out)), np.float32)
+            _, d_in = cudart.cudaMalloc(x.nbytes)
+            _, d_out = cudart.cudaMalloc(y.nbytes)
+            kind = cudart.cudaMemcpyKind
+            cudart.cudaMemcpy(d_in, x.ctypes.data, x.nbytes, kind.cudaMemcpyHostToDevice)
+            context.set_tensor_address(inp, d_in)
+            context.set_tensor_address(out, d_out)
+            context.execute_async_v3(0)
+            cudart.cudaMemcpy(y.ctypes.data, d_out, y.nbytes, kind.cudaMemcpyDeviceToHost)
+            cudart.cudaFree(d_in)
+            cudart.cudaFree(d_out)
+            return y
+
+        return f"tensorrt {trt.__version__}", run
+
+    def _coreml(self, compute_units: str):
+        try:
+            import coremltools as ct
+        except ImportError:
+            raise SystemExit("run_bundle: pip install coremltools (on macOS)") from None
+        model = ct.models.MLModel(
+            str(self.path), compute_units=getattr(ct.ComputeUnit, compute_units)
+        )
+        spec = model.get_spec()
+        inp, out = spec.description.input[0].name, spec.description.output[0].name
+        return (
+            f"coremltools {ct.__version__} ({compute_units})",
+            lambda x: np.asarray(model.predict({inp: x})[out]),
+        )
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(self._run(np.ascontiguousarray(x, dtype=np.float32)), np.float32)
+
+
+def check(model: Model, inputs: np.ndarray, expected: np.ndarray) -> dict:
+    """Logits on the bundled samples vs the host's, one image at a time (batch-1 engines)."""
+    got = np.concatenate([model.infer(inputs[i : i + 1]) for i in range(len(inputs))])
+    a, b = got.reshape(len(got), -1), expected.reshape(len(expected), -1)
+    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
+    agree = float((a.argmax(1) == b.argmax(1)).mean())
+    return {
+        "cosine": float(cos.mean()),
+        "top1_agreement": agree,
+        "max_abs_diff": float(np.abs(a - b).max()),
+        "passed": bool(cos.mean() >= MIN_COSINE),
+    }
+
+
+def time_model(model: Model, x: np.ndarray, warmup: int, seconds: float, iterations: int) -> dict:
+    for _ in range(warmup):
+        model.infer(x)
+    times = []
+    start = time.perf_counter()
+    while len(times) < iterations or time.perf_counter() - start < seconds:
+        t0 = time.perf_counter()
+        model.infer(x)
+        times.append((time.perf_counter() - t0) * 1e3)
+    ms = np.asarray(times)
+    return {
+        "iterations": len(times),
+        "warmup": warmup,
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p90_ms": float(np.percentile(ms, 90)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "mean_ms": float(ms.mean()),
+        "min_ms": float(ms.min()),
+        "throughput_ips": float(1e3 / ms.mean()),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    bundle = json.loads((HERE / "bundle.json").read_text())
+    parser = argparse.ArgumentParser(description="check, then time, the bundled models")
+    parser.add_argument("--threads", type=int, nargs="+", default=bundle["threads"])
+    parser.add_argument("--seconds", type=float, default=5.0, help="time each model this long")
+    parser.add_argument("--iterations", type=int, default=50, help="and at least this often")
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--compute-units", default=None, help="Core ML: CPU_ONLY, ALL, ...")
+    parser.add_argument("--models", nargs="+", help="only these files from bundle.json")
+    parser.add_argument("--out", type=Path, default=HERE / "results")
+    args = parser.parse_args(argv)
+
+    samples = np.load(HERE / "samples.npz")
+    inputs = samples["inputs"]
+    rows = []
+    for name, meta in bundle["models"].items():
+        if args.models and name not in args.models:
+            continue
+        for threads in args.threads:
+            model = Model(HERE / "models" / name, threads, args.compute_units)
+            verdict = check(model, inputs, samples[meta["expected"]])
+            row = {
+                "artifact": name,
+                "model": bundle["model"],
+                "precision": meta["precision"],
+                "backend": model.backend,
+                "threads": threads,
+                "batch": 1,
+                "size_bytes": meta["size_bytes"],
+                "check": verdict,
+            }
+            status = "ok" if verdict["passed"] else "FAILED"
+            print(
+                f"{name}: check {status} (cosine {verdict['cosine']:.5f}, top-1 agreement "
+                f"{verdict['top1_agreement']:.2f}) [{model.backend}, {threads} thread(s)]",
+                flush=True,
+            )
+            if verdict["passed"]:
+                row.update(time_model(model, inputs[:1], args.warmup, args.seconds,
+                                      args.iterations))  # fmt: skip
+                print(f"  p50 {row['p50_ms']:.2f} ms  p90 {row['p90_ms']:.2f} ms", flush=True)
+            rows.append(row)
+    result = {
+        "format": "edgevt.device-results/1",
+        "device": bundle["device"],
+        "host": {
+            "hostname": platform.node(),
+            "machine": platform.machine(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+        },
+        "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),  # noqa: UP017  (the device may run Python 3.10)
+        "results": rows,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = args.out / f"{bundle['device']}-{stamp}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(tmp, path)  # atomic: a killed run leaves no half-written results
+    print(f"results: {path}")
+    return 0 if all(r["check"]["passed"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

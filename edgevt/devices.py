@@ -1,0 +1,84 @@
+"""Device profiles: the TOML files in the repository's top-level ``targets/`` folder.
+
+A profile says what runs on a device (backend, which artifacts, precisions, threads, Core ML
+compute units) and how a bundle reaches it (ssh, adb, a Mac). ``edgevt bundle --device NAME``
+and the report read them; a path to a ``.toml`` works wherever a name does, so users add their
+own devices without editing edgevt.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgevt.errors import EdgevtError
+
+BACKENDS = ("litert", "tensorrt", "coreml", "onnxruntime")
+CONNECTIONS = ("ssh", "adb", "macos", "local")
+REQUIRED = ("name", "description", "os", "arch", "backend", "artifacts", "precisions", "threads")
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    name: str
+    description: str
+    os: str
+    arch: str
+    backend: str
+    artifacts: tuple[str, ...]
+    precisions: tuple[str, ...]
+    threads: tuple[int, ...]
+    connect: str = "ssh"
+    runtime_install: str = ""
+    compute_units: tuple[str, ...] = ()
+    path: Path | None = field(default=None, compare=False)
+
+
+def profiles_dir() -> Path:
+    """``$EDGEVT_DEVICES`` or the repository's ``targets/`` folder."""
+    env = os.environ.get("EDGEVT_DEVICES")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "targets"
+
+
+def list_profiles() -> list[str]:
+    folder = profiles_dir()
+    return sorted(p.stem for p in folder.glob("*.toml")) if folder.is_dir() else []
+
+
+def load_profile(name_or_path: str | Path) -> DeviceProfile:
+    """A profile by name (``raspberry-pi-5``) or from a ``.toml`` path."""
+    path = Path(name_or_path)
+    if path.suffix != ".toml":
+        path = profiles_dir() / f"{name_or_path}.toml"
+        if not path.is_file():
+            known = ", ".join(list_profiles()) or f"none in {profiles_dir()}"
+            raise EdgevtError(
+                f"unknown device {name_or_path!r}; known: {known}. A path to your own "
+                ".toml profile works too (copy one from targets/)."
+            )
+    if not path.is_file():
+        raise EdgevtError(f"device profile {path} does not exist.")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise EdgevtError(f"device profile {path} is not valid TOML: {exc}") from exc
+    missing = [k for k in REQUIRED if k not in data]
+    unknown = set(data) - (set(DeviceProfile.__dataclass_fields__) - {"path"})
+    if missing or unknown:
+        raise EdgevtError(
+            f"device profile {path}: "
+            + (f"missing {', '.join(missing)}" if missing else "")
+            + ("; " if missing and unknown else "")
+            + (f"unknown key(s) {', '.join(sorted(unknown))}" if unknown else "")
+            + "."
+        )
+    if data["backend"] not in BACKENDS:
+        raise EdgevtError(f"{path}: backend {data['backend']!r} is not one of {BACKENDS}.")
+    if data.get("connect", "ssh") not in CONNECTIONS:
+        raise EdgevtError(f"{path}: connect {data['connect']!r} is not one of {CONNECTIONS}.")
+    for key in ("artifacts", "precisions", "threads", "compute_units"):
+        if key in data:
+            data[key] = tuple(data[key])
+    return DeviceProfile(**data, path=path)

