@@ -7,7 +7,7 @@ DATA ?= ../shared/data
 # timm needs torchvision, and other torch builds cannot load the index's torchvision.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: venv demo test test-slow lint clean
+.PHONY: venv browser demo test test-slow lint clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,12 @@ $(BIN)/.installed: pyproject.toml
 
 venv: $(BIN)/.installed
 
+# The report test renders the HTML page in Debian's headless Chromium (skipped without it).
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && { apt-get install -y -qq chromium \
+		|| { apt-get update -qq && apt-get install -y -qq chromium; }; } >/dev/null 2>&1; } \
+		|| echo "note: chromium not installed (apt-get install chromium); the HTML render test will skip"
+
 demo: venv
 	$(BIN)/edgevt export efficientnet_lite0 --pretrained --target onnx -o runs/demo-efficientnet_lite0 \
 		--eval-data $(DATA)/imagenet-val1000
@@ -25,7 +31,7 @@ demo: venv
 		--eval-data $(DATA)/imagenet-val1000 --limit 200
 	$(BIN)/edgevt eval runs/demo-efficientnet_lite0/model.onnx --data $(DATA)/imagenet-val1000 --json
 
-test: venv
+test: venv browser
 	$(BIN)/ruff check edgevt tests benchmarks
 	$(BIN)/pytest -q
 

@@ -110,6 +110,7 @@ def make_bundle(
             "format": "edgevt.bundle/1",
             "device": profile.name,
             "backend": profile.backend,
+            "run": run_dir.resolve().name,
             "model": first.info.model,
             "weights": first.info.weights,
             "threads": list(profile.threads),

@@ -213,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
             verdict = check(model, inputs, samples[meta["expected"]])
             row = {
                 "artifact": name,
+                "run": bundle.get("run"),
                 "model": bundle["model"],
                 "precision": meta["precision"],
                 "backend": model.backend,

@@ -197,6 +197,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace a non-empty -o folder")
     p.set_defaults(func=cmd_bundle)
 
+    p = sub.add_parser(
+        "report",
+        help="accuracy/latency report (Markdown + self-contained HTML) from run directories",
+        description="Collect evaluation results, host benchmarks (bench/*.json), calibration "
+        "settings and sensitivity from RUN_DIRs, and device results from bundles, into "
+        "-o DIR/report.md, report.html (inline plots) and report.json.",
+    )
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument(
+        "--device-results",
+        nargs="+",
+        default=[],
+        metavar="JSON",
+        help="results files that run_bundle.py wrote on devices",
+    )
+    p.add_argument("-o", "--out", required=True, metavar="DIR", help="e.g. reports/levit_128s")
+    p.add_argument("--title", help="page title (default: from the runs)")
+    p.set_defaults(func=cmd_report)
+
     p = sub.add_parser("devices", help="list device profiles (targets/*.toml) or show one")
     p.add_argument("device", nargs="?", help="a profile name or a .toml path to show")
     _add_json(p)
@@ -477,6 +496,21 @@ def cmd_eval(args: argparse.Namespace) -> None:
     )
     if args.json:
         _print_json(result.to_dict())
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from edgevt.report import collect, write_report
+
+    report = collect([Path(d) for d in args.run_dirs], [Path(f) for f in args.device_results])
+    models = sorted({r.model for r in report.rows} | {t.model for t in report.timings})
+    title = args.title or f"edgevt report: {', '.join(models)}"
+    paths = write_report(report, Path(args.out), title)
+    print(
+        f"report: {len(report.rows)} accuracy rows, {len(report.timings)} timings -> "
+        + ", ".join(str(p) for p in paths.values())
+    )
 
 
 def cmd_bundle(args: argparse.Namespace) -> None:

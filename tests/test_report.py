@@ -1,0 +1,88 @@
+"""`edgevt report` on a real run: tables, device results ingested, and an HTML page that
+renders in real headless Chromium with its plot visible."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+EDGEVT = [sys.executable, "-m", "edgevt.cli"]
+PARETO_RED, POINT_BLUE = (214, 39, 40), (31, 119, 180)
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*EDGEVT, *args], capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def report_dir(lite0_int8_run: Path, tmp_path_factory) -> Path:
+    fast = ("--seconds", "0.2", "--iterations", "3", "--warmup", "1")
+    artifacts = [str(lite0_int8_run / "model.onnx"), str(lite0_int8_run / "model_int8.onnx")]
+    assert run("bench", *artifacts, "--threads", "1", *fast).returncode == 0
+    bundle = tmp_path_factory.mktemp("bundle") / "pi5"
+    made = run("bundle", str(lite0_int8_run), "--device", "raspberry-pi-5", "-o", str(bundle),
+               "--samples", "2")  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    ran = subprocess.run(
+        [sys.executable, str(bundle / "run_bundle.py"), "--threads", "1", "--seconds", "0.2",
+         "--iterations", "3"], capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    device_json = next((bundle / "results").glob("*.json"))
+    out = tmp_path_factory.mktemp("report") / "lite0"
+    proc = run("report", str(lite0_int8_run), "--device-results", str(device_json), "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def test_report_tables_hold_accuracy_latency_and_device_results(report_dir: Path) -> None:
+    md = (report_dir / "report.md").read_text()
+    data = json.loads((report_dir / "report.json").read_text())
+    rows = {r["artifact"]: r for r in data["rows"]}
+    assert set(rows) == {"PyTorch (unfused)", "model.onnx", "model_int8.onnx"}
+    assert rows["model_int8.onnx"]["precision"] == "int8" and rows["model_int8.onnx"]["n"] == 32
+    assert 0 < rows["model_int8.onnx"]["cosine"] <= 1
+    places = {(t["artifact"], t["where"]) for t in data["timings"]}
+    assert places == {(a, w) for a in ("model.onnx", "model_int8.onnx")
+                      for w in ("host", "raspberry-pi-5")}  # fmt: skip
+    fp32_host = next(
+        t for t in data["timings"] if t["where"] == "host" and t["precision"] == "fp32"
+    )
+    assert fp32_host["speedup"] == pytest.approx(1.0)
+    assert "| lite0 | model_int8.onnx | int8 | raspberry-pi-5 |" in md
+    assert "percentile on 16 images" in md
+    assert sum(p["pareto"] for p in data["points"]) >= 1 and len(data["points"]) == 2
+
+
+def test_html_report_renders_in_headless_chromium(report_dir: Path, tmp_path: Path) -> None:
+    page = (report_dir / "report.html").read_text()
+    assert page.count("<circle") == 2 and "http" not in page.replace(
+        "http://www.w3.org/2000/svg", ""
+    )  # self-contained: nothing to fetch
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    shot = tmp_path / "report.png"
+    proc = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+         "--no-first-run", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--hide-scrollbars",
+         "--window-size=1200,900", f"--screenshot={shot}", (report_dir / "report.html").as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert shot.is_file(), proc.stderr
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(shot).convert("RGB")).reshape(-1, 3).astype(int)
+
+    def count(color: tuple[int, int, int]) -> int:
+        return int((np.abs(pixels - np.array(color)).sum(1) < 30).sum())
+
+    # The plot is drawn: its points are on screen (red on the Pareto front, blue off it).
+    assert count(PARETO_RED) + count(POINT_BLUE) > 2 * 100
