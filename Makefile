@@ -24,12 +24,21 @@ browser:
 		|| { apt-get update -qq && apt-get install -y -qq chromium; }; } >/dev/null 2>&1; } \
 		|| echo "note: chromium not installed (apt-get install chromium); the HTML render test will skip"
 
+LITE0 := runs/demo-efficientnet_lite0
+LEVIT := runs/demo-levit_128s-random-init
+
 demo: venv
-	$(BIN)/edgevt export efficientnet_lite0 --pretrained --target onnx -o runs/demo-efficientnet_lite0 \
-		--eval-data $(DATA)/imagenet-val1000
-	$(BIN)/edgevt export levit_128s --target onnx -o runs/demo-levit_128s-random-init \
-		--eval-data $(DATA)/imagenet-val1000 --limit 200
-	$(BIN)/edgevt eval runs/demo-efficientnet_lite0/model.onnx --data $(DATA)/imagenet-val1000 --json
+	$(BIN)/edgevt export efficientnet_lite0 --pretrained --target onnx -o $(LITE0) \
+		--int8 --calib $(DATA)/imagenet-sample1000 --eval-data $(DATA)/imagenet-val1000
+	$(BIN)/edgevt export levit_128s --target onnx -o $(LEVIT) \
+		--int8 --calib $(DATA)/imagenet-sample1000 --eval-data $(DATA)/imagenet-val1000 --limit 200
+	$(BIN)/edgevt bench $(LITE0)/model.onnx $(LITE0)/model_int8.onnx --threads 1 2
+	$(BIN)/edgevt bench $(LEVIT)/model.onnx $(LEVIT)/model_int8.onnx --threads 1 2
+	$(BIN)/edgevt bundle $(LITE0) --device raspberry-pi-5 -o runs/demo-bundle-pi5 --force
+	$(BIN)/python runs/demo-bundle-pi5/run_bundle.py --threads 2 --seconds 2
+	$(BIN)/edgevt report $(LITE0) $(LEVIT) -o reports/demo \
+		--device-results $$(ls -t runs/demo-bundle-pi5/results/*.json | head -1)
+	$(BIN)/edgevt eval $(LITE0)/model_int8.onnx --data $(DATA)/imagenet-val1000 --json
 
 test: venv browser
 	$(BIN)/ruff check edgevt tests benchmarks

@@ -140,6 +140,7 @@ def collect(run_dirs: list[Path], device_results: list[Path] = ()) -> Report:
         data = _load_json(path, "device results")
         if data.get("format") != "edgevt.device-results/1":
             raise EdgevtError(f"{path} is not a results file written by run_bundle.py.")
+        where = _device_label(data)
         for r in data["results"]:
             if "p50_ms" not in r:  # failed its correctness check: not timed
                 continue
@@ -147,7 +148,7 @@ def collect(run_dirs: list[Path], device_results: list[Path] = ()) -> Report:
             run = r.get("run") or run  # bundles name the run they came from
             timings.append(
                 Timing(run, r.get("model", model), r["artifact"], r["precision"],
-                       data["device"], r["backend"], int(r["threads"]), r["p50_ms"], r["p90_ms"])
+                       where, r["backend"], int(r["threads"]), r["p50_ms"], r["p90_ms"])
             )  # fmt: skip
     for t in timings:
         base = [
@@ -160,6 +161,18 @@ def collect(run_dirs: list[Path], device_results: list[Path] = ()) -> Report:
     if not rows and not timings:
         raise EdgevtError("nothing to report: the runs hold no evaluation or benchmark results.")
     return Report(rows, timings, calibration, sensitivity)
+
+
+def _device_label(data: dict[str, Any]) -> str:
+    """The device name, flagged when the bundle ran on another kind of machine (a host test)."""
+    from edgevt.devices import list_profiles, load_profile
+
+    device, machine = data["device"], data.get("host", {}).get("machine", "")
+    if device not in list_profiles() or not machine:
+        return device
+    arch = {"arm64": "aarch64"}.get(machine.lower(), machine.lower())
+    wanted = {"arm64": "aarch64"}.get(load_profile(device).arch, load_profile(device).arch)
+    return device if arch == wanted else f"{device} (ran on {machine})"
 
 
 def _artifact_target(path: Path) -> str:

@@ -5,11 +5,15 @@ on); edgevt supplies the ranges (from its own observers, through the table), whi
 quantize (from the config), and each target's rules:
 
 * ``onnx`` (ONNX Runtime on CPUs): uint8 asymmetric activations, int8 per-channel symmetric
-  weights, int32 biases, Q/DQ on op inputs only. Measured on EfficientNet-Lite0 (fake-quant and
-  ORT agree): 7-bit weights (``reduce_range``) cost cosine 0.995 -> 0.986, and quantizing Conv
-  outputs before their ReLU6 spends the uint8 grid on values the clip discards (0.987 -> 0.94).
-  Without VNNI, ORT's u8s8 kernels can saturate 16-bit sums with full 8-bit weights, so the
-  export compares ORT's fused kernels against the exact QDQ simulation and says if they part.
+  weights in 7 bits (``reduce_range``; depthwise convs keep 8), int32 biases, Q/DQ on op inputs
+  plus the element-wise ops whose tensors are all calibrated (CNN residual adds, ReLU6 clips),
+  so ORT fuses whole MBConv blocks into QLinearConv/QLinearAdd. Why 7 bits: on x86 CPUs
+  without VNNI, ORT's u8s8 kernels sum pairs of products in saturating 16-bit lanes; with full
+  8-bit weights the fused EfficientNet-Lite0 lost 3.1 pt top-1 on imagenet-val1000 (kernels vs
+  exact QDQ: cosine 0.898), with 7-bit weights 0.4 pt (benchmarks/int8_ptq.py). The export
+  still compares ORT's fused kernels against the exact QDQ simulation and says if they part.
+  Quantizing Conv outputs before their ReLU6 (instead of after the clip) spends the uint8 grid
+  on values the clip discards: don't.
 * ``tensorrt``: int8 symmetric everywhere (zero point 0), per-output-channel weights, Q/DQ on
   the inputs of quantized ops only (TensorRT propagates and fuses them), float biases.
 
@@ -53,7 +57,7 @@ class TargetRules:
 
 
 RULES = {
-    "onnx": TargetRules("onnx", False, False, (), True, ("Add", "Clip", "Relu")),
+    "onnx": TargetRules("onnx", False, True, (), True, ("Add", "Clip", "Relu")),
     "tensorrt": TargetRules("tensorrt", True, False, (), False),
 }
 
