@@ -233,14 +233,15 @@ def plot_points(report: Report) -> list[dict[str, Any]]:
             r.top1 if r.weights == "real" and r.top1 is not None else 100 * (r.agreement or 0)
         )
         points.append({"label": f"{r.model} {r.precision} ({r.target})", "latency": t.p50_ms,
-                       "accuracy": accuracy, "threads": t.threads, "run": r.run})  # fmt: skip
-    front, best = [], -1.0
-    for p in sorted(points, key=lambda p: (p["latency"], -p["accuracy"])):
-        if p["accuracy"] > best:
-            front.append(p)
-            best = p["accuracy"]
-    for p in points:
-        p["pareto"] = p in front
+                       "accuracy": accuracy, "threads": t.threads, "run": r.run,
+                       "model": r.model})  # fmt: skip
+    # One Pareto front per model: one model's top-1 is no trade-off against another's.
+    for model in {p["model"] for p in points}:
+        best = -1.0
+        mine = [p for p in points if p["model"] == model]
+        for p in sorted(mine, key=lambda p: (p["latency"], -p["accuracy"])):
+            p["pareto"] = p["accuracy"] > best
+            best = max(best, p["accuracy"])
     return points
 
 
@@ -279,11 +280,13 @@ def scatter_svg(points: list[dict[str, Any]], width: int = 720, height: int = 42
     parts.append(f'<text x="16" y="{(top + height - bottom) / 2}" font-size="12" '
                  f'text-anchor="middle" transform="rotate(-90 16 {(top + height - bottom) / 2})">'
                  "top-1 % (random weights: agreement with fp32 %)</text>")  # fmt: skip
-    front = sorted((p for p in points if p["pareto"]), key=lambda p: p["latency"])
-    if len(front) > 1:
-        path = " ".join(f"{sx(p['latency']):.1f},{sy(p['accuracy']):.1f}" for p in front)
-        parts.append(f'<polyline points="{path}" fill="none" stroke="#d62728" '
-                     'stroke-width="2" stroke-dasharray="6 3"/>')  # fmt: skip
+    for model in sorted({p["model"] for p in points}):
+        front = sorted((p for p in points if p["pareto"] and p["model"] == model),
+                       key=lambda p: p["latency"])  # fmt: skip
+        if len(front) > 1:
+            path = " ".join(f"{sx(p['latency']):.1f},{sy(p['accuracy']):.1f}" for p in front)
+            parts.append(f'<polyline points="{path}" fill="none" stroke="#d62728" '
+                         'stroke-width="2" stroke-dasharray="6 3"/>')  # fmt: skip
     for p in points:
         color = "#d62728" if p["pareto"] else "#1f77b4"
         parts.append(
@@ -342,10 +345,11 @@ def _calibration_lines(report: Report) -> list[str]:
     lines = []
     for c in report.calibration:
         extra = f", percentile {c['percentile']}" if c.get("percentile") else ""
-        floats = ", ".join(c["float_ops"]) or "none"
+        ops = c["float_ops"]
+        floats = ", ".join(ops[:6]) + (f" and {len(ops) - 6} more" if len(ops) > 6 else "")
         lines.append(
             f"{c['run']}: {c['method']} on {c['images']} images from {c['data']}{extra}; "
-            f"kept in float: {floats}"
+            f"kept in float: {floats or 'none'}"
         )
     return lines
 
@@ -391,7 +395,8 @@ td:nth-child(-n+4) {{ text-align: left; }}
 <h1>{html.escape(title)}</h1>
 <h2>Accuracy vs latency</h2>
 <figure id="pareto">{scatter}
-<figcaption>One point per artifact (host, fewest threads timed); red: the Pareto front.
+<figcaption>One point per artifact (host, fewest threads timed); red: on its model's Pareto
+front (no other artifact of that model is both faster and more accurate).
 </figcaption></figure>
 <h2>Accuracy</h2>{_html_table(accuracy)}<p>{html.escape(random_note)}</p>
 <h2>Latency</h2>{_html_table(latency)}
