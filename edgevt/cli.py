@@ -180,6 +180,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser(
+        "bench",
+        help="host latency of artifacts: p50/p90/p99, throughput, memory, size",
+        description="Time artifacts with the same runners as `edgevt eval`: warm-up, then "
+        "single inferences until --seconds and --iterations are both reached. Results go to "
+        "bench/*.json in each artifact's run directory (or -o DIR); the first artifact is the "
+        "baseline for the speed-up column.",
+    )
+    p.add_argument(
+        "artifacts", nargs="+", metavar="ARTIFACT", help=".onnx artifacts or fused.pt files"
+    )
+    p.add_argument(
+        "--threads", type=int, nargs="+", default=[1], help="thread counts to time (default 1)"
+    )
+    p.add_argument("--batch", type=int, default=1, help="images per inference (default 1)")
+    p.add_argument("--warmup", type=int, default=10, help="untimed inferences first (default 10)")
+    p.add_argument(
+        "--seconds", type=float, default=3.0, help="time each artifact at least this long (3)"
+    )
+    p.add_argument("--iterations", type=int, default=20, help="and at least this often (20)")
+    p.add_argument("-o", "--out", metavar="DIR", help="write results here instead")
+    _add_json(p)
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("devices", help="list device profiles (targets/*.toml) or show one")
+    p.add_argument("device", nargs="?", help="a profile name or a .toml path to show")
+    _add_json(p)
+    p.set_defaults(func=cmd_devices)
+
+    p = sub.add_parser(
         "bundle",
         help="write a self-contained folder that checks and times a run's artifacts on a device",
         description="Copy RUN_DIR's artifacts that DEVICE runs, real sample images with the "
@@ -215,35 +244,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", required=True, metavar="DIR", help="e.g. reports/levit_128s")
     p.add_argument("--title", help="page title (default: from the runs)")
     p.set_defaults(func=cmd_report)
-
-    p = sub.add_parser("devices", help="list device profiles (targets/*.toml) or show one")
-    p.add_argument("device", nargs="?", help="a profile name or a .toml path to show")
-    _add_json(p)
-    p.set_defaults(func=cmd_devices)
-
-    p = sub.add_parser(
-        "bench",
-        help="host latency of artifacts: p50/p90/p99, throughput, memory, size",
-        description="Time artifacts with the same runners as `edgevt eval`: warm-up, then "
-        "single inferences until --seconds and --iterations are both reached. Results go to "
-        "bench/*.json in each artifact's run directory (or -o DIR); the first artifact is the "
-        "baseline for the speed-up column.",
-    )
-    p.add_argument(
-        "artifacts", nargs="+", metavar="ARTIFACT", help=".onnx artifacts or fused.pt files"
-    )
-    p.add_argument(
-        "--threads", type=int, nargs="+", default=[1], help="thread counts to time (default 1)"
-    )
-    p.add_argument("--batch", type=int, default=1, help="images per inference (default 1)")
-    p.add_argument("--warmup", type=int, default=10, help="untimed inferences first (default 10)")
-    p.add_argument(
-        "--seconds", type=float, default=3.0, help="time each artifact at least this long (3)"
-    )
-    p.add_argument("--iterations", type=int, default=20, help="and at least this often (20)")
-    p.add_argument("-o", "--out", metavar="DIR", help="write results here instead")
-    _add_json(p)
-    p.set_defaults(func=cmd_bench)
     return parser
 
 
