@@ -86,6 +86,7 @@ def choose_float_layers(
     def drop(kept: list[str]) -> float:
         fq.set_active(set(ops) - set(kept))
         q = _logits(fq, images).argmax(1)
+        search.update()
         ref = reference.argmax(1)
         if labelled:
             return 100.0 * float((ref == labels).mean() - (q == labels).mean())
@@ -97,6 +98,11 @@ def choose_float_layers(
         scores.append((op, _kl(reference[:n_rank], _logits(fq, images[:n_rank]))))
     ranking = sorted(scores, key=lambda s: -s[1])
     order = [op for op, _ in ranking]
+    # Each budget check runs every calibration image: minutes on a small CPU, so show them.
+    search = tqdm(
+        total=1 + len(ops).bit_length(), desc="max-drop search", unit="eval",
+        disable=not progress,
+    )  # fmt: skip
     all_int8 = drop([])
     best_k, best_drop = 0, all_int8
     if all_int8 > max_drop:
@@ -109,6 +115,7 @@ def choose_float_layers(
                 best_k, best_drop, hi = mid, d, mid - 1
             else:
                 lo = mid + 1
+    search.close()
     fq.set_active(ops)
     measure = "top-1 drop vs labels" if labelled else "top-1 disagreement with fp32"
     return SensitivityResult(ranking, order[:best_k], all_int8, best_drop, len(images), measure)
