@@ -366,8 +366,15 @@ def write_report(report: Report, out: Path, title: str) -> dict[str, Path]:
         if any(r.weights == "random" for r in report.rows)
         else ""
     )
+    trt_note = (
+        "TensorRT-target int8 models are timed on the host in ONNX Runtime with graph "
+        "optimisation off (the exact-numerics stand-in used for their accuracy): that latency "
+        "says nothing about a Jetson; time them there with the bundle's trtexec.sh."
+        if any(r.target == "tensorrt" and r.precision == "int8" for r in report.rows)
+        else ""
+    )
     md = [f"# {title}", "", "## Accuracy", "", _markdown_table(accuracy), "", random_note, "",
-          "## Latency", "", _markdown_table(latency), "",
+          "## Latency", "", _markdown_table(latency), "", trt_note, "",
           "## Accuracy vs latency", "", "See `report.html` for the plot; points:", ""]  # fmt: skip
     md += [f"- {p['label']}: {p['latency']:.2f} ms, {p['accuracy']:.2f} %"
            + (" (Pareto front)" if p["pareto"] else "") for p in points]  # fmt: skip
@@ -399,7 +406,7 @@ td:nth-child(-n+4) {{ text-align: left; }}
 front (no other artifact of that model is both faster and more accurate).
 </figcaption></figure>
 <h2>Accuracy</h2>{_html_table(accuracy)}<p>{html.escape(random_note)}</p>
-<h2>Latency</h2>{_html_table(latency)}
+<h2>Latency</h2>{_html_table(latency)}<p>{html.escape(trt_note)}</p>
 <h2>Calibration</h2><ul>{
         "".join(f"<li>{html.escape(c)}</li>" for c in calib) or "<li>no int8 in these runs</li>"
     }</ul>
