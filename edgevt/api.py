@@ -549,30 +549,33 @@ def bench(
     Returns (BenchResult, json path) pairs, grouped
     by thread count so each group's first entry is the baseline.
     """
-    from edgevt.bench import benchmark_isolated
+    from edgevt.bench import benchmark_isolated, result_name
 
     for path in artifacts:
         if not path.is_file():
             raise EdgevtError(f"{path} does not exist (edgevt bench takes exported artifacts).")
+    bad = [n for n in threads if n < 1]
+    if bad:
+        raise EdgevtError(f"--threads {bad[0]}: thread counts must be >= 1.")
     results: list[tuple[Any, Path]] = []
+    summaries: dict[Path, dict[str, Any]] = {}  # run directory -> its bench stage results
     for n in threads:
-        if n < 1:
-            raise EdgevtError(f"--threads {n}: thread counts must be >= 1.")
         for path in artifacts:
             result = benchmark_isolated(path, n, batch, warmup, seconds, iterations)
             folder = Path(out) if out is not None else path.parent / "bench"
-            json_path = write_json(folder / f"{path.stem}-t{n}-b{batch}.json", result.to_dict())
-            if out is None and (path.parent / "manifest.json").is_file():
-                run = RunDir(path.parent)
-                stage = run.manifest["stages"].get("bench", {}).get("results", {})
-                stage[json_path.stem] = {
-                    k: getattr(result, k) for k in ("p50_ms", "p90_ms", "p99_ms", "batch")
-                }
-                run.record(
-                    "bench",
-                    {"artifacts": sorted({str(p.name) for p in artifacts})},
-                    {"warmup": warmup, "seconds": seconds, "iterations": iterations},
-                    results=stage,
-                )
+            json_path = write_json(folder / result_name(path, n, batch), result.to_dict())
+            summaries.setdefault(path.parent, {})[json_path.stem] = {
+                k: getattr(result, k) for k in ("p50_ms", "p90_ms", "p99_ms", "batch")
+            }
             results.append((result, json_path))
+    for run_dir, summary in summaries.items():  # one manifest update per run directory
+        if out is None and (run_dir / "manifest.json").is_file():
+            run = RunDir(run_dir)
+            recorded = run.manifest["stages"].get("bench", {}).get("results", {})
+            run.record(
+                "bench",
+                {"artifacts": sorted(p.name for p in artifacts if p.parent == run_dir)},
+                {"warmup": warmup, "seconds": seconds, "iterations": iterations},
+                results={**recorded, **summary},
+            )
     return results

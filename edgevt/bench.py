@@ -38,6 +38,11 @@ class BenchResult:
         return asdict(self)
 
 
+def result_name(artifact: Path, threads: int, batch: int) -> str:
+    """File name of one benchmark result (``bench/<name>`` in the artifact's run directory)."""
+    return f"{artifact.stem}-t{threads}-b{batch}.json"
+
+
 def benchmark(
     runner: Runner,
     batch: int = 1,

@@ -9,11 +9,11 @@ own devices without editing edgevt.
 from __future__ import annotations
 
 import os
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgevt.errors import EdgevtError
+from edgevt.io import read_toml
 
 BACKENDS = ("litert", "tensorrt", "coreml", "onnxruntime")
 CONNECTIONS = ("ssh", "adb", "macos", "local")
@@ -58,12 +58,7 @@ def load_profile(name_or_path: str | Path) -> DeviceProfile:
                 f"unknown device {name_or_path!r}; known: {known}. A path to your own "
                 ".toml profile works too (copy one from targets/)."
             )
-    if not path.is_file():
-        raise EdgevtError(f"device profile {path} does not exist.")
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise EdgevtError(f"device profile {path} is not valid TOML: {exc}") from exc
+    data = read_toml(path, "device profile")
     missing = [k for k in REQUIRED if k not in data]
     unknown = set(data) - (set(DeviceProfile.__dataclass_fields__) - {"path"})
     if missing or unknown:

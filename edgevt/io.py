@@ -48,3 +48,18 @@ def sha256(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
             while block := f.read(chunk):
                 digest.update(block)
     return digest.hexdigest()
+
+
+def read_toml(path: str | os.PathLike[str], what: str) -> dict[str, Any]:
+    """Parse a TOML file, or raise one EdgevtError naming ``what`` it was and what is wrong."""
+    import tomllib
+
+    from edgevt.errors import EdgevtError
+
+    path = Path(path)
+    if not path.is_file():
+        raise EdgevtError(f"{what} {path} does not exist.")
+    try:
+        return tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise EdgevtError(f"{what} {path} is not valid TOML: {exc}") from exc

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from edgevt.errors import EdgevtError
-from edgevt.io import sha256, write_json
+from edgevt.io import read_toml, sha256, write_json
 
 STATE = "pipeline.json"
 SECTIONS = {"out", "model", "calibration", "export", "eval", "bench", "devices", "report"}
@@ -37,12 +36,7 @@ class PipelineOutcome:
 
 def load_config(path: str | Path) -> dict[str, Any]:
     path = Path(path)
-    if not path.is_file():
-        raise EdgevtError(f"pipeline config {path} does not exist.")
-    try:
-        config = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise EdgevtError(f"{path} is not valid TOML: {exc}") from exc
+    config = read_toml(path, "pipeline config")
     unknown = set(config) - SECTIONS
     if unknown:
         raise EdgevtError(
@@ -93,6 +87,7 @@ def run_pipeline(
     config_path: str | Path, force: bool = False, log: Callable[[str], None] = print
 ) -> PipelineOutcome:
     from edgevt import api
+    from edgevt.bench import result_name
     from edgevt.bundle import make_bundle
     from edgevt.report import collect, write_report
 
@@ -150,7 +145,7 @@ def run_pipeline(
         if bench is not None:
             artifacts = outputs
             threads = [int(t) for t in bench.get("threads", [1])]
-            results = [run_dir / "bench" / f"{a.stem}-t{t}-b1.json" for a in artifacts
+            results = [run_dir / "bench" / result_name(a, t, 1) for a in artifacts
                        for t in threads]  # fmt: skip
             stage(f"bench {run_dir.name}", _key(key, bench), results, lambda artifacts=artifacts,
                   threads=threads, bench=bench: api.bench(

@@ -170,9 +170,11 @@ def _device_label(data: dict[str, Any]) -> str:
     device, machine = data["device"], data.get("host", {}).get("machine", "")
     if device not in list_profiles() or not machine:
         return device
-    arch = {"arm64": "aarch64"}.get(machine.lower(), machine.lower())
-    wanted = {"arm64": "aarch64"}.get(load_profile(device).arch, load_profile(device).arch)
-    return device if arch == wanted else f"{device} (ran on {machine})"
+    def canonical(arch: str) -> str:
+        return {"arm64": "aarch64", "amd64": "x86_64"}.get(arch.lower(), arch.lower())
+
+    same = canonical(machine) == canonical(load_profile(device).arch)
+    return device if same else f"{device} (ran on {machine})"
 
 
 def _artifact_target(path: Path) -> str:

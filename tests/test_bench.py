@@ -91,3 +91,17 @@ def test_bench_cli_refuses_a_missing_artifact(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "does not exist" in proc.stderr
+
+
+def test_bench_cli_refuses_a_bad_thread_count_before_timing(
+    lite0_onnx: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "results"
+    proc = subprocess.run(
+        [*EDGEVT, "bench", str(lite0_onnx), "--threads", "1", "0", "-o", str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "thread counts must be >= 1" in proc.stderr
+    assert not out.exists()  # refused before timing anything
