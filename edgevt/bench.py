@@ -3,6 +3,8 @@
 Warm up, then time single ``infer`` calls until a time budget or an iteration count is spent;
 report p50/p90/p99, mean, throughput, the peak resident memory the model added, and the
 artifact size. The same runners as ``edgevt eval``, so a benchmark times what was validated.
+``bundle_runner.py`` keeps its own copy of the timing loop on purpose: it runs on devices
+without edgevt installed.
 """
 
 from __future__ import annotations
