@@ -13,7 +13,7 @@ $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH_PINS)
-	$(BIN)/pip install --quiet -e ".[test]" $(TORCH_PINS)
+	$(BIN)/pip install --quiet -e ".[test,all]" $(TORCH_PINS)
 	touch $@
 
 venv: $(BIN)/.installed

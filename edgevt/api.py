@@ -7,7 +7,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +26,7 @@ from edgevt.io import atomic_path, sha256, write_json
 from edgevt.models import LoadedModel, get_entry, load_model
 from edgevt.quant.table import CalibrationTable
 from edgevt.run import RunDir, library_versions
-from edgevt.targets import get_target, target_for_artifact
+from edgevt.targets import artifact_name, get_target, resolve_precisions, target_for_artifact
 from edgevt.targets.base import Runner
 from edgevt.validate.evaluate import EvalResult, compare_logits
 from edgevt.validate.evaluate import evaluate as _evaluate
@@ -207,6 +210,8 @@ class ExportOutcome:
     weights: str
     evals: dict[str, dict[str, Any]] = field(default_factory=dict)
     int8: dict[str, Any] | None = None
+    artifacts: dict[str, dict[str, float]] = field(default_factory=dict)  # name -> check
+    quantization: dict[str, Any] = field(default_factory=dict)
 
 
 def export(
@@ -229,6 +234,8 @@ def export(
     method: str = "percentile",
     quant_config: str | Path | None = None,
     max_drop: float | None = None,
+    precisions: list[str] | None = None,
+    int8_io: bool = False,
 ) -> ExportOutcome:
     """Fuse, export to ``target`` and check the artifact against the fused PyTorch model.
 
@@ -241,8 +248,24 @@ def export(
         int8: also write the int8 QDQ model, from ``calib_table`` or by calibrating on ``calib``.
         quant_config: JSON QuantConfig (None = defaults for vision transformers).
         max_drop: accuracy budget in top-1 points; sensitive layers stay in float to meet it.
+        precisions: more precisions than fp32 (see ``edgevt targets``); ``int8=True`` adds int8.
+        int8_io: tflite int8 with int8 input/output tensors (default float32 in and out).
     """
     spec = get_target(target)
+    wanted = resolve_precisions(spec, precisions, int8)
+    int8 = "int8" in wanted
+    if spec.name in ("onnx", "tensorrt") and set(wanted) - {"fp32", "int8"}:
+        raise EdgevtError(
+            f"--target {spec.name} writes fp32 and int8 models; TensorRT's fp16 engine is built "
+            "on the device from model.onnx (see the trtexec script of an int8 export)."
+        )
+    if spec.name == "tflite" and (quant_config is not None or max_drop is not None):
+        raise EdgevtError(
+            "--quant-config and --max-drop are not yet honoured by the tflite target (its int8 "
+            "is full-integer); use --target onnx for mixed precision."
+        )
+    if spec.extra is not None and spec.name != "tensorrt":
+        _require_extra(spec.name)
     if int8 and calib is None and calib_table is None:
         raise EdgevtError(
             "--int8 needs calibration data: --calib DIR (any image folder, e.g. "
@@ -262,9 +285,14 @@ def export(
     run = RunDir(out or Path("runs") / model)
     fused = fuse(model, checkpoint, pretrained=pretrained, data=data, out=run.path, seed=seed)
     loaded = fused.loaded
+    if spec.name == "tflite":
+        return _export_tflite(
+            fused, run, wanted, data, eval_data, limit, progress, table, calib, calib_size,
+            method, int8_io,
+        )  # fmt: skip
     from edgevt.targets.onnx import OnnxRuntimeRunner, export_onnx
 
-    artifact = run / f"model{spec.suffix}"
+    artifact = run / artifact_name(spec, "fp32")
     export_onnx(fused.model, _info(loaded, target, fused=True), artifact, opset=opset)
     images, described = check_images(loaded.entry.preprocess, data)
     with torch.no_grad():
@@ -279,22 +307,10 @@ def export(
         check,
     )
     outcome = ExportOutcome(artifact, run, fused.report, check, loaded.weights)
+    outcome.artifacts = {artifact.name: check}
     artifacts = [artifact]
     if int8:
-        if table is None:
-            table = calibrate(
-                model,
-                data=calib,
-                calib_size=calib_size,
-                method=method,
-                fused=fused,
-                progress=progress,
-            )
-        from edgevt.quant.calibrate import trace_ops
-
-        table.check_for(
-            model, {k for op in trace_ops(fused.model, images[:1]) for k in op.input_keys}
-        )
+        table = _table_for(fused, table, calib, calib_size, method, images, progress)
         table.save(run / "calibration.json")
         int8_outcome = _export_int8(
             fused,
@@ -311,17 +327,168 @@ def export(
             progress=progress,
         )
         outcome.int8 = int8_outcome
+        outcome.artifacts[int8_outcome["artifact"].name] = int8_outcome["check"]
         artifacts.append(int8_outcome["artifact"])
     if eval_data is not None:
-        outcome.evals = evaluate_against_reference(loaded, artifacts, eval_data, limit, progress)
-        write_json(run / "eval.json", outcome.evals)
-        run.record(
-            "eval",
-            {**_model_inputs(loaded), "data": str(eval_data), "limit": limit},
-            artifacts={"eval": run / "eval.json"},
-            results=outcome.evals,
-        )
+        outcome.evals = _evaluate_run(loaded, artifacts, run, eval_data, limit, progress)
     return outcome
+
+
+def _evaluate_run(
+    loaded: LoadedModel,
+    artifacts: list[Path],
+    run: RunDir,
+    eval_data: str | Path,
+    limit: int | None,
+    progress: bool,
+) -> dict[str, dict[str, Any]]:
+    """Score PyTorch fp32 and every artifact; write eval.json and record the stage."""
+    evals = evaluate_against_reference(loaded, artifacts, eval_data, limit, progress)
+    write_json(run / "eval.json", evals)
+    run.record(
+        "eval",
+        {**_model_inputs(loaded), "data": str(eval_data), "limit": limit},
+        artifacts={"eval": run / "eval.json"},
+        results=evals,
+    )
+    return evals
+
+
+def _require_extra(target: str) -> None:
+    if target == "tflite":
+        from edgevt.targets.tflite import require
+
+        for module in ("litert_torch", "ai_edge_quantizer", "ai_edge_litert"):
+            require(module)
+
+
+def _table_for(
+    fused: FuseOutcome,
+    table: CalibrationTable | None,
+    calib: str | Path | None,
+    calib_size: int,
+    method: str,
+    images: torch.Tensor,
+    progress: bool,
+) -> CalibrationTable:
+    """The table given, or one measured on ``calib``; checked to cover the model's ops."""
+    from edgevt.quant.calibrate import trace_ops
+
+    if table is None:
+        table = calibrate(
+            fused.loaded.entry.name,
+            data=calib,
+            calib_size=calib_size,
+            method=method,
+            fused=fused,
+            progress=progress,
+        )
+    table.check_for(
+        fused.loaded.entry.name,
+        {k for op in trace_ops(fused.model, images[:1]) for k in op.input_keys},
+    )
+    return table
+
+
+def _export_tflite(
+    fused: FuseOutcome,
+    run: RunDir,
+    precisions: list[str],
+    data: str | Path | None,
+    eval_data: str | Path | None,
+    limit: int | None,
+    progress: bool,
+    table: CalibrationTable | None,
+    calib: str | Path | None,
+    calib_size: int,
+    method: str,
+    int8_io: bool,
+) -> ExportOutcome:
+    """fp32 .tflite through litert-torch, then fp16 / w8 / int8 from it; each one checked
+    against the fused PyTorch model and recorded."""
+    from edgevt.quant.calibrate import calibration_batches
+    from edgevt.targets import tflite
+
+    loaded = fused.loaded
+    spec = get_target("tflite")
+    images, described = check_images(loaded.entry.preprocess, data)
+    with torch.no_grad():
+        reference = fused.model(images).numpy()
+    fp32 = run / artifact_name(spec, "fp32")
+    with _stage(progress, f"converting {loaded.entry.name} to TFLite (litert-torch)"):
+        tflite.convert_fp32(fused.model, images[:1], _info(loaded, "tflite", True), fp32)
+    artifacts, checks, quant = [fp32], {}, {}
+    if "int8" in precisions:
+        table = _table_for(fused, table, calib, calib_size, method, images, progress)
+        table.save(run / "calibration.json")
+        folder = calib or table.source.get("data")
+        if folder is None or not Path(folder).is_dir():
+            raise EdgevtError(
+                "tflite int8 ranges the tensors the table has no entry for (LayerNorm, Softmax "
+                f"outputs) on the table's calibration images, but {folder} is not a folder; "
+                "pass --calib DIR."
+            )
+        n = min(calib_size, tflite.GAP_CALIBRATION_IMAGES)
+        gap_images = torch.cat(
+            list(calibration_batches(loaded.entry.preprocess, folder, n, progress=False))
+        ).numpy()
+    modules = [name for name, _ in fused.model.named_modules()]
+    for precision in precisions[1:]:
+        path = run / artifact_name(spec, precision)
+        with _stage(progress, f"quantizing to {precision} (ai-edge-quantizer)"):
+            report = tflite.quantize(
+                fp32,
+                path,
+                precision,
+                _info(loaded, "tflite", True),
+                table=table if precision == "int8" else None,
+                modules=modules,
+                images=gap_images if precision == "int8" else None,
+                int8_io=int8_io,
+            )
+        quant[precision] = report.to_dict()
+        artifacts.append(path)
+    for path in artifacts:
+        with tflite.LiteRTRunner(path) as runner:
+            checks[path.name] = compare_logits(reference, runner.infer(images.numpy()))
+    files = {p.stem: p for p in artifacts}
+    if table is not None:
+        files["calibration"] = run / "calibration.json"
+    run.record(
+        "export",
+        _model_inputs(loaded),
+        {"target": "tflite", "precisions": precisions, "check_inputs": described,
+         "int8_io": int8_io},
+        files,
+        {"checks": checks, "quantization": quant},
+    )  # fmt: skip
+    outcome = ExportOutcome(fp32, run, fused.report, checks[fp32.name], loaded.weights)
+    outcome.artifacts = {p.name: checks[p.name] for p in artifacts}
+    outcome.quantization = quant
+    if "int8" in quant:
+        q = quant["int8"]
+        outcome.int8 = {
+            "artifact": run / artifact_name(spec, "int8"),
+            "check": checks[artifact_name(spec, "int8")],
+            "quantized_ops": q["honoured"],
+            "float_ops": [],
+            "not_honoured": q["not_honoured"] + q["scale_problems"],
+            "table_keys": q["table_keys"],
+        }
+    if eval_data is not None:
+        outcome.evals = _evaluate_run(loaded, artifacts, run, eval_data, limit, progress)
+    return outcome
+
+
+@contextlib.contextmanager
+def _stage(progress: bool, what: str) -> Iterator[None]:
+    """One line before and after a step that has no progress bar of its own."""
+    start = time.perf_counter()
+    if progress:
+        print(f"{what} ...", file=sys.stderr, flush=True)
+    yield
+    if progress:
+        print(f"  done in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
 
 
 def _quant_config(path: str | Path | None):
@@ -498,7 +665,11 @@ def open_runner(
             return TorchRunner(module, info, threads)
         spec = target_for_artifact(path)
         if spec is None:
-            raise EdgevtError(f"{path}: unknown artifact type (known: .onnx, fused .pt).")
+            raise EdgevtError(f"{path}: unknown artifact type (known: .onnx, .tflite, fused .pt).")
+        if spec.name == "tflite":
+            from edgevt.targets.tflite import LiteRTRunner
+
+            return LiteRTRunner(path, threads=threads)
         from edgevt.targets.onnx import OnnxRuntimeRunner
 
         return OnnxRuntimeRunner(path, threads=threads)

@@ -29,6 +29,9 @@ numerics and speed, meaningless for accuracy.
 """
 
 
+NOTES_SHOWN = 8  # "not honoured" lines printed by export; all of them are in the manifest
+
+
 def _add_weights(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("weights")
     g.add_argument(
@@ -134,8 +137,23 @@ def build_parser() -> argparse.ArgumentParser:
         "artifact, written to eval.json",
     )
     p.add_argument("--limit", type=int, help="evaluate at most N images")
+    p.add_argument(
+        "--precision",
+        nargs="+",
+        default=[],
+        metavar="P",
+        help="precisions beside fp32, as the target offers them (`edgevt targets`): fp16 and w8 "
+        "(weights only) for tflite; int8 (needs calibration) for every target",
+    )
     g = p.add_argument_group("int8")
-    g.add_argument("--int8", action="store_true", help="also write the int8 (QDQ) model")
+    g.add_argument(
+        "--int8", action="store_true", help="also write the int8 model (= --precision int8)"
+    )
+    g.add_argument(
+        "--int8-io",
+        action="store_true",
+        help="tflite int8 with int8 input/output tensors (default: float32 in and out)",
+    )
     g.add_argument("--calib", metavar="DIR", help="calibrate on these images on the way")
     g.add_argument("--calib-table", metavar="FILE", help="reuse a table from `edgevt calibrate`")
     _add_calibration(g)
@@ -431,6 +449,8 @@ def cmd_export(args: argparse.Namespace) -> None:
         method=args.method,
         quant_config=args.quant_config,
         max_drop=args.max_drop,
+        precisions=[p for arg in args.precision for p in arg.split(",") if p],
+        int8_io=args.int8_io,
     )
     _note_random(out.weights)
     r = out.fuse_report
@@ -439,16 +459,25 @@ def cmd_export(args: argparse.Namespace) -> None:
         f"exported {out.artifact} (checked against PyTorch: max |diff| "
         f"{out.check['max_abs_diff']:.3g}, cosine {out.check['cosine']:.6f})"
     )
+    for name, check in list(out.artifacts.items())[1:]:
+        if out.int8 is None or name != out.int8["artifact"].name:
+            print(f"{name}: vs fused fp32 cosine {check['cosine']:.6f}")
     q = out.int8
     if q is not None:
         kept = f", {len(q['float_ops'])} kept in float" if q["float_ops"] else ""
+        what = f"{q['quantized_ops']} ops int8{kept}"
+        if "table_keys" in q:  # tflite: full-integer; say how much of the table it honours
+            what = f"full int8, {q['quantized_ops']}/{q['table_keys']} table ranges honoured"
         print(
-            f"int8: {q['artifact']} ({q['quantized_ops']} ops int8{kept}; vs fused fp32: cosine "
+            f"int8: {q['artifact']} ({what}; vs fused fp32: cosine "
             f"{q['check']['cosine']:.5f}, top-1 agreement "
             f"{100 * q['check']['top1_agreement']:.1f} %)"
         )
-        for note in q["not_honoured"]:
+        notes = q["not_honoured"]
+        for note in notes[:NOTES_SHOWN]:
             print(f"  not honoured: {note}")
+        if len(notes) > NOTES_SHOWN:
+            print(f"  ... and {len(notes) - NOTES_SHOWN} more (manifest.json of the run)")
         if q.get("sensitivity"):
             s = q["sensitivity"]
             print(

@@ -21,6 +21,7 @@ from typing import Any
 
 from edgevt.errors import EdgevtError
 from edgevt.io import read_toml, sha256, write_json
+from edgevt.targets import artifact_name, get_target, resolve_precisions
 
 STATE = "pipeline.json"
 SECTIONS = {"out", "model", "calibration", "export", "eval", "bench", "devices", "report"}
@@ -59,7 +60,11 @@ def load_config(path: str | Path) -> dict[str, Any]:
             config[section]["data"] = resolve(config[section]["data"])
     if "out" in config.get("report", {}):
         config["report"]["out"] = resolve(config["report"]["out"])
-    if any(e.get("int8") for e in config["export"]) and "data" not in config.get("calibration", {}):
+    for export in config["export"]:  # an unknown target or precision fails before any work
+        target = get_target(export.get("target", "onnx"))
+        resolve_precisions(target, list(export.get("precisions", [])), bool(export.get("int8")))
+    calibration = config.get("calibration", {})
+    if any(_wants_int8(e) for e in config["export"]) and "data" not in calibration:
         raise EdgevtError(f"{path}: int8 exports need [calibration] data = IMAGE_DIR.")
     return config
 
@@ -118,7 +123,7 @@ def run_pipeline(
     calib = config.get("calibration", {})
     table = out / "calib" / "calibration.json"
     calib_key = _key(model_key, calib)
-    if any(e.get("int8") for e in config["export"]):
+    if any(_wants_int8(e) for e in config["export"]):
         stage("calibrate", calib_key, [table], lambda: api.calibrate(
             model["name"], data=calib["data"], calib_size=int(calib.get("size", 512)),
             method=calib.get("method", "percentile"), out=table, **common,
@@ -127,15 +132,19 @@ def run_pipeline(
     evaluation = config.get("eval", {})
     run_dirs = []
     for spec in config["export"]:
-        target = spec.get("target", "onnx")
-        int8 = bool(spec.get("int8", False))
-        run_dir = out / (f"{target}-int8" if int8 else target)
+        target = get_target(spec.get("target", "onnx"))
+        precisions = resolve_precisions(
+            target, list(spec.get("precisions", [])), bool(spec.get("int8", False))
+        )
+        int8 = "int8" in precisions
+        run_dir = out / (f"{target.name}-int8" if int8 else target.name)
         run_dirs.append(run_dir)
         key = _key(model_key, spec, evaluation, calib_key if int8 else None)
-        outputs = [run_dir / "model.onnx"] + ([run_dir / "model_int8.onnx"] if int8 else [])
-        stage(f"export {run_dir.name}", key, outputs, lambda spec=spec, run_dir=run_dir, int8=int8:
-              api.export(
+        outputs = [run_dir / artifact_name(target, p) for p in precisions]
+        stage(f"export {run_dir.name}", key, outputs, lambda spec=spec, run_dir=run_dir, int8=int8,
+              precisions=precisions: api.export(
                   model["name"], spec.get("target", "onnx"), out=run_dir, int8=int8,
+                  precisions=precisions[1:],
                   calib_table=table if int8 else None, eval_data=evaluation.get("data"),
                   limit=evaluation.get("limit"), max_drop=spec.get("max_drop"),
                   calib=calib.get("data") if spec.get("max_drop") is not None else None,
@@ -171,3 +180,7 @@ def run_pipeline(
     title = config.get("report", {}).get("title", f"edgevt run: {model['name']}")
     outcome.report = write_report(report, report_dir, title)["html"]
     return outcome
+
+
+def _wants_int8(export: dict[str, Any]) -> bool:
+    return bool(export.get("int8")) or "int8" in export.get("precisions", [])

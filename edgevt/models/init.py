@@ -13,6 +13,9 @@ import torch
 from torch import nn
 
 BIAS_STD = 1.0  # LeViT attention-bias tables: trained ones span a few units
+BN_SCALE = (0.5, 1.5)  # BatchNorm scales, uniform
+RESIDUAL_BN_SCALE = (0.1, 0.3)  # scales of the BatchNorms that close residual branches
+BN_SHIFT_STD = 0.1
 STATS_PIXELS = 64 * 224 * 224  # input pixels per forward pass estimating BatchNorm statistics
 
 
@@ -53,9 +56,9 @@ def randomize_degenerate_parameters(
             # those branches small, as training leaves them, or the residual stream grows with
             # depth until the network amplifies rounding noise chaotically.
             closes_residual = bool((bn.weight == 0).all())
-            lo, hi = (0.1, 0.3) if closes_residual else (0.5, 1.5)
+            lo, hi = RESIDUAL_BN_SCALE if closes_residual else BN_SCALE
             bn.weight.copy_(uniform(bn.weight, lo, hi))
-            bn.bias.copy_(normal(bn.bias, 0.1))
+            bn.bias.copy_(normal(bn.bias, BN_SHIFT_STD))
         if bn.track_running_stats:
             bn.reset_running_stats()
             bn.momentum = None  # cumulative average over the pass below

@@ -29,6 +29,13 @@ TARGETS: dict[str, TargetSpec] = {
         "ONNX (opset 17+, dynamic batch), run by ONNX Runtime; int8 as QDQ",
         ("fp32", "int8"),
     ),
+    "tflite": TargetSpec(
+        "tflite",
+        ".tflite",
+        "TFLite/LiteRT (ARM CPUs, Android) via litert-torch; int8 from the CalibrationTable",
+        ("fp32", "fp16", "w8", "int8"),
+        extra="tflite",
+    ),
     "tensorrt": TargetSpec(
         "tensorrt",
         ".onnx",
@@ -48,3 +55,20 @@ def get_target(name: str) -> TargetSpec:
 
 def target_for_artifact(path: Path) -> TargetSpec | None:
     return next((t for t in TARGETS.values() if path.name.endswith(t.suffix)), None)
+
+
+def artifact_name(spec: TargetSpec, precision: str) -> str:
+    """``model.onnx``, ``model_int8.onnx``, ``model_fp16.tflite``: one name scheme for all."""
+    return f"model{spec.suffix}" if precision == "fp32" else f"model_{precision}{spec.suffix}"
+
+
+def resolve_precisions(spec: TargetSpec, precisions: list[str] | None, int8: bool) -> list[str]:
+    """fp32 first (every target exports it: it is what the others are checked against)."""
+    wanted = ["fp32", *(precisions or []), *(["int8"] if int8 else [])]
+    unknown = [p for p in wanted if p not in spec.precisions]
+    if unknown:
+        raise EdgevtError(
+            f"target {spec.name} does not offer {', '.join(unknown)}; it offers "
+            f"{', '.join(spec.precisions)}."
+        )
+    return list(dict.fromkeys(wanted))

@@ -1,0 +1,255 @@
+"""Make ai-edge-quantizer's full-int8 TFLite honour the edgevt CalibrationTable.
+
+ai-edge-quantizer calibrates by running the float .tflite and recording min/max per tensor
+("QSVs"). We let it do that on the table's own calibration images (so tensors the table has no
+entry for, such as LayerNorm or Softmax outputs, still get a range), then overwrite the QSVs of
+every tensor the table covers with the table's range before quantizing.
+
+Where a table key lands in the .tflite: litert-torch names tensors after their PyTorch module
+scope (``Root/pkg.Sequential_stages/pkg.LevitStage_0/.../torch.nn.modules.linear.Linear_qkv;1``),
+so a FULLY_CONNECTED / CONV_2D / DEPTHWISE_CONV_2D op finds its module from its weight tensor,
+and the i-th BATCH_MATMUL inside a module scope is that module's ``@matmul<i>``.
+
+TFLite's int8 kernels for RESHAPE, TRANSPOSE, SLICE, CONCATENATION... keep one scale on input and
+output, so tensors joined by such ops must share a range. Where two table entries meet in one
+such group (LeViT's q, k and v are slices of one qkv output) the group takes their union, and the
+narrower entries are reported as not honoured, with the reason.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edgevt.quant.table import CalibrationTable
+
+WEIGHTED_OPS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D")
+# ops whose int8 kernels keep their input's scale (ai-edge-quantizer's SAME_AS_*_SCALE rules)
+SAME_SCALE_OPS = frozenset(
+    (
+        "RESHAPE", "TRANSPOSE", "SLICE", "STRIDED_SLICE", "SPLIT", "GATHER", "GATHER_ND",
+        "PAD", "PADV2", "MIRROR_PAD", "MAX_POOL_2D", "AVERAGE_POOL_2D", "SPACE_TO_DEPTH",
+        "RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR", "BROADCAST_TO", "UNPACK", "PACK",
+        "CONCATENATION", "SELECT", "SELECT_V2", "MAXIMUM", "REDUCE_MIN", "DYNAMIC_UPDATE_SLICE",
+    )
+)  # fmt: skip
+# ops whose int8 output scale TFLite fixes (softmax/sigmoid: 1/256, tanh: 1/128)
+FIXED_OUTPUT_OPS = frozenset(("SOFTMAX", "LOGISTIC", "TANH"))
+# fused activations clip a conv/FC output before it is stored
+ACTIVATION_CLIP = {1: (0.0, np.inf), 2: (-1.0, 1.0), 3: (0.0, 6.0)}  # RELU, RELU_N1_TO_1, RELU6
+
+
+def module_scope(tensor_name: str, modules: set[str]) -> str | None:
+    """``Root/a.Sequential_stages/a.Stage_0/b.Linear_qkv;1`` -> ``stages.0.qkv`` if a module."""
+    location = tensor_name.split(";")[0]
+    parts = []
+    for comp in location.split("/")[1:]:
+        cls_and_attr = comp.rsplit(".", 1)[-1]
+        if "_" not in cls_and_attr:
+            return None
+        parts.append(cls_and_attr.split("_", 1)[1])
+    # The longest prefix that names a module: tensors inside a module's own forward carry
+    # only that module's scope.
+    for end in range(len(parts), 0, -1):
+        name = ".".join(parts[:end])
+        if name in modules:
+            return name
+    return None
+
+
+@dataclass
+class TfliteOp:
+    index: int
+    op_type: str
+    inputs: list[int]
+    outputs: list[int]
+    fused_activation: int = 0
+
+
+def read_ops(model_t: Any) -> list[TfliteOp]:
+    """The main subgraph's operators with op names (ai-edge-quantizer's flatbuffer objects)."""
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fu
+
+    graph = model_t.subgraphs[0]
+    ops = []
+    for i, op in enumerate(graph.operators):
+        code = model_t.operatorCodes[op.opcodeIndex]
+        builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
+        name = fu.TFL_OP_CODE_TO_NAME.get(builtin)
+        op_type = name.value if name is not None else f"code{builtin}"
+        act = getattr(op.builtinOptions, "fusedActivationFunction", 0) or 0
+        ops.append(TfliteOp(i, op_type, list(op.inputs), list(op.outputs), act))
+    return ops
+
+
+def tensor_name(model_t: Any, index: int) -> str:
+    name = model_t.subgraphs[0].tensors[index].name
+    return name.decode() if isinstance(name, bytes) else name
+
+
+@dataclass
+class TableMapping:
+    """Which .tflite tensor each table key landed on, and the range it asks for."""
+
+    tensor_of_key: dict[str, int] = field(default_factory=dict)
+    range_of_key: dict[str, tuple[float, float]] = field(default_factory=dict)
+    unmatched_ops: list[str] = field(default_factory=list)  # quantizable ops with no module
+
+
+def map_table(model_t: Any, table: CalibrationTable, modules: Iterable[str]) -> TableMapping:
+    """Find the tensors of the table's keys among the quantizable ops of the .tflite."""
+    modules = set(modules)
+    mapping = TableMapping()
+    matmuls_seen: dict[str, int] = {}
+
+    def assign(key: str, tensor: int, clip: tuple[float, float] | None = None) -> None:
+        r = table.activations.get(key)
+        if r is None:
+            return
+        lo, hi = r.min, r.max
+        if clip is not None:
+            lo, hi = max(lo, clip[0]), min(hi, clip[1])
+        mapping.tensor_of_key[key] = tensor
+        mapping.range_of_key[key] = (lo, hi)
+
+    for op in read_ops(model_t):
+        if op.op_type in WEIGHTED_OPS:
+            module = module_scope(tensor_name(model_t, op.inputs[1]), modules)
+            if module is None:
+                mapping.unmatched_ops.append(f"{op.op_type} #{op.index}")
+                continue
+            assign(f"{module}:in0", op.inputs[0])
+            assign(f"{module}:out", op.outputs[0], ACTIVATION_CLIP.get(op.fused_activation))
+        elif op.op_type == "BATCH_MATMUL":
+            module = module_scope(tensor_name(model_t, op.outputs[0]), modules)
+            if module is None:
+                mapping.unmatched_ops.append(f"BATCH_MATMUL #{op.index}")
+                continue
+            i = matmuls_seen.get(module, 0)
+            matmuls_seen[module] = i + 1
+            assign(f"{module}@matmul{i}:in0", op.inputs[0])
+            assign(f"{module}@matmul{i}:in1", op.inputs[1])
+    return mapping
+
+
+def same_scale_groups(model_t: Any) -> dict[int, int]:
+    """Union-find root of every activation tensor under TFLite's same-scale constraints."""
+    parent: dict[int, int] = {}
+
+    def find(t: int) -> int:
+        parent.setdefault(t, t)
+        while parent[t] != t:
+            parent[t] = parent[parent[t]]
+            t = parent[t]
+        return t
+
+    graph = model_t.subgraphs[0]
+    constant = {i for i, t in enumerate(graph.tensors) if _is_constant(model_t, t)}
+    for op in read_ops(model_t):
+        if op.op_type not in SAME_SCALE_OPS:
+            continue
+        data = [t for t in op.inputs + op.outputs if t >= 0 and t not in constant]
+        for t in data[1:]:
+            parent[find(t)] = find(data[0])
+    return {t: find(t) for t in list(parent)}
+
+
+def _is_constant(model_t: Any, tensor: Any) -> bool:
+    buffer = model_t.buffers[tensor.buffer] if tensor.buffer < len(model_t.buffers) else None
+    return buffer is not None and buffer.data is not None and len(buffer.data) > 0
+
+
+@dataclass
+class RangePlan:
+    qsvs: dict[str, dict[str, Any]]
+    honoured: dict[str, str]  # key -> tensor name
+    not_honoured: list[str]
+
+
+def apply_table(
+    model_t: Any, calibrated: dict[str, dict[str, Any]], mapping: TableMapping
+) -> RangePlan:
+    """Overwrite the quantizer's QSVs with the table's ranges, group by group."""
+    groups = same_scale_groups(model_t)
+    wanted: dict[int, list[str]] = {}  # group root -> keys landing in it
+    for key, tensor in mapping.tensor_of_key.items():
+        wanted.setdefault(groups.get(tensor, tensor), []).append(key)
+    members: dict[int, list[int]] = {}
+    for tensor, root in groups.items():
+        members.setdefault(root, []).append(tensor)
+
+    fixed_by = {
+        groups.get(t, t): op.op_type
+        for op in read_ops(model_t)
+        if op.op_type in FIXED_OUTPUT_OPS
+        for t in op.outputs
+    }
+    qsvs = {name: dict(v) for name, v in calibrated.items()}
+    honoured: dict[str, str] = {}
+    not_honoured: list[str] = []
+    for root, keys in wanted.items():
+        if root in fixed_by:
+            not_honoured += [
+                f"{key}: TFLite fixes the int8 scale of a {fixed_by[root]} output" for key in keys
+            ]
+            continue
+        lo = min(mapping.range_of_key[k][0] for k in keys)
+        hi = max(mapping.range_of_key[k][1] for k in keys)
+        for tensor in members.get(root, [root]):
+            name = tensor_name(model_t, tensor)
+            if name not in qsvs:
+                continue
+            old = qsvs[name]
+            qsvs[name] = {
+                **old,
+                "min": np.full_like(np.asarray(old["min"], dtype=np.float32), lo),
+                "max": np.full_like(np.asarray(old["max"], dtype=np.float32), hi),
+            }
+        for key in keys:
+            k_lo, k_hi = mapping.range_of_key[key]
+            if len(keys) == 1 or (np.isclose(k_lo, lo) and np.isclose(k_hi, hi)):
+                honoured[key] = tensor_name(model_t, mapping.tensor_of_key[key])
+            else:
+                others = ", ".join(k for k in keys if k != key)
+                not_honoured.append(
+                    f"{key}: range [{k_lo:.4g}, {k_hi:.4g}] widened to [{lo:.4g}, {hi:.4g}] "
+                    f"(one int8 scale with {others}: the same tensor, or joined by ops that "
+                    "keep their input's scale)"
+                )
+    return RangePlan(qsvs, honoured, not_honoured)
+
+
+def int8_scale(lo: float, hi: float) -> float:
+    """The asymmetric int8 scale a [lo, hi] range gets (the range always spans 0)."""
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    return (hi - lo) / 255.0 if hi > lo else 1.0
+
+
+def check_scales(
+    quantized_t: Any, honoured: dict[str, str], ranges: dict[str, tuple[float, float]]
+) -> list[str]:
+    """Keys whose tensor in the quantized .tflite does not carry the table's scale."""
+    by_name = {}
+    for tensor in quantized_t.subgraphs[0].tensors:
+        name = tensor.name.decode() if isinstance(tensor.name, bytes) else tensor.name
+        by_name[name] = tensor
+    problems = []
+    for key, name in honoured.items():
+        tensor = by_name.get(name)
+        q = getattr(tensor, "quantization", None)
+        if q is None or q.scale is None or len(q.scale) == 0:
+            problems.append(f"{key}: tensor {_short(name)} is not quantized")
+            continue
+        want = int8_scale(*ranges[key])
+        got = float(np.asarray(q.scale).ravel()[0])
+        if not np.isclose(got, want, rtol=1e-4):
+            problems.append(f"{key}: scale {got:.6g} in the .tflite, {want:.6g} from the table")
+    return problems
+
+
+def _short(name: str) -> str:
+    return re.sub(r"^.*/", "", name)

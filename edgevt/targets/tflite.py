@@ -1,0 +1,283 @@
+"""TFLite / LiteRT target: .tflite files for ARM CPUs and Android, and a LiteRT runner.
+
+* fp32: litert-torch converts the fused PyTorch model through torch.export (NCHW input kept;
+  the converter inserts the layout transposes XNNPACK wants).
+* fp16 / w8: ai-edge-quantizer stores weights as float16 / int8 per channel; compute stays
+  float (smaller files, same kernels).
+* int8: ai-edge-quantizer's full-integer recipe, with every range the edgevt
+  CalibrationTable has (see ``edgevt.quant.tflite_ranges``); input and output stay float32
+  unless ``int8_io`` (then the caller quantizes with the input tensor's scale/zero point).
+
+Every file carries the edgevt ArtifactInfo in the flatbuffer's metadata (key "edgevt"), so
+``edgevt eval model.tflite`` needs no flags. Heavy packages are imported inside functions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgevt.artifact import METADATA_KEY, ArtifactInfo
+from edgevt.errors import EdgevtError
+from edgevt.io import atomic_path
+from edgevt.targets.base import Runner
+
+PRECISIONS = ("fp32", "fp16", "w8", "int8")
+INSTALL = "pip install 'edgevt[tflite]' (litert-torch, ai-edge-quantizer, ai-edge-litert)"
+# images ai-edge-quantizer runs to range the tensors the table has no entry for (LayerNorm,
+# Softmax, residual adds...); min/max over these.
+GAP_CALIBRATION_IMAGES = 64
+
+
+def require(module: str = "litert_torch") -> None:
+    """Raise one clear error if a TFLite package is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise EdgevtError(f"the tflite target needs {module}: {INSTALL}.")
+
+
+@contextlib.contextmanager
+def _quiet() -> Any:
+    """litert-torch and ai-edge-quantizer print progress lines of their own; keep ours."""
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        yield
+
+
+def _with_metadata(buffer: bytes, info: ArtifactInfo) -> bytearray:
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model_t = flatbuffer_utils.convert_bytearray_to_object(bytearray(buffer))
+    model_t.metadata = [m for m in (model_t.metadata or []) if m.name != METADATA_KEY.encode()]
+    blob = schema.BufferT()
+    blob.data = np.frombuffer(info.to_json().encode(), dtype=np.uint8)
+    model_t.buffers.append(blob)
+    entry = schema.MetadataT()
+    entry.name = METADATA_KEY.encode()
+    entry.buffer = len(model_t.buffers) - 1
+    model_t.metadata.append(entry)
+    return flatbuffer_utils.convert_object_to_bytearray(model_t)
+
+
+def _write(path: Path, buffer: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buffer)
+    return path
+
+
+def read_tflite_info(path: str | Path) -> ArtifactInfo | None:
+    """The ArtifactInfo in a .tflite's metadata (read without unpacking the weights)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    data = Path(path).read_bytes()
+    try:
+        model = schema.Model.GetRootAs(data, 0)
+        for i in range(model.MetadataLength()):
+            entry = model.Metadata(i)
+            if entry.Name() == METADATA_KEY.encode():
+                buffer = model.Buffers(entry.Buffer())
+                if buffer.DataLength():
+                    blob = buffer.DataAsNumpy().tobytes()
+                else:  # the quantizer stores large buffers after the flatbuffer
+                    blob = data[buffer.Offset() : buffer.Offset() + buffer.Size()]
+                return ArtifactInfo.from_json(blob)
+    except Exception as exc:  # flatbuffers raises anything on a corrupt file
+        raise EdgevtError(f"{path} is not a readable .tflite file ({exc}).") from exc
+    return None
+
+
+def convert_fp32(model: Any, example: Any, info: ArtifactInfo, out: str | Path) -> Path:
+    """The fused eval-mode PyTorch model as a float32 .tflite (batch 1, NCHW input)."""
+    require("litert_torch")
+    import litert_torch
+    import torch
+
+    with torch.no_grad(), _quiet():
+        try:
+            edge = litert_torch.convert(model.eval(), (example[:1],))
+        except Exception as exc:
+            raise EdgevtError(
+                f"litert-torch could not convert {info.model}: {str(exc).splitlines()[0]}. "
+                "An op LiteRT cannot run is named above; export to onnx instead, or keep that "
+                "module out of the model."
+            ) from exc
+        buffer = edge.model_content()
+    info.target, info.precision = "tflite", "fp32"
+    return _write(Path(out), _with_metadata(bytes(buffer), info))
+
+
+@dataclass
+class TfliteQuantReport:
+    path: Path
+    precision: str
+    table_keys: int = 0
+    honoured: int = 0
+    not_honoured: list[str] = field(default_factory=list)
+    scale_problems: list[str] = field(default_factory=list)
+    unmatched_ops: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "artifact": str(self.path),
+            "precision": self.precision,
+            "table_keys": self.table_keys,
+            "honoured": self.honoured,
+            "not_honoured": self.not_honoured,
+            "scale_problems": self.scale_problems,
+            "unmatched_ops": self.unmatched_ops,
+        }
+
+
+def quantize(
+    fp32: str | Path,
+    out: str | Path,
+    precision: str,
+    info: ArtifactInfo,
+    *,
+    table: Any = None,
+    modules: list[str] | None = None,
+    images: np.ndarray | None = None,
+    int8_io: bool = False,
+) -> TfliteQuantReport:
+    """Write a fp16, w8 (weight-only int8) or full-int8 .tflite from the fp32 one.
+
+    Args:
+        table: the CalibrationTable (int8 only); its ranges override the quantizer's own.
+        modules: module names of the fused PyTorch model, to place table keys.
+        images: preprocessed (N, 3, H, W) float32 images; the quantizer ranges the tensors
+            the table has no entry for on them (the table's own calibration images are best).
+        int8_io: int8 input/output tensors instead of float32.
+    """
+    if precision not in PRECISIONS[1:]:
+        raise EdgevtError(f"tflite precision {precision!r}: choose from {', '.join(PRECISIONS)}.")
+    require("ai_edge_quantizer")
+    from ai_edge_quantizer import quantizer, recipe
+    from ai_edge_quantizer.algorithm_manager import AlgorithmName
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fu
+
+    fp32 = Path(fp32)
+    report = TfliteQuantReport(Path(out), precision)
+    info.target, info.precision = "tflite", precision
+    info.extra = {**info.extra, "int8_io": bool(int8_io and precision == "int8")}
+    # The metadata goes in before quantizing: the quantizer carries it over, and re-packing
+    # its output (large buffers stored after the flatbuffer) is its job, not ours.
+    source = bytes(_with_metadata(fp32.read_bytes(), info))
+    if precision == "fp16":
+        qt = quantizer.Quantizer(source)
+        qt.add_weight_only_config(".*", "*", 16, algorithm_key=AlgorithmName.FLOAT_CASTING)
+        qsvs = None
+    elif precision == "w8":
+        qt = quantizer.Quantizer(source, recipe.weight_only_wi8_afp32())
+        qsvs = None
+    else:
+        if table is None or images is None or len(images) == 0:
+            raise EdgevtError("tflite int8 needs a CalibrationTable and calibration images.")
+        from edgevt.quant import tflite_ranges
+
+        qt = quantizer.Quantizer(source, recipe.static_wi8_ai8())
+        if not int8_io:  # keep the graph's input/output float32: the quantizer adds Q/DQ ops
+            for io_op in ("INPUT", "OUTPUT"):
+                qt.update_quantization_recipe(".*", io_op, algorithm_key=AlgorithmName.NO_QUANTIZE)
+        signature = _signature(fp32)
+        with _quiet():
+            calibrated = qt.calibrate(
+                {signature[0]: [{signature[1]: x[None]} for x in images]},
+                num_threads=os.cpu_count(),
+            )
+        model_t = fu.read_model(fp32)
+        mapping = tflite_ranges.map_table(model_t, table, modules or [])
+        plan = tflite_ranges.apply_table(model_t, calibrated, mapping)
+        qsvs = plan.qsvs
+        report.table_keys = len(table.activations)
+        report.honoured = len(plan.honoured)
+        report.not_honoured = plan.not_honoured
+        report.unmatched_ops = mapping.unmatched_ops
+    with _quiet():
+        result = qt.quantize(qsvs, enable_progress_report=False)
+    buffer = bytes(result.quantized_model)
+    if precision == "int8":
+        report.scale_problems = tflite_ranges.check_scales(
+            fu.read_model(buffer), plan.honoured, mapping.range_of_key
+        )
+    _write(Path(out), buffer)
+    return report
+
+
+def _signature(path: Path) -> tuple[str, str]:
+    """(signature key, input name) of a converted model: ('serving_default', 'args_0')."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=str(path))
+    signatures = interp.get_signature_list()
+    key = next(iter(signatures))
+    return key, signatures[key]["inputs"][0]
+
+
+class LiteRTRunner(Runner):
+    """LiteRT (ai-edge-litert) with XNNPACK on the CPU; ``threads`` None = LiteRT's default."""
+
+    def __init__(
+        self, path: str | Path, threads: int | None = None, info: ArtifactInfo | None = None
+    ) -> None:
+        super().__init__()
+        require("ai_edge_litert")
+        self.path = Path(path)
+        self.threads = threads
+        found = info or read_tflite_info(self.path)
+        if found is None:
+            raise EdgevtError(
+                f"{self.path} carries no edgevt metadata (preprocessing, classes); re-export it "
+                "with `edgevt export --target tflite`."
+            )
+        self.info = found
+        self.interpreter = None
+
+    def _activate(self) -> None:
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.interpreter = Interpreter(model_path=str(self.path), num_threads=self.threads)
+        self.interpreter.allocate_tensors()
+        self.input = self.interpreter.get_input_details()[0]
+        self.output = self.interpreter.get_output_details()[0]
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        interp, inp, out = self.interpreter, self.input, self.output
+        rows = []
+        for image in batch:  # converted with batch 1
+            x = image[None]
+            if inp["dtype"] != np.float32:
+                scale, zero = inp["quantization"]
+                info = np.iinfo(inp["dtype"])
+                x = np.clip(np.round(x / scale) + zero, info.min, info.max).astype(inp["dtype"])
+            interp.set_tensor(inp["index"], x)
+            interp.invoke()
+            y = interp.get_tensor(out["index"])
+            if out["dtype"] != np.float32:
+                scale, zero = out["quantization"]
+                y = (y.astype(np.float32) - zero) * scale
+            rows.append(np.array(y, dtype=np.float32).reshape(1, -1))
+        return np.concatenate(rows)
+
+    def _deactivate(self) -> None:
+        self.interpreter = None
+
+    def describe(self) -> dict[str, Any]:
+        import ai_edge_litert
+
+        return {
+            "backend": "litert",
+            "litert": getattr(ai_edge_litert, "__version__", "unknown"),
+            "artifact": str(self.path),
+            "size_bytes": os.path.getsize(self.path),
+            "model": self.info.model,
+            "precision": self.info.precision,
+            "threads": self.threads or "default",
+            "delegate": "xnnpack",
+        }
