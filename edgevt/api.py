@@ -236,6 +236,7 @@ def export(
     max_drop: float | None = None,
     precisions: list[str] | None = None,
     int8_io: bool = False,
+    deployment_target: str | None = None,
 ) -> ExportOutcome:
     """Fuse, export to ``target`` and check the artifact against the fused PyTorch model.
 
@@ -250,19 +251,23 @@ def export(
         max_drop: accuracy budget in top-1 points; sensitive layers stay in float to meet it.
         precisions: more precisions than fp32 (see ``edgevt targets``); ``int8=True`` adds int8.
         int8_io: tflite int8 with int8 input/output tensors (default float32 in and out).
+        deployment_target: Core ML minimum deployment target (None = the oldest that holds
+            each precision: iOS15 fp32/fp16, iOS16 w8, iOS17 w8a8).
     """
     spec = get_target(target)
     wanted = resolve_precisions(spec, precisions, int8)
-    int8 = "int8" in wanted
+    int8 = "int8" in wanted or "w8a8" in wanted
     if spec.name in ("onnx", "tensorrt") and set(wanted) - {"fp32", "int8"}:
         raise EdgevtError(
             f"--target {spec.name} writes fp32 and int8 models; TensorRT's fp16 engine is built "
             "on the device from model.onnx (see the trtexec script of an int8 export)."
         )
-    if spec.name == "tflite" and (quant_config is not None or max_drop is not None):
+    if deployment_target is not None and spec.name != "coreml":
+        raise EdgevtError("--deployment-target applies to --target coreml only.")
+    if spec.name in ("tflite", "coreml") and max_drop is not None:
         raise EdgevtError(
-            "--quant-config and --max-drop are not yet honoured by the tflite target (its int8 "
-            "is full-integer); use --target onnx for mixed precision."
+            f"--max-drop is not yet honoured by the {spec.name} target; choose the float ops with "
+            "--quant-config, or use --target onnx for the accuracy-budgeted search."
         )
     if spec.extra is not None and spec.name != "tensorrt":
         _require_extra(spec.name)
@@ -285,10 +290,15 @@ def export(
     run = RunDir(out or Path("runs") / model)
     fused = fuse(model, checkpoint, pretrained=pretrained, data=data, out=run.path, seed=seed)
     loaded = fused.loaded
+    if spec.name == "coreml":
+        return _export_coreml(
+            fused, run, wanted, data, eval_data, limit, progress, table, calib, calib_size,
+            method, _quant_config(quant_config), deployment_target,
+        )  # fmt: skip
     if spec.name == "tflite":
         return _export_tflite(
             fused, run, wanted, data, eval_data, limit, progress, table, calib, calib_size,
-            method, int8_io,
+            method, int8_io, _quant_config(quant_config) if quant_config else None,
         )  # fmt: skip
     from edgevt.targets.onnx import OnnxRuntimeRunner, export_onnx
 
@@ -360,6 +370,10 @@ def _require_extra(target: str) -> None:
 
         for module in ("litert_torch", "ai_edge_quantizer", "ai_edge_litert"):
             require(module)
+    if target == "coreml":
+        from edgevt.targets.coreml import require
+
+        require()
 
 
 def _table_for(
@@ -403,9 +417,11 @@ def _export_tflite(
     calib_size: int,
     method: str,
     int8_io: bool,
+    config=None,
 ) -> ExportOutcome:
     """fp32 .tflite through litert-torch, then fp16 / w8 / int8 from it; each one checked
-    against the fused PyTorch model and recorded."""
+    against the fused PyTorch model and recorded. int8 is full-integer unless ``config`` (a
+    QuantConfig) names the ops to quantize."""
     from edgevt.quant.calibrate import calibration_batches
     from edgevt.targets import tflite
 
@@ -445,6 +461,7 @@ def _export_tflite(
                 modules=modules,
                 images=gap_images if precision == "int8" else None,
                 int8_io=int8_io,
+                config=config,
             )
         quant[precision] = report.to_dict()
         artifacts.append(path)
@@ -454,6 +471,8 @@ def _export_tflite(
     files = {p.stem: p for p in artifacts}
     if table is not None:
         files["calibration"] = run / "calibration.json"
+    if config is not None:
+        files["config"] = write_json(run / "quant_config.json", config.to_dict())
     run.record(
         "export",
         _model_inputs(loaded),
@@ -474,6 +493,79 @@ def _export_tflite(
             "float_ops": [],
             "not_honoured": q["not_honoured"] + q["scale_problems"],
             "table_keys": q["table_keys"],
+        }
+    if eval_data is not None:
+        outcome.evals = _evaluate_run(loaded, artifacts, run, eval_data, limit, progress)
+    return outcome
+
+
+def _export_coreml(
+    fused: FuseOutcome,
+    run: RunDir,
+    precisions: list[str],
+    data: str | Path | None,
+    eval_data: str | Path | None,
+    limit: int | None,
+    progress: bool,
+    table: CalibrationTable | None,
+    calib: str | Path | None,
+    calib_size: int,
+    method: str,
+    config,
+    deployment_target: str | None,
+) -> ExportOutcome:
+    """One ML Program package per precision; checked structurally (op census) and by running
+    it (Apple's runtime on macOS, the MIL reference interpreter elsewhere)."""
+    from edgevt.targets import coreml
+
+    loaded = fused.loaded
+    spec = get_target("coreml")
+    images, described = check_images(loaded.entry.preprocess, data)
+    with torch.no_grad():
+        reference = fused.model(images).numpy()
+    for precision in precisions:  # a too-old deployment target fails before any conversion
+        coreml.deployment_target(deployment_target, precision)
+    if "w8a8" in precisions:
+        table = _table_for(fused, table, calib, calib_size, method, images, progress)
+        table.save(run / "calibration.json")
+        write_json(run / "quant_config.json", config.to_dict())
+    artifacts, checks, exports = [], {}, {}
+    for precision in precisions:
+        path = run / artifact_name(spec, precision)
+        with _stage(progress, f"converting {loaded.entry.name} to Core ML {precision}"):
+            done = coreml.export_coreml(
+                fused.model, _info(loaded, "coreml", True), path, precision=precision,
+                table=table if precision == "w8a8" else None, example=images[:1],
+                minimum_deployment_target=deployment_target, config=config,
+            )  # fmt: skip
+        exports[precision] = {k: v for k, v in done.to_dict().items() if k != "activation_keys"}
+        with coreml.CoreMLRunner(path) as runner:
+            checks[path.name] = compare_logits(reference, runner.infer(images.numpy()))
+            checks[path.name]["runtime"] = runner.describe()["backend"]
+        artifacts.append(path)
+    files = {p.stem: p for p in artifacts}
+    if table is not None:
+        files["calibration"] = run / "calibration.json"
+    run.record(
+        "export",
+        _model_inputs(loaded),
+        {"target": "coreml", "precisions": precisions, "check_inputs": described,
+         "deployment_target": deployment_target},
+        files,
+        {"checks": checks, "packages": exports},
+    )  # fmt: skip
+    first = artifacts[0]
+    outcome = ExportOutcome(first, run, fused.report, checks[first.name], loaded.weights)
+    outcome.artifacts = {p.name: checks[p.name] for p in artifacts}
+    outcome.quantization = exports
+    if "w8a8" in exports:
+        e = exports["w8a8"]
+        outcome.int8 = {
+            "artifact": run / artifact_name(spec, "w8a8"),
+            "check": checks[artifact_name(spec, "w8a8")],
+            "quantized_ops": e["census"]["int8_ops"],
+            "float_ops": e["kept_float"],
+            "not_honoured": e["unexpected_float"] + e["notes"],
         }
     if eval_data is not None:
         outcome.evals = _evaluate_run(loaded, artifacts, run, eval_data, limit, progress)
@@ -657,7 +749,7 @@ def open_runner(
     from edgevt.targets.pytorch import TorchRunner
 
     path = Path(model_or_artifact)
-    if path.exists() and path.is_file():
+    if path.exists() and (path.is_file() or path.suffix == ".mlpackage"):
         if checkpoint is not None or pretrained:
             raise EdgevtError("--checkpoint/--pretrained apply to zoo model names, not artifacts.")
         if path.suffix == ".pt":
@@ -665,15 +757,23 @@ def open_runner(
             return TorchRunner(module, info, threads)
         spec = target_for_artifact(path)
         if spec is None:
-            raise EdgevtError(f"{path}: unknown artifact type (known: .onnx, .tflite, fused .pt).")
+            raise EdgevtError(
+                f"{path}: unknown artifact type (known: .onnx, .tflite, .mlpackage, fused .pt)."
+            )
         if spec.name == "tflite":
             from edgevt.targets.tflite import LiteRTRunner
 
             return LiteRTRunner(path, threads=threads)
+        if spec.name == "coreml":
+            from edgevt.targets.coreml import CoreMLRunner
+
+            return CoreMLRunner(path, threads=threads)
         from edgevt.targets.onnx import OnnxRuntimeRunner
 
         return OnnxRuntimeRunner(path, threads=threads)
-    if path.suffix in (".onnx", ".pt", ".tflite", ".engine") or "/" in str(model_or_artifact):
+    if path.suffix in (".onnx", ".pt", ".tflite", ".mlpackage", ".engine") or "/" in str(
+        model_or_artifact
+    ):
         raise EdgevtError(f"{model_or_artifact} does not exist.")
     if fused:
         outcome = fuse(str(model_or_artifact), checkpoint, pretrained=pretrained, seed=seed)
@@ -723,7 +823,7 @@ def bench(
     from edgevt.bench import benchmark_isolated, result_name
 
     for path in artifacts:
-        if not path.is_file():
+        if not path.exists():
             raise EdgevtError(f"{path} does not exist (edgevt bench takes exported artifacts).")
     bad = [n for n in threads if n < 1]
     if bad:

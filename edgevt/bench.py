@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from edgevt.io import artifact_size
 from edgevt.targets.base import Runner
 
 
@@ -124,10 +125,7 @@ def _cpu_model() -> str:
 def _size(artifact: str | None) -> int | None:
     if not artifact or not Path(artifact).exists():
         return None
-    path = Path(artifact)
-    if path.is_dir():  # e.g. an .mlpackage
-        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-    return path.stat().st_size
+    return artifact_size(artifact)
 
 
 def _status_kb(key: str) -> int | None:

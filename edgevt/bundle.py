@@ -24,7 +24,7 @@ import numpy as np
 
 from edgevt.devices import DeviceProfile, load_profile
 from edgevt.errors import EdgevtError
-from edgevt.io import atomic_path, write_json
+from edgevt.io import artifact_size, atomic_path, write_json
 
 RUNNER = Path(__file__).with_name("bundle_runner.py")
 SUFFIXES = {"onnx": ".onnx", "tflite": ".tflite", "mlpackage": ".mlpackage", "engine": ".engine"}
@@ -99,7 +99,7 @@ def make_bundle(
             "precision": runner.info.precision,
             "target": runner.info.target,
             "expected": key,
-            "size_bytes": path.stat().st_size,
+            "size_bytes": artifact_size(path),
             "ort_optimization": runner.info.extra.get("ort_optimization", "all"),
         }
     np.savez(staging / "samples.npz", **arrays)

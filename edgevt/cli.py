@@ -143,7 +143,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="P",
         help="precisions beside fp32, as the target offers them (`edgevt targets`): fp16 and w8 "
-        "(weights only) for tflite; int8 (needs calibration) for every target",
+        "(weights only) for tflite and coreml; int8 (needs calibration) for every target "
+        "(W8A8 on coreml)",
+    )
+    p.add_argument(
+        "--deployment-target",
+        metavar="OS",
+        help="Core ML minimum deployment target, e.g. iOS17 (default: the oldest that holds "
+        "each precision: iOS15 fp32/fp16, iOS16 w8, iOS17 w8a8)",
     )
     g = p.add_argument_group("int8")
     g.add_argument(
@@ -451,6 +458,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         max_drop=args.max_drop,
         precisions=[p for arg in args.precision for p in arg.split(",") if p],
         int8_io=args.int8_io,
+        deployment_target=args.deployment_target,
     )
     _note_random(out.weights)
     r = out.fuse_report

@@ -50,6 +50,14 @@ def sha256(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def artifact_size(path: str | os.PathLike[str]) -> int:
+    """Bytes of a model file, or of every file in a model folder (an .mlpackage)."""
+    path = Path(path)
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return path.stat().st_size
+
+
 def read_toml(path: str | os.PathLike[str], what: str) -> dict[str, Any]:
     """Parse a TOML file, or raise one EdgevtError naming ``what`` it was and what is wrong."""
     import tomllib

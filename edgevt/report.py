@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from edgevt.errors import EdgevtError
-from edgevt.io import atomic_path, write_json
+from edgevt.io import artifact_size, atomic_path, write_json
+
+ARTIFACT_SUFFIXES = (".onnx", ".tflite", ".mlpackage")
 
 
 @dataclass
@@ -83,7 +85,7 @@ def collect(run_dirs: list[Path], device_results: list[Path] = ()) -> Report:
         weights = "random" if str(inputs.get("weights", "")).startswith("random") else "real"
         evals = stages.get("eval", {}).get("results", {})
         artifacts = sorted(
-            {p.name for p in run_dir.glob("*.onnx")} | {p.name for p in run_dir.glob("*.tflite")}
+            p.name for suffix in ARTIFACT_SUFFIXES for p in run_dir.glob(f"*{suffix}")
         )
         ref = evals.get("pytorch_fp32")
         if ref:
@@ -103,7 +105,7 @@ def collect(run_dirs: list[Path], device_results: list[Path] = ()) -> Report:
                     _artifact_target(run_dir / name), precision,
                     result.get("top1"), result.get("top5"), result.get("n"),
                     vs.get("top1_agreement"), vs.get("cosine"),
-                    (run_dir / name).stat().st_size / 1e6,
+                    artifact_size(run_dir / name) / 1e6,
                 )
             )  # fmt: skip
         for path in sorted((run_dir / "bench").glob("*.json")):
@@ -179,6 +181,7 @@ def _device_label(data: dict[str, Any]) -> str:
     device, machine = data["device"], data.get("host", {}).get("machine", "")
     if device not in list_profiles() or not machine:
         return device
+
     def canonical(arch: str) -> str:
         return {"arm64": "aarch64", "amd64": "x86_64"}.get(arch.lower(), arch.lower())
 

@@ -136,6 +136,46 @@ def map_table(model_t: Any, table: CalibrationTable, modules: Iterable[str]) -> 
     return mapping
 
 
+# TFLite op -> the QuantConfig op type it implements
+CONFIG_OP_TYPE = {
+    "FULLY_CONNECTED": "Linear", "CONV_2D": "Conv2d", "DEPTHWISE_CONV_2D": "Conv2d",
+    "BATCH_MATMUL": "matmul",
+}  # fmt: skip
+
+
+@dataclass
+class OpChoice:
+    scope: str  # ai-edge-quantizer's op scope: output tensor names joined by ";", then ";"
+    op_type: str  # TFLite op name
+    name: str  # edgevt op name (module, or module@matmul<i>)
+    per_channel: bool
+
+
+def choose_ops(model_t: Any, config: Any, modules: Iterable[str]) -> list[OpChoice]:
+    """The compute ops ``config`` (a QuantConfig) puts in int8, by their quantizer scope."""
+    modules = set(modules)
+    chosen, matmuls_seen = [], {}
+    for op in read_ops(model_t):
+        kind = CONFIG_OP_TYPE.get(op.op_type)
+        if kind is None:
+            continue
+        probe = op.outputs[0] if kind == "matmul" else op.inputs[1]
+        module = module_scope(tensor_name(model_t, probe), modules)
+        if module is None:
+            continue
+        name = module
+        if kind == "matmul":
+            i = matmuls_seen.get(module, 0)
+            matmuls_seen[module] = i + 1
+            name = f"{module}@matmul{i}"
+        setting = config.resolve(name, kind)
+        if setting is None:
+            continue
+        scope = ";".join(tensor_name(model_t, t) for t in op.outputs if t >= 0) + ";"
+        chosen.append(OpChoice(scope, op.op_type, name, setting.weights == "per_channel"))
+    return chosen
+
+
 def same_scale_groups(model_t: Any) -> dict[int, int]:
     """Union-find root of every activation tensor under TFLite's same-scale constraints."""
     parent: dict[int, int] = {}
@@ -233,13 +273,25 @@ def check_scales(
     quantized_t: Any, honoured: dict[str, str], ranges: dict[str, tuple[float, float]]
 ) -> list[str]:
     """Keys whose tensor in the quantized .tflite does not carry the table's scale."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    tensors = quantized_t.subgraphs[0].tensors
     by_name = {}
-    for tensor in quantized_t.subgraphs[0].tensors:
+    for tensor in tensors:
         name = tensor.name.decode() if isinstance(tensor.name, bytes) else tensor.name
         by_name[name] = tensor
+    # a float tensor that feeds int8 ops goes through a QUANTIZE op: check what that makes
+    quantized_as = {}
+    for op in quantized_t.subgraphs[0].operators:
+        code = quantized_t.operatorCodes[op.opcodeIndex]
+        if max(code.builtinCode, code.deprecatedBuiltinCode) == schema.BuiltinOperator.QUANTIZE:
+            quantized_as[op.inputs[0]] = tensors[op.outputs[0]]
+    index_of = {id(t): i for i, t in enumerate(tensors)}
     problems = []
     for key, name in honoured.items():
         tensor = by_name.get(name)
+        if tensor is not None and not _is_quantized(tensor):
+            tensor = quantized_as.get(index_of[id(tensor)], tensor)
         q = getattr(tensor, "quantization", None)
         if q is None or q.scale is None or len(q.scale) == 0:
             problems.append(f"{key}: tensor {_short(name)} is not quantized")
@@ -249,6 +301,11 @@ def check_scales(
         if not np.isclose(got, want, rtol=1e-4):
             problems.append(f"{key}: scale {got:.6g} in the .tflite, {want:.6g} from the table")
     return problems
+
+
+def _is_quantized(tensor: Any) -> bool:
+    q = tensor.quantization
+    return q is not None and q.scale is not None and len(q.scale) > 0
 
 
 def _short(name: str) -> str:

@@ -36,6 +36,13 @@ TARGETS: dict[str, TargetSpec] = {
         ("fp32", "fp16", "w8", "int8"),
         extra="tflite",
     ),
+    "coreml": TargetSpec(
+        "coreml",
+        ".mlpackage",
+        "Core ML ML Program (Apple); on Linux validated and run by edgevt's MIL interpreter",
+        ("fp32", "fp16", "w8", "w8a8"),
+        extra="coreml",
+    ),
     "tensorrt": TargetSpec(
         "tensorrt",
         ".onnx",
@@ -65,6 +72,8 @@ def artifact_name(spec: TargetSpec, precision: str) -> str:
 def resolve_precisions(spec: TargetSpec, precisions: list[str] | None, int8: bool) -> list[str]:
     """fp32 first (every target exports it: it is what the others are checked against)."""
     wanted = ["fp32", *(precisions or []), *(["int8"] if int8 else [])]
+    if spec.name == "coreml":  # Core ML calls full int8 W8A8; --int8 means it there too
+        wanted = ["w8a8" if p == "int8" else p for p in wanted]
     unknown = [p for p in wanted if p not in spec.precisions]
     if unknown:
         raise EdgevtError(

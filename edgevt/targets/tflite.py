@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,6 +123,7 @@ class TfliteQuantReport:
     not_honoured: list[str] = field(default_factory=list)
     scale_problems: list[str] = field(default_factory=list)
     unmatched_ops: list[str] = field(default_factory=list)
+    config_ops: int | None = None  # ops a QuantConfig put in int8 (None: full integer)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -132,6 +134,7 @@ class TfliteQuantReport:
             "not_honoured": self.not_honoured,
             "scale_problems": self.scale_problems,
             "unmatched_ops": self.unmatched_ops,
+            "config_ops": self.config_ops,
         }
 
 
@@ -145,6 +148,7 @@ def quantize(
     modules: list[str] | None = None,
     images: np.ndarray | None = None,
     int8_io: bool = False,
+    config: Any = None,
 ) -> TfliteQuantReport:
     """Write a fp16, w8 (weight-only int8) or full-int8 .tflite from the fp32 one.
 
@@ -154,11 +158,13 @@ def quantize(
         images: preprocessed (N, 3, H, W) float32 images; the quantizer ranges the tensors
             the table has no entry for on them (the table's own calibration images are best).
         int8_io: int8 input/output tensors instead of float32.
+        config: a QuantConfig: only the Conv2d / Linear / matmul ops it names run in int8
+            (None = full integer, every op the quantizer supports).
     """
     if precision not in PRECISIONS[1:]:
         raise EdgevtError(f"tflite precision {precision!r}: choose from {', '.join(PRECISIONS)}.")
     require("ai_edge_quantizer")
-    from ai_edge_quantizer import quantizer, recipe
+    from ai_edge_quantizer import qtyping, quantizer, recipe
     from ai_edge_quantizer.algorithm_manager import AlgorithmName
     from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fu
 
@@ -181,7 +187,21 @@ def quantize(
             raise EdgevtError("tflite int8 needs a CalibrationTable and calibration images.")
         from edgevt.quant import tflite_ranges
 
-        qt = quantizer.Quantizer(source, recipe.static_wi8_ai8())
+        model_t = fu.read_model(fp32)
+        if config is None:  # full integer: every op the quantizer supports
+            qt = quantizer.Quantizer(source, recipe.static_wi8_ai8())
+        else:  # only the compute ops the config names; the rest stays float between Q/DQ
+            qt = quantizer.Quantizer(source)
+            chosen = tflite_ranges.choose_ops(model_t, config, modules or [])
+            if not chosen:
+                raise EdgevtError("the quantization config keeps every op in float.")
+            for op in chosen:
+                granularity = "CHANNELWISE" if op.per_channel else "TENSORWISE"
+                qt.add_static_config(
+                    "^" + re.escape(op.scope) + "$", op.op_type, 8, 8,
+                    weight_granularity=getattr(qtyping.QuantGranularity, granularity),
+                )  # fmt: skip
+            report.config_ops = len(chosen)
         if not int8_io:  # keep the graph's input/output float32: the quantizer adds Q/DQ ops
             for io_op in ("INPUT", "OUTPUT"):
                 qt.update_quantization_recipe(".*", io_op, algorithm_key=AlgorithmName.NO_QUANTIZE)
@@ -191,8 +211,12 @@ def quantize(
                 {signature[0]: [{signature[1]: x[None]} for x in images]},
                 num_threads=os.cpu_count(),
             )
-        model_t = fu.read_model(fp32)
         mapping = tflite_ranges.map_table(model_t, table, modules or [])
+        if config is not None:  # only the chosen ops' tensors are quantized at all
+            names = {op.name for op in chosen}
+            mapping.tensor_of_key = {
+                k: t for k, t in mapping.tensor_of_key.items() if k.split(":")[0] in names
+            }
         plan = tflite_ranges.apply_table(model_t, calibrated, mapping)
         qsvs = plan.qsvs
         report.table_keys = len(table.activations)

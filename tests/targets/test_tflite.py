@@ -147,13 +147,48 @@ def test_eval_bench_and_pi_bundle_on_tflite(
 def test_clear_errors(levit_tflite: api.ExportOutcome, tmp_path: Path) -> None:
     with pytest.raises(EdgevtError, match="does not offer fp16"):
         api.export("levit_128s", "onnx", precisions=["fp16"], out=tmp_path / "x")
-    with pytest.raises(EdgevtError, match="max-drop"):
+    with pytest.raises(EdgevtError, match="--max-drop is not yet honoured"):
         api.export("levit_128s", "tflite", max_drop=0.3, int8=True, calib=".", out=tmp_path)
     corrupt = tmp_path / "broken.tflite"
     corrupt.write_bytes(b"not a flatbuffer at all" * 10)
     proc = _cli("eval", str(corrupt), "--data", ".", "--limit", "1")
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "broken.tflite" in proc.stderr
+
+
+def test_quant_config_picks_the_int8_ops(levit_tflite: api.ExportOutcome, tmp_path) -> None:
+    """With a QuantConfig only its Conv2d/Linear ops run in int8 (no matmul, softmax...), and
+    their tensors still carry the table's scales."""
+    from collections import Counter
+
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fu
+
+    from edgevt.quant.calibrate import calibration_batches
+    from edgevt.quant.config import QuantConfig
+    from edgevt.targets import tflite
+
+    run = levit_tflite.run_dir.path
+    table = CalibrationTable.load(run / "calibration.json")
+    fused = api.fuse("levit_128s")
+    images = next(iter(calibration_batches(fused.loaded.entry.preprocess, table.source["data"],
+                                           8))).numpy()  # fmt: skip
+    config = QuantConfig.from_dict({"module_name": {"head": None}})
+    report = tflite.quantize(
+        run / "model.tflite", tmp_path / "m.tflite", "int8", read_tflite_info(run / "model.tflite"),
+        table=table, modules=[n for n, _ in fused.model.named_modules()], images=images,
+        config=config,
+    )  # fmt: skip
+    assert report.scale_problems == []
+    ops = tflite_ranges.read_ops(fu.read_model(tmp_path / "m.tflite"))
+    model_t = fu.read_model(tmp_path / "m.tflite")
+    int8_ops = Counter(
+        op.op_type for op in ops
+        if model_t.subgraphs[0].tensors[op.outputs[0]].type == 9  # INT8
+    )  # fmt: skip
+    # 4 stem convs + 46 of LeViT-128S's 47 Linear layers (the head stays float)
+    assert int8_ops["CONV_2D"] == 4 and int8_ops["FULLY_CONNECTED"] == 46
+    assert int8_ops["BATCH_MATMUL"] == 0 and int8_ops["SOFTMAX"] == 0
+    assert report.config_ops == 50
 
 
 def test_module_scope_parsing() -> None:
