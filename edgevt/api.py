@@ -493,6 +493,7 @@ def _export_tflite(
             "float_ops": [],
             "not_honoured": q["not_honoured"] + q["scale_problems"],
             "table_keys": q["table_keys"],
+            "config_ops": q["config_ops"],
         }
     if eval_data is not None:
         outcome.evals = _evaluate_run(loaded, artifacts, run, eval_data, limit, progress)

@@ -474,8 +474,9 @@ def cmd_export(args: argparse.Namespace) -> None:
     if q is not None:
         kept = f", {len(q['float_ops'])} kept in float" if q["float_ops"] else ""
         what = f"{q['quantized_ops']} ops int8{kept}"
-        if "table_keys" in q:  # tflite: full-integer; say how much of the table it honours
-            what = f"full int8, {q['quantized_ops']}/{q['table_keys']} table ranges honoured"
+        if "table_keys" in q:  # tflite: say how much of the table it honours
+            scope = "full int8" if q["config_ops"] is None else f"{q['config_ops']} ops int8"
+            what = f"{scope}, {q['quantized_ops']} table ranges honoured"
         print(
             f"int8: {q['artifact']} ({what}; vs fused fp32: cosine "
             f"{q['check']['cosine']:.5f}, top-1 agreement "

@@ -301,7 +301,7 @@ def scatter_svg(points: list[dict[str, Any]], width: int = 720, height: int = 42
             path = " ".join(f"{sx(p['latency']):.1f},{sy(p['accuracy']):.1f}" for p in front)
             parts.append(f'<polyline points="{path}" fill="none" stroke="#d62728" '
                          'stroke-width="2" stroke-dasharray="6 3"/>')  # fmt: skip
-    for p in points:
+    for p in sorted(points, key=lambda p: p["pareto"]):  # the front on top where points overlap
         color = "#d62728" if p["pareto"] else "#1f77b4"
         parts.append(
             f'<circle cx="{sx(p["latency"]):.1f}" cy="{sy(p["accuracy"]):.1f}" r="7" '

@@ -93,4 +93,5 @@ def test_html_report_renders_in_headless_chromium(report_dir: Path, tmp_path: Pa
         return int((np.abs(pixels - np.array(color)).sum(1) < 30).sum())
 
     # The plot is drawn: its points are on screen (red on the Pareto front, blue off it).
-    assert count(PARETO_RED) + count(POINT_BLUE) > 2 * 100
+    # (Two points may overlap when fp32 and int8 time alike; the front is drawn on top.)
+    assert count(PARETO_RED) > 100 and count(PARETO_RED) + count(POINT_BLUE) > 100
