@@ -350,7 +350,7 @@ def cmd_targets(args: argparse.Namespace) -> None:
     for r in rows:
         install = f"pip install edgevt[{r['extra']}]" if r["extra"] else "core"
         print(
-            f"{r['name']:<10}{r['suffix']:<9}{','.join(r['precisions']):<12}{install:<26}"
+            f"{r['name']:<10}{r['suffix']:<12}{','.join(r['precisions']):<19}{install:<30}"
             f"{r['description']}"
         )
 
