@@ -26,7 +26,13 @@ from edgevt.io import atomic_path, sha256, write_json
 from edgevt.models import LoadedModel, get_entry, load_model
 from edgevt.quant.table import CalibrationTable
 from edgevt.run import RunDir, library_versions
-from edgevt.targets import artifact_name, get_target, resolve_precisions, target_for_artifact
+from edgevt.targets import (
+    artifact_name,
+    get_target,
+    needs_calibration,
+    resolve_precisions,
+    target_for_artifact,
+)
 from edgevt.targets.base import Runner
 from edgevt.validate.evaluate import EvalResult, compare_logits
 from edgevt.validate.evaluate import evaluate as _evaluate
@@ -256,7 +262,7 @@ def export(
     """
     spec = get_target(target)
     wanted = resolve_precisions(spec, precisions, int8)
-    int8 = "int8" in wanted or "w8a8" in wanted
+    int8 = needs_calibration(wanted)
     if spec.name in ("onnx", "tensorrt") and set(wanted) - {"fp32", "int8"}:
         raise EdgevtError(
             f"--target {spec.name} writes fp32 and int8 models; TensorRT's fp16 engine is built "

@@ -21,7 +21,7 @@ from typing import Any
 
 from edgevt.errors import EdgevtError
 from edgevt.io import read_toml, sha256, write_json
-from edgevt.targets import artifact_name, get_target, resolve_precisions
+from edgevt.targets import artifact_name, get_target, needs_calibration, resolve_precisions
 
 STATE = "pipeline.json"
 SECTIONS = {"out", "model", "calibration", "export", "eval", "bench", "devices", "report"}
@@ -136,7 +136,7 @@ def run_pipeline(
         precisions = resolve_precisions(
             target, list(spec.get("precisions", [])), bool(spec.get("int8", False))
         )
-        int8 = "int8" in precisions
+        int8 = needs_calibration(precisions)
         run_dir = out / (f"{target.name}-int8" if int8 else target.name)
         run_dirs.append(run_dir)
         key = _key(model_key, spec, evaluation, calib_key if int8 else None)
@@ -183,4 +183,4 @@ def run_pipeline(
 
 
 def _wants_int8(export: dict[str, Any]) -> bool:
-    return bool(export.get("int8")) or "int8" in export.get("precisions", [])
+    return bool(export.get("int8")) or needs_calibration(export.get("precisions", []))

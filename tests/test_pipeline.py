@@ -88,6 +88,15 @@ def test_pipeline_config_errors_are_clear(tmp_path: Path) -> None:
         load_config(bad)
 
 
+def test_coreml_w8a8_export_is_calibrated(tmp_path: Path) -> None:
+    """Core ML spells full int8 W8A8; a config asking for it needs calibration data too."""
+    bad = tmp_path / "coreml.toml"
+    bad.write_text('[model]\nname = "levit_128s"\n[[export]]\ntarget = "coreml"\n'
+                   'precisions = ["w8a8"]\n')  # fmt: skip
+    with pytest.raises(EdgevtError, match=r"int8 exports need \[calibration\] data"):
+        load_config(bad)
+
+
 def test_example_configs_load() -> None:
     for path in sorted((Path(__file__).parent.parent / "configs").glob("*.toml")):
         config = load_config(path)

@@ -69,6 +69,13 @@ def artifact_name(spec: TargetSpec, precision: str) -> str:
     return f"model{spec.suffix}" if precision == "fp32" else f"model_{precision}{spec.suffix}"
 
 
+CALIBRATED_PRECISIONS = ("int8", "w8a8")  # int8 activations: these need a CalibrationTable
+
+
+def needs_calibration(precisions: list[str]) -> bool:
+    return any(p in CALIBRATED_PRECISIONS for p in precisions)
+
+
 def resolve_precisions(spec: TargetSpec, precisions: list[str] | None, int8: bool) -> list[str]:
     """fp32 first (every target exports it: it is what the others are checked against)."""
     wanted = ["fp32", *(precisions or []), *(["int8"] if int8 else [])]
