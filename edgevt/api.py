@@ -474,22 +474,15 @@ def _export_tflite(
     for path in artifacts:
         with tflite.LiteRTRunner(path) as runner:
             checks[path.name] = compare_logits(reference, runner.infer(images.numpy()))
-    files = {p.stem: p for p in artifacts}
-    if table is not None:
-        files["calibration"] = run / "calibration.json"
     if config is not None:
-        files["config"] = write_json(run / "quant_config.json", config.to_dict())
-    run.record(
-        "export",
-        _model_inputs(loaded),
+        write_json(run / "quant_config.json", config.to_dict())
+    outcome = _finish_export(
+        fused, run, artifacts, checks, {"quantization": quant},
         {"target": "tflite", "precisions": precisions, "check_inputs": described,
          "int8_io": int8_io},
-        files,
-        {"checks": checks, "quantization": quant},
+        {k for k, used in (("calibration", table), ("config", config)) if used is not None},
+        eval_data, limit, progress,
     )  # fmt: skip
-    outcome = ExportOutcome(fp32, run, fused.report, checks[fp32.name], loaded.weights)
-    outcome.artifacts = {p.name: checks[p.name] for p in artifacts}
-    outcome.quantization = quant
     if "int8" in quant:
         q = quant["int8"]
         outcome.int8 = {
@@ -501,8 +494,6 @@ def _export_tflite(
             "table_keys": q["table_keys"],
             "config_ops": q["config_ops"],
         }
-    if eval_data is not None:
-        outcome.evals = _evaluate_run(loaded, artifacts, run, eval_data, limit, progress)
     return outcome
 
 
@@ -550,21 +541,13 @@ def _export_coreml(
             checks[path.name] = compare_logits(reference, runner.infer(images.numpy()))
             checks[path.name]["runtime"] = runner.describe()["backend"]
         artifacts.append(path)
-    files = {p.stem: p for p in artifacts}
-    if table is not None:
-        files["calibration"] = run / "calibration.json"
-    run.record(
-        "export",
-        _model_inputs(loaded),
+    outcome = _finish_export(
+        fused, run, artifacts, checks, {"packages": exports},
         {"target": "coreml", "precisions": precisions, "check_inputs": described,
          "deployment_target": deployment_target},
-        files,
-        {"checks": checks, "packages": exports},
+        {"calibration", "config"} if table is not None else set(),
+        eval_data, limit, progress,
     )  # fmt: skip
-    first = artifacts[0]
-    outcome = ExportOutcome(first, run, fused.report, checks[first.name], loaded.weights)
-    outcome.artifacts = {p.name: checks[p.name] for p in artifacts}
-    outcome.quantization = exports
     if "w8a8" in exports:
         e = exports["w8a8"]
         outcome.int8 = {
@@ -574,8 +557,38 @@ def _export_coreml(
             "float_ops": e["kept_float"],
             "not_honoured": e["unexpected_float"] + e["notes"],
         }
+    return outcome
+
+
+QUANT_FILES = {"calibration": "calibration.json", "config": "quant_config.json"}
+
+
+def _finish_export(
+    fused: FuseOutcome,
+    run: RunDir,
+    artifacts: list[Path],
+    checks: dict[str, dict[str, Any]],
+    details: dict[str, Any],
+    settings: dict[str, Any],
+    quant_files: set[str],
+    eval_data: str | Path | None,
+    limit: int | None,
+    progress: bool,
+) -> ExportOutcome:
+    """Record a multi-precision export (artifacts, their checks, the target's ``details``, the
+    ``quant_files`` it wrote), evaluate it when asked, return its outcome; ``artifacts[0]`` is
+    the fp32 one."""
+    files = {p.stem: p for p in artifacts}
+    files.update({k: run / f for k, f in QUANT_FILES.items() if k in quant_files})
+    run.record(
+        "export", _model_inputs(fused.loaded), settings, files, {"checks": checks, **details}
+    )
+    first = artifacts[0]
+    outcome = ExportOutcome(first, run, fused.report, checks[first.name], fused.loaded.weights)
+    outcome.artifacts = {p.name: checks[p.name] for p in artifacts}
+    outcome.quantization = next(iter(details.values()))
     if eval_data is not None:
-        outcome.evals = _evaluate_run(loaded, artifacts, run, eval_data, limit, progress)
+        outcome.evals = _evaluate_run(fused.loaded, artifacts, run, eval_data, limit, progress)
     return outcome
 
 
