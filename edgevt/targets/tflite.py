@@ -15,6 +15,7 @@ Every file carries the edgevt ArtifactInfo in the flatbuffer's metadata (key "ed
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import os
 import re
@@ -110,7 +111,7 @@ def convert_fp32(model: Any, example: Any, info: ArtifactInfo, out: str | Path) 
                 "module out of the model."
             ) from exc
         buffer = edge.model_content()
-    info.target, info.precision = "tflite", "fp32"
+    info = dataclasses.replace(info, target="tflite", precision="fp32")
     return _write(Path(out), _with_metadata(bytes(buffer), info))
 
 
@@ -170,8 +171,12 @@ def quantize(
 
     fp32 = Path(fp32)
     report = TfliteQuantReport(Path(out), precision)
-    info.target, info.precision = "tflite", precision
-    info.extra = {**info.extra, "int8_io": bool(int8_io and precision == "int8")}
+    info = dataclasses.replace(  # a copy: the caller's info stays as it was
+        info,
+        target="tflite",
+        precision=precision,
+        extra={**info.extra, "int8_io": bool(int8_io and precision == "int8")},
+    )
     # The metadata goes in before quantizing: the quantizer carries it over, and re-packing
     # its output (large buffers stored after the flatbuffer) is its job, not ours.
     source = bytes(_with_metadata(fp32.read_bytes(), info))
