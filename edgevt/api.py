@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 import time
 from collections.abc import Iterator
@@ -104,21 +105,17 @@ def fuse(
             images (``$EDGEVT_DATA/imagenet-sample1000``), or random inputs if absent.
         out: run directory to write ``fused.pt``, ``fuse.json`` and the manifest into.
     """
-    loaded = load_model(model, checkpoint, pretrained=pretrained, seed=seed)
-    images, described = check_images(loaded.entry.preprocess, data)
-    fused, report = fuse_model(loaded.model, loaded.entry.family, images, described)
+    if checkpoint is not None and is_fused_file(checkpoint):
+        loaded, fused, report = _already_fused(model, checkpoint, pretrained)
+        described = report.inputs
+    else:
+        loaded = load_model(model, checkpoint, pretrained=pretrained, seed=seed)
+        images, described = check_images(loaded.entry.preprocess, data)
+        fused, report = fuse_model(loaded.model, loaded.entry.family, images, described)
     run = None
     if out is not None:
         run = RunDir(out)
-        with atomic_path(run / FUSED_FILE) as tmp:
-            torch.save(
-                {
-                    "edgevt_fused": loaded.entry.name,
-                    "weights": loaded.weights,
-                    "state_dict": fused.state_dict(),
-                },
-                tmp,
-            )
+        save_fused(run / FUSED_FILE, loaded.entry.name, loaded.weights, fused)
         write_json(run / "fuse.json", report.to_dict())
         run.record(
             "fuse",
@@ -128,6 +125,44 @@ def fuse(
             report.to_dict(),
         )
     return FuseOutcome(fused, report, loaded, run)
+
+
+def save_fused(path: str | Path, model_name: str, weights: str, model: nn.Module) -> Path:
+    """Write a fused model as ``edgevt fuse`` does (``--checkpoint`` and ``eval`` take it)."""
+    with atomic_path(path) as tmp:
+        torch.save(
+            {"edgevt_fused": model_name, "weights": weights, "state_dict": model.state_dict()}, tmp
+        )
+    return Path(path)
+
+
+def is_fused_file(path: str | Path) -> bool:
+    """Whether ``path`` is a model written by ``edgevt fuse`` / ``edgevt qat`` (fused.pt)."""
+    path = Path(path)
+    if not path.is_file() or path.suffix not in (".pt", ".pth"):
+        return False
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return False  # the checkpoint loader gives the precise error
+    return isinstance(saved, dict) and "edgevt_fused" in saved
+
+
+def _already_fused(
+    model: str, checkpoint: str | Path, pretrained: bool
+) -> tuple[LoadedModel, nn.Module, FuseReport]:
+    """A fused.pt given as --checkpoint (a QAT result, say): used as it is, nothing to fold."""
+    if pretrained:
+        raise EdgevtError("pass either --checkpoint or --pretrained, not both.")
+    fused, info = load_fused(checkpoint)
+    if info.model != model:
+        raise EdgevtError(
+            f"{checkpoint} is a fused {info.model}, not {model}; name the model it was made for."
+        )
+    entry = get_entry(model)
+    left = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in fused.modules())
+    report = FuseReport({}, left, left, 0.0, 0.0, 0.0, f"none: {Path(checkpoint).name} is fused")
+    return LoadedModel(fused, entry, info.weights, Path(checkpoint)), fused, report
 
 
 def load_fused(path: str | Path) -> tuple[nn.Module, ArtifactInfo]:
@@ -730,6 +765,178 @@ def _tensorrt_kit(
             "ONNX Runtime ran the same QDQ graph as the stand-in for TensorRT's int8 numerics"
         )
     return result
+
+
+QAT_CHECKPOINT = "qat_checkpoint.pt"
+
+
+@dataclass
+class QatOutcome:
+    model: Path  # fused.pt of the trained model
+    table: Path  # its CalibrationTable
+    run_dir: RunDir
+    steps: int
+    summary: dict[str, Any]
+
+
+def qat(
+    model: str,
+    checkpoint: str | Path | None = None,
+    *,
+    data: str | Path,
+    calib_table: str | Path,
+    out: str | Path,
+    pretrained: bool = False,
+    target: str = "onnx",
+    quant_config: str | Path | None = None,
+    steps: int | None = None,
+    epochs: float | None = None,
+    batch: int = 16,
+    lr: float = 5e-6,
+    range_lr: float = 1e-4,
+    temperature: float = 1.0,
+    images: int = 1000,
+    save_every: int = 25,
+    restart: bool = False,
+    seed: int = 0,
+    device: str | None = None,
+    progress: bool = True,
+    on_step=None,
+) -> QatOutcome:
+    """Quantization-aware training from the PTQ result (``calib_table``), distilled from fp32.
+
+    Writes into ``out``: ``fused.pt`` (the trained model, for ``--checkpoint``),
+    ``calibration.json`` (the learned ranges, for ``--calib-table``), ``quant_config.json``,
+    ``qat.json`` (settings and loss curve) and ``qat_checkpoint.pt`` (resumed when the same
+    command runs again after an interruption; ``restart`` discards it).
+
+    Args:
+        target: whose int8 rules the training simulates (``onnx`` or ``tensorrt``); the result
+            exports to every target.
+        steps / epochs: training length (default: 300 steps).
+        lr / range_lr: Adam learning rates of the weights and of the activation ranges (the
+            latter relative: 1e-4 moves a range by at most about 0.01 % per step).
+        images: how many images of ``data`` to train on (held in memory, preprocessed once).
+        device: ``cuda`` / ``cpu``; None picks the GPU when there is one.
+    """
+    import tempfile
+
+    import onnx
+
+    from edgevt.quant.onnx_qdq import RULES, quantized_tensors
+    from edgevt.quant.qat import QatSettings, QuantSim, train, weight_ops_for
+    from edgevt.targets.onnx import export_onnx
+
+    if target not in ("onnx", "tensorrt"):
+        raise EdgevtError(
+            f"--target {target!r}: QAT simulates the int8 rules of onnx or tensorrt; its result "
+            "then exports to every target (tflite and coreml take the learned table too)."
+        )
+    if steps is not None and epochs is not None:
+        raise EdgevtError("pass --steps or --epochs, not both.")
+    for name, value in (("--batch", batch), ("--images", images), ("--save-every", save_every)):
+        if value < 1:
+            raise EdgevtError(f"{name} must be at least 1.")
+    if (steps is not None and steps < 1) or (epochs is not None and epochs <= 0):
+        raise EdgevtError("--steps / --epochs must be positive.")
+    if lr <= 0 or range_lr < 0 or temperature <= 0:
+        raise EdgevtError("--lr and --temperature must be positive, --range-lr not negative.")
+    table = CalibrationTable.load(calib_table)
+    table.check_for(model)
+    config = _quant_config(quant_config)
+    rules = RULES[target]
+    dataset = open_dataset(_image_folder(data), require_labels=False).subset(images)
+    if len(dataset) == 0:
+        raise EdgevtError(f"{data} holds no images (.jpg/.jpeg/.png...) to train on.")
+    n_steps = steps or (math.ceil(epochs * len(dataset) / batch) if epochs else 300)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    run = RunDir(out)
+    fused = fuse(model, checkpoint, pretrained=pretrained, seed=seed)
+    loaded = fused.loaded
+    table.check_for(model, _quantized_keys(fused.model, loaded.entry.preprocess))
+    with _stage(progress, "finding what the int8 graph quantizes"), tempfile.TemporaryDirectory(
+    ) as tmp:  # fmt: skip
+        fp32 = export_onnx(fused.model, _info(loaded, "onnx", True), Path(tmp) / "m.onnx")
+        tensors = quantized_tensors(onnx.load(str(fp32)), table, config, rules)
+    sim = QuantSim(
+        fused.model, tensors, weight_ops_for(table, config, rules, tensors, fused.model),
+        rules.signed_activations,
+    )  # fmt: skip
+    x, teacher = _qat_data(fused.model, dataset, loaded.entry.preprocess, progress)
+    settings = QatSettings(
+        n_steps, batch, lr, range_lr, temperature, seed, str(data), len(dataset),
+        sha256(calib_table), target,
+    )  # fmt: skip
+    ckpt = run / QAT_CHECKPOINT
+    if restart and ckpt.exists():
+        ckpt.unlink()
+    start = time.perf_counter()
+    state = train(
+        sim, x, teacher, settings, ckpt, save_every=save_every, device=device,
+        progress=progress, on_step=on_step,
+    )  # fmt: skip
+    trained = sim.cpu().export_model()
+    weights = f"QAT ({n_steps} steps on {Path(data).name}) of {loaded.weights}"
+    model_path = save_fused(run / FUSED_FILE, loaded.entry.name, weights, trained)
+    learned = sim.learned_table(table, {**settings.to_dict(), "base_method": table.method})
+    learned.weights = weights
+    learned.save(run / "calibration.json")
+    write_json(run / "quant_config.json", config.to_dict())
+    hist = state.history
+    tail = hist[-min(len(hist), 25) :]
+    summary = {
+        "steps": state.step,
+        "quantized_tensors": len(tensors),
+        "quantized_weights": len(sim.weight_ops),
+        "loss_first": hist[0]["loss"] if hist else None,
+        "loss_last25": sum(h["loss"] for h in tail) / max(len(tail), 1),
+        "agreement_last25": sum(h["agreement"] for h in tail) / max(len(tail), 1),
+        "seconds_this_run": round(time.perf_counter() - start, 1),
+        "device": device,
+    }
+    write_json(run / "qat.json", {"settings": settings.to_dict(), "summary": summary,
+                                  "history": hist})  # fmt: skip
+    run.record(
+        "qat",
+        {**_model_inputs(loaded), "calibration_table": str(calib_table)},
+        settings.to_dict(),
+        {"model": model_path, "calibration": run / "calibration.json", "log": run / "qat.json"},
+        summary,
+    )
+    return QatOutcome(model_path, run / "calibration.json", run, state.step, summary)
+
+
+def _image_folder(data: str | Path) -> Path:
+    path = Path(data)
+    if not path.is_dir():
+        raise EdgevtError(f"--data {data} is not a folder of images.")
+    return path
+
+
+def _quantized_keys(model: nn.Module, preprocess) -> set[str]:
+    """The input keys of the model's quantizable ops (a table of another version lacks some)."""
+    from edgevt.quant.calibrate import trace_ops
+
+    size = preprocess.input_size
+    return {k for op in trace_ops(model, torch.zeros(1, 3, size, size)) for k in op.input_keys}
+
+
+def _qat_data(model: nn.Module, dataset, preprocess, progress: bool):
+    """All training images in memory, and the fp32 teacher's logits for them and their mirror."""
+    from tqdm import tqdm
+
+    chunks = [torch.from_numpy(b) for b, _ in dataset.batches(preprocess, 64)]
+    images = torch.cat(chunks)
+    logits = []
+    with torch.no_grad(), tqdm(total=2 * len(images), desc="teacher", unit="img",
+                               disable=not progress) as bar:  # fmt: skip
+        for mirrored in (False, True):
+            out = []
+            for part in images.split(64):
+                out.append(model(part.flip(-1) if mirrored else part))
+                bar.update(len(part))
+            logits.append(torch.cat(out))
+    return images, torch.stack(logits)
 
 
 def evaluate_against_reference(

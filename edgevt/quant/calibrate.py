@@ -67,7 +67,8 @@ def matmul_operands(func: Callable, args: tuple) -> list[torch.Tensor] | None:
 class OpTracer:
     """Context manager calling ``on_op(op, inputs, output)`` for every quantizable op run.
 
-    ``rewrite(op, inputs)`` may return replacement inputs (fake quantization uses it).
+    ``rewrite(op, inputs)`` may return replacement inputs and ``rewrite_output(op, output)`` a
+    replacement output of a Conv2d/Linear module (fake quantization and QAT use them).
     """
 
     def __init__(
@@ -75,10 +76,12 @@ class OpTracer:
         model: nn.Module,
         on_op: Callable[[QuantOp, list[torch.Tensor], torch.Tensor | None], None] | None = None,
         rewrite: Callable[[QuantOp, list[torch.Tensor]], list[torch.Tensor]] | None = None,
+        rewrite_output: Callable[[QuantOp, torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         self.model = model
         self.on_op = on_op
         self.rewrite = rewrite
+        self.rewrite_output = rewrite_output
         self.stack: list[str] = []
         self.counts: dict[str, int] = defaultdict(int)
         self.ops: dict[str, QuantOp] = {}
@@ -126,6 +129,9 @@ class OpTracer:
             self.stack.pop()
             if op_type and self.on_op is not None and args:
                 self.on_op(self._op(name, op_type), [args[0]], output)
+            if op_type and self.rewrite_output is not None and isinstance(output, torch.Tensor):
+                return self.rewrite_output(self._op(name, op_type), output)
+            return None
 
         return hook
 

@@ -276,3 +276,60 @@ def write_qdq_onnx(
 
 def _brief(source: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in source.items() if k != "ops"}
+
+
+@dataclass(frozen=True)
+class QuantizedTensor:
+    """One tensor the QDQ graph quantizes: the table keys that name it and its (union) range."""
+
+    tensor: str
+    keys: tuple[str, ...]
+    min: float
+    max: float
+    # The module whose forward returns this tensor (an Add or ReLU6 at the end of a block):
+    # quantizing there reaches every consumer, the skip connection included, as in the graph.
+    producer_module: str | None = None
+
+
+def quantized_tensors(proto: Any, table: CalibrationTable, config: QuantConfig,
+                      rules: TargetRules) -> list[QuantizedTensor]:  # fmt: skip
+    """The table keys that the exported QDQ graph really quantizes, found by building it.
+
+    Simulations (sensitivity, QAT) must quantize exactly these: op inputs of quantized ops,
+    plus the op outputs the target quantizes as well (on ONNX Runtime, conv outputs that feed
+    int8 residual adds). Keys that meet one ONNX tensor share one range, as the export gives
+    them one scale.
+    """
+    plan = plan_qdq(proto, table, config)
+    qdq = quantize_onnx(proto, plan, rules)
+    producer = {out: n.op_type for n in qdq.graph.node for out in n.output}
+    qdq_nodes = {n.name: n for n in qdq.graph.node}
+    q_inputs = {n.input[0] for n in qdq.graph.node if n.op_type == "QuantizeLinear"}
+    mapping = map_nodes(proto.graph, table.source.get("ops", {}))
+    keys: dict[str, list[str]] = defaultdict(list)
+    for node_name, pairs in mapping.inputs.items():
+        node = qdq_nodes.get(node_name)
+        if node is None:
+            continue
+        for i, (tensor, key) in enumerate(pairs):
+            if producer.get(node.input[i]) == "DequantizeLinear" and tensor in plan.ranges:
+                keys[tensor].append(key)
+    for node_name, (tensor, key) in mapping.output.items():
+        if node_name in qdq_nodes and tensor in q_inputs and tensor in plan.ranges:
+            keys[tensor].append(key)
+    return [
+        QuantizedTensor(t, tuple(sorted(set(k))), *plan.ranges[t], _returning_module(proto, t))
+        for t, k in keys.items()
+    ]
+
+
+def _returning_module(proto: Any, tensor: str) -> str | None:
+    """The module scope whose forward returns ``tensor``: its producer's scope, when every
+    consumer lies outside that scope."""
+    producer = next((n for n in proto.graph.node if tensor in n.output), None)
+    if producer is None:
+        return None
+    scope = node_scope(producer.name)
+    consumers = [node_scope(n.name) for n in proto.graph.node if tensor in n.input]
+    inside = [c for c in consumers if c == scope or c.startswith(scope + ".")]
+    return scope if scope and consumers and not inside else None

@@ -1,0 +1,356 @@
+"""Quantization-aware training: fine-tune the fused model through the int8 numerics it ships with.
+
+* Start = PTQ. ``QuantSim`` quantizes exactly the tensors the exported QDQ graph quantizes
+  (found by building that graph, ``onnx_qdq.quantized_tensors``), with the ranges of the
+  CalibrationTable, so step 0 reproduces the PTQ artifact.
+* Weights: per-channel (or per-tensor) symmetric fake quantization with the straight-through
+  estimator; the scale follows max |w|, which is how every exporter derives it, so the trained
+  weights export with no extra state.
+* Activations: learnable ranges (LSQ+-style: the gradient reaches min and max through the
+  rounding and clipping). They are stored as multipliers of the calibrated range, so one
+  learning rate suits tensors whose ranges differ by orders of magnitude. The learned ranges
+  are written back into a CalibrationTable, which every target then honours as it does PTQ's.
+* Loss: distillation from the fp32 model (KL on the logits); labels are not needed.
+* The model stays in eval mode: BatchNorm is folded (nothing to update) and dropout or
+  drop-path would only add noise to a short fine-tune.
+* Determinism: the batch of step ``i`` depends only on (seed, i) and the optimizer state is
+  checkpointed, so a resumed run ends where an uninterrupted one does.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import parametrize
+
+from edgevt.errors import EdgevtError
+from edgevt.io import atomic_path
+from edgevt.quant.calibrate import OpTracer, QuantOp, weight_amax
+from edgevt.quant.config import QuantConfig
+from edgevt.quant.onnx_qdq import QuantizedTensor, TargetRules
+from edgevt.quant.table import CalibrationTable, TensorRange
+
+CHECKPOINT_FORMAT = "edgevt.qat-checkpoint/1"
+
+
+def _round_ste(x: torch.Tensor) -> torch.Tensor:
+    return x + (torch.round(x) - x).detach()
+
+
+def fake_quant_learnable(
+    x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, signed: bool
+) -> torch.Tensor:
+    """``x`` quantized with the range [lo, hi] as the target derives scale and zero point
+    (``fakequant.activation_qparams``), differentiable in x, lo and hi."""
+    if signed:
+        scale = torch.maximum(-lo, hi).clamp_min(1e-8) / 127.0
+        q = torch.clamp(_round_ste(x / scale), -127, 127)
+        return q * scale
+    lo, hi = lo.clamp(max=0.0), hi.clamp(min=0.0)
+    scale = (hi - lo).clamp_min(1e-8) / 255.0
+    zero = torch.clamp(_round_ste(-lo / scale), 0, 255)
+    q = torch.clamp(_round_ste(x / scale) + zero, 0, 255)
+    return (q - zero) * scale
+
+
+class WeightFakeQuant(nn.Module):
+    """Parametrization: symmetric int8 weights, scale from max |w|, straight-through gradient."""
+
+    def __init__(self, qmax: int, per_channel: bool) -> None:
+        super().__init__()
+        self.qmax, self.per_channel = qmax, per_channel
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        flat = w.detach().abs().reshape(w.shape[0], -1)
+        amax = flat.amax(dim=1) if self.per_channel else flat.amax().expand(w.shape[0])
+        scale = (amax.clamp_min(1e-12) / self.qmax).reshape(-1, *([1] * (w.dim() - 1)))
+        return torch.clamp(_round_ste(w / scale), -self.qmax, self.qmax) * scale
+
+
+class QuantSim(nn.Module):
+    """The fused model running the target's int8 numerics, trainable.
+
+    Args:
+        model: the fused fp32 model (copied).
+        tensors: what the exported QDQ graph quantizes (``onnx_qdq.quantized_tensors``).
+        weight_ops: ``{op name: (qmax, per_channel)}`` for the Conv2d/Linear weights to quantize.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tensors: list[QuantizedTensor],
+        weight_ops: dict[str, tuple[int, bool]],
+        signed: bool,
+    ) -> None:
+        super().__init__()
+        self.model = copy.deepcopy(model).eval()
+        self.signed = signed
+        self.tensors = tensors
+        self.group = {key: i for i, t in enumerate(tensors) for key in t.keys}
+        self.returned = {t.producer_module: i for i, t in enumerate(tensors) if t.producer_module}
+        self.register_buffer("init_lo", torch.tensor([t.min for t in tensors]))
+        self.register_buffer("init_hi", torch.tensor([t.max for t in tensors]))
+        self.lo_scale = nn.Parameter(torch.ones(len(tensors)))
+        self.hi_scale = nn.Parameter(torch.ones(len(tensors)))
+        # An untouched copy to load trained weights into: parametrized classes cannot be
+        # deep-copied and un-parametrized safely (the copies share the generated class).
+        object.__setattr__(self, "_skeleton", copy.deepcopy(self.model))
+        modules = dict(self.model.named_modules())
+        self.weight_ops = dict(weight_ops)
+        for name, (qmax, per_channel) in self.weight_ops.items():
+            parametrize.register_parametrization(
+                modules[name], "weight", WeightFakeQuant(qmax, per_channel)
+            )
+
+    def ranges(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.init_lo * self.lo_scale, self.init_hi * self.hi_scale
+
+    def _quantize(self, key: str, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor):
+        i = self.group.get(key)
+        return x if i is None else fake_quant_learnable(x, lo[i], hi[i], self.signed)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        lo, hi = self.ranges()
+
+        def inputs(op: QuantOp, xs: list[torch.Tensor]) -> list[torch.Tensor]:
+            return [self._quantize(k, x, lo, hi) for k, x in zip(op.input_keys, xs, strict=True)]
+
+        def output(op: QuantOp, y: torch.Tensor) -> torch.Tensor:
+            return self._quantize(op.output_key, y, lo, hi)
+
+        hooks = []
+        for name, module in self.model.named_modules():
+            if name in self.returned:
+                i = self.returned[name]
+                hooks.append(module.register_forward_hook(
+                    lambda _m, _a, y, i=i: fake_quant_learnable(y, lo[i], hi[i], self.signed)
+                    if isinstance(y, torch.Tensor) else None
+                ))  # fmt: skip
+        try:
+            # Quantizing a tensor twice with one scale changes nothing, so a consumer that
+            # quantizes what its producer already did is harmless.
+            with OpTracer(self.model, rewrite=inputs, rewrite_output=output):
+                return self.model(images)
+        finally:
+            for h in hooks:
+                h.remove()
+
+    def float_parameters(self) -> list[nn.Parameter]:
+        return [p for n, p in self.named_parameters() if n not in ("lo_scale", "hi_scale")]
+
+    def export_model(self) -> nn.Module:
+        """A plain copy of the trained float model (no parametrizations) for every exporter."""
+        suffix = ".parametrizations.weight.original"
+        state = {
+            (k[: -len(suffix)] + ".weight" if k.endswith(suffix) else k): v.detach().clone()
+            for k, v in self.model.state_dict().items()
+        }
+        model = copy.deepcopy(self._skeleton)
+        model.load_state_dict(state)
+        return model.eval()
+
+    def learned_table(
+        self, base: CalibrationTable, extra_source: dict[str, Any]
+    ) -> CalibrationTable:
+        """``base`` with the learned ranges and the trained weights' max |w|."""
+        lo, hi = (t.detach().cpu() for t in self.ranges())
+        table = copy.deepcopy(base)
+        for i, tensor in enumerate(self.tensors):
+            for key in tensor.keys:
+                old = base.activations.get(key)
+                table.activations[key] = TensorRange(
+                    float(lo[i]),
+                    float(hi[i]),
+                    old.observed_min if old else None,
+                    old.observed_max if old else None,
+                )
+        modules = dict(self.export_model().named_modules())
+        for name in table.weight_amax:
+            if name in modules:
+                table.weight_amax[name] = [round(float(v), 8) for v in weight_amax(modules[name])]
+        table.source = {**base.source, "qat": extra_source}
+        return table
+
+
+def weight_ops_for(
+    table: CalibrationTable,
+    config: QuantConfig,
+    rules: TargetRules,
+    tensors: list[QuantizedTensor],
+    model: nn.Module,
+) -> dict[str, tuple[int, bool]]:
+    """The Conv2d/Linear ops whose weights the export quantizes: those whose input it does."""
+    keys = {k for t in tensors for k in t.keys}
+    modules = dict(model.named_modules())
+    out = {}
+    for name, op_type in table.source.get("ops", {}).items():
+        setting = config.resolve(name, op_type)
+        if op_type == "matmul" or setting is None or f"{name}:in0" not in keys:
+            continue
+        depthwise = getattr(modules[name], "groups", 1) > 1
+        out[name] = (rules.weight_qmax(depthwise), setting.weights == "per_channel")
+    return out
+
+
+@dataclass(frozen=True)
+class QatSettings:
+    """Everything that decides a run's result; a checkpoint resumes only under the same."""
+
+    steps: int
+    batch: int
+    lr: float
+    range_lr: float
+    temperature: float
+    seed: int
+    data: str
+    images: int
+    table_sha256: str
+    target: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class QatState:
+    step: int
+    history: list[dict[str, float]]
+
+
+def learning_rate(base: float, step: int, steps: int) -> float:
+    """Cosine decay from ``base`` to 0; a function of the step, so resuming repeats it."""
+    return base * 0.5 * (1.0 + math.cos(math.pi * step / max(steps, 1)))
+
+
+def batch_indices(n: int, batch: int, step: int, seed: int) -> torch.Tensor:
+    """Images of ``step``: epochs are seeded permutations, so (seed, step) fixes the batch."""
+    start = step * batch
+    epoch, offset = divmod(start, n)
+    out = []
+    while len(out) < batch:
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        perm = torch.randperm(n, generator=gen).tolist()
+        out.extend(perm[offset : offset + batch - len(out)])
+        epoch, offset = epoch + 1, 0
+    return torch.tensor(out)
+
+
+def flips(indices: torch.Tensor, step: int, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed * 7_919 + step)
+    return torch.rand(len(indices), generator=gen) < 0.5
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, t: float) -> torch.Tensor:
+    """KL(teacher || student) on temperature-softened logits, scaled by t² (Hinton et al.)."""
+    return F.kl_div(
+        F.log_softmax(student / t, 1), F.log_softmax(teacher / t, 1), log_target=True,
+        reduction="batchmean",
+    ) * (t * t)  # fmt: skip
+
+
+def train(
+    sim: QuantSim,
+    images: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    settings: QatSettings,
+    checkpoint: Path,
+    *,
+    save_every: int = 50,
+    device: str = "cpu",
+    progress: bool = True,
+    on_step: Callable[[int], None] | None = None,
+) -> QatState:
+    """Fine-tune ``sim`` for ``settings.steps`` steps, checkpointing every ``save_every``.
+
+    ``images`` (N, 3, H, W) and ``teacher_logits`` (2, N, classes: plain and mirrored) live on
+    the CPU; only the batch moves to ``device``. A checkpoint of the same settings is resumed.
+    """
+    from tqdm import tqdm
+
+    sim.to(device)
+    optimizer = torch.optim.Adam(
+        [
+            {"params": sim.float_parameters(), "lr": settings.lr, "base_lr": settings.lr},
+            {"params": [sim.lo_scale, sim.hi_scale], "lr": settings.range_lr,
+             "base_lr": settings.range_lr},
+        ]
+    )  # fmt: skip
+    state = QatState(0, [])
+    if checkpoint.is_file():
+        state = _resume(checkpoint, sim, optimizer, settings)
+    agree_ema = None
+    bar = tqdm(total=settings.steps, initial=state.step, desc="qat", unit="step",
+               disable=not progress)  # fmt: skip
+    try:
+        while state.step < settings.steps:
+            step = state.step
+            idx = batch_indices(len(images), settings.batch, step, settings.seed)
+            flip = flips(idx, step, settings.seed)
+            x = images[idx]
+            x[flip] = x[flip].flip(-1)
+            target = teacher_logits[flip.long(), idx]
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(group["base_lr"], step, settings.steps)
+            logits = sim(x.to(device))
+            loss = distillation_loss(logits, target.to(device), settings.temperature)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_value = loss.item()
+            agree = float((logits.detach().argmax(1).cpu() == target.argmax(1)).float().mean())
+            agree_ema = agree if agree_ema is None else 0.9 * agree_ema + 0.1 * agree
+            state.step += 1
+            state.history.append({"step": state.step, "loss": loss_value, "agreement": agree})
+            bar.update()
+            bar.set_postfix(loss=f"{loss_value:.4f}", agree=f"{agree_ema:.3f}")
+            if state.step % save_every == 0 or state.step == settings.steps:
+                _save(checkpoint, sim, optimizer, settings, state)
+            if on_step is not None:
+                on_step(state.step)
+    finally:
+        bar.close()
+    return state
+
+
+def _save(path: Path, sim: QuantSim, optimizer, settings: QatSettings, state: QatState) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(
+            {
+                "format": CHECKPOINT_FORMAT,
+                "settings": settings.to_dict(),
+                "step": state.step,
+                "history": state.history,
+                "sim": sim.state_dict(),
+                "optimizer": optimizer.state_dict(),
+            },
+            tmp,
+        )
+
+
+def _resume(path: Path, sim: QuantSim, optimizer, settings: QatSettings) -> QatState:
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise EdgevtError(
+            f"cannot read the QAT checkpoint {path} ({exc}); delete it or pass --restart."
+        ) from exc
+    if not isinstance(saved, dict) or saved.get("format") != CHECKPOINT_FORMAT:
+        raise EdgevtError(f"{path} is not an edgevt QAT checkpoint; delete it or pass --restart.")
+    if saved["settings"] != settings.to_dict():
+        changed = sorted(k for k, v in settings.to_dict().items() if saved["settings"].get(k) != v)
+        raise EdgevtError(
+            f"{path} holds a QAT run with other settings ({', '.join(changed)} differ); pass "
+            "--restart to start over, or -o another run directory."
+        )
+    sim.load_state_dict(saved["sim"])
+    optimizer.load_state_dict(saved["optimizer"])
+    return QatState(int(saved["step"]), list(saved["history"]))

