@@ -677,6 +677,7 @@ def _export_int8(
             calib or table.source.get("data"),
             loaded.entry.preprocess,
             max_drop,
+            fp32_onnx=fp32_artifact,
             progress=progress,
         )
         config = config.keep_float(sensitivity.kept_float)

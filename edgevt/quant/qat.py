@@ -68,7 +68,11 @@ class WeightFakeQuant(nn.Module):
         super().__init__()
         self.qmax, self.per_channel = qmax, per_channel
 
+    enabled = True
+
     def forward(self, w: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return w
         flat = w.detach().abs().reshape(w.shape[0], -1)
         amax = flat.amax(dim=1) if self.per_channel else flat.amax().expand(w.shape[0])
         scale = (amax.clamp_min(1e-12) / self.qmax).reshape(-1, *([1] * (w.dim() - 1)))
@@ -101,6 +105,8 @@ class QuantSim(nn.Module):
         self.register_buffer("init_hi", torch.tensor([t.max for t in tensors]))
         self.lo_scale = nn.Parameter(torch.ones(len(tensors)))
         self.hi_scale = nn.Parameter(torch.ones(len(tensors)))
+        self._key_on: dict[str, bool] = {}
+        self._group_on: list[bool] = []
         # An untouched copy to load trained weights into: parametrized classes cannot be
         # deep-copied and un-parametrized safely (the copies share the generated class).
         object.__setattr__(self, "_skeleton", copy.deepcopy(self.model))
@@ -110,13 +116,27 @@ class QuantSim(nn.Module):
             parametrize.register_parametrization(
                 modules[name], "weight", WeightFakeQuant(qmax, per_channel)
             )
+        self.ops = {op_of(k) for t in tensors for k in t.keys} | set(self.weight_ops)
+        self.set_active(self.ops)
+
+    def set_active(self, ops: set[str] | list[str]) -> None:
+        """Quantize only these ops (sensitivity analysis): an op's inputs and weights follow
+        it; a tensor quantized at its producer (an int8 add) needs all its ops active, as
+        the export then leaves the add in float."""
+        active = set(ops)
+        self._key_on = {k: op_of(k) in active for t in self.tensors for k in t.keys}
+        self._group_on = [all(self._key_on[k] for k in t.keys) for t in self.tensors]
+        modules = dict(self.model.named_modules())
+        for name in self.weight_ops:
+            modules[name].parametrizations.weight[0].enabled = name in active
 
     def ranges(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.init_lo * self.lo_scale, self.init_hi * self.hi_scale
 
     def _quantize(self, key: str, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor):
         i = self.group.get(key)
-        return x if i is None else fake_quant_learnable(x, lo[i], hi[i], self.signed)
+        on = i is not None and (self._group_on[i] if key.endswith(":out") else self._key_on[key])
+        return fake_quant_learnable(x, lo[i], hi[i], self.signed) if on else x
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         lo, hi = self.ranges()
@@ -131,6 +151,8 @@ class QuantSim(nn.Module):
         for name, module in self.model.named_modules():
             if name in self.returned:
                 i = self.returned[name]
+                if not self._group_on[i]:
+                    continue
                 hooks.append(module.register_forward_hook(
                     lambda _m, _a, y, i=i: fake_quant_learnable(y, lo[i], hi[i], self.signed)
                     if isinstance(y, torch.Tensor) else None
@@ -179,6 +201,11 @@ class QuantSim(nn.Module):
                 table.weight_amax[name] = [round(float(v), 8) for v in weight_amax(modules[name])]
         table.source = {**base.source, "qat": extra_source}
         return table
+
+
+def op_of(key: str) -> str:
+    """``blocks.0.conv:in0`` -> ``blocks.0.conv``."""
+    return key.rsplit(":", 1)[0]
 
 
 def weight_ops_for(

@@ -1,7 +1,8 @@
 """Accuracy-budgeted mixed precision: keep the fewest, most sensitive ops in float.
 
-1. Rank: quantize one op at a time (fake quantization, the target's rules) and measure the KL
-   divergence of the logits from fp32 on a few calibration images.
+1. Rank: quantize one op at a time (``qat.QuantSim``: exactly the tensors the exported QDQ
+   graph quantizes, int8 residual adds included) and measure the KL divergence of the logits
+   from fp32 on a few calibration images.
 2. Choose: the smallest k such that keeping the k most sensitive ops in float brings the top-1
    drop on the calibration images within the budget (binary search; the drop is measured
    against the labels when the folder has them, else as top-1 disagreement with fp32).
@@ -21,8 +22,8 @@ from torch import nn
 from edgevt.data.imagenet import open_dataset
 from edgevt.errors import DataError
 from edgevt.quant.config import QuantConfig
-from edgevt.quant.fakequant import FakeQuantModel
-from edgevt.quant.onnx_qdq import TargetRules
+from edgevt.quant.onnx_qdq import TargetRules, quantized_tensors
+from edgevt.quant.qat import QuantSim, weight_ops_for
 from edgevt.quant.table import CalibrationTable
 
 
@@ -66,6 +67,7 @@ def choose_float_layers(
     preprocess,
     max_drop: float,
     *,
+    fp32_onnx: str | Path,
     n_images: int = 512,
     n_rank: int = 64,
     progress: bool = True,
@@ -80,7 +82,13 @@ def choose_float_layers(
     labels = np.concatenate([b[1] for b in batches])
     labelled = bool((labels >= 0).all())
     reference = _logits(model, images)
-    fq = FakeQuantModel(model, table, config, rules)
+    import onnx
+
+    tensors = quantized_tensors(onnx.load(str(fp32_onnx)), table, config, rules)
+    fq = QuantSim(
+        model, tensors, weight_ops_for(table, config, rules, tensors, model),
+        rules.signed_activations,
+    )  # fmt: skip
     ops = sorted(fq.ops)
 
     def drop(kept: list[str]) -> float:

@@ -49,6 +49,20 @@ def test_step0_is_the_exported_ptq_graph(tiny, tmp_path, target) -> None:  # noq
     assert compare_logits(ref, simulated)["cosine"] < 0.99999  # it does quantize
 
 
+def test_no_active_op_is_fp32_and_one_op_quantizes_only_itself(tiny) -> None:  # noqa: F811
+    model, images, table, _, fp32 = tiny
+    sim = sim_for(model, table, fp32, "onnx")
+    with torch.no_grad():
+        ref = model(images[:8])
+        sim.set_active([])
+        assert torch.equal(sim(images[:8]), ref)
+        sim.set_active(["head"])
+        one = sim(images[:8])
+        sim.set_active(sim.ops)
+        every = sim(images[:8])
+    assert not torch.equal(one, ref) and not torch.equal(one, every)
+
+
 def test_gradients_reach_weights_and_ranges_and_table_round_trips(tiny) -> None:  # noqa: F811
     model, images, table, _, fp32 = tiny
     sim = sim_for(model, table, fp32, "onnx")
@@ -142,7 +156,7 @@ def test_bad_qat_input_gives_one_clear_error(
     empty = tmp_path / "empty"
     empty.mkdir()
     common = ["--calib-table", str(lite0_table), "-o", str(tmp_path / "r")]
-    one_line_error(run("qat", *LITE0, "--data", str(empty), *common), "holds no images")
+    one_line_error(run("qat", *LITE0, "--data", str(empty), *common), "no images found")
     one_line_error(run("qat", "levit_128s", "--data", str(calib_dir), *common),
                    "made for 'efficientnet_lite0'")  # fmt: skip
     one_line_error(

@@ -205,7 +205,7 @@ def test_calibration_cache_is_tensorrt_text_format(tmp_path) -> None:
 def test_max_drop_keeps_the_fewest_sensitive_ops_in_float(tiny, tmp_path, calib_dir) -> None:
     from edgevt.quant.sensitivity import choose_float_layers
 
-    model, _, _, info, _ = tiny
+    model, _, _, info, fp32 = tiny
     flat = tmp_path / "unlabelled"  # no labels: the drop is measured as disagreement with fp32
     flat.mkdir()
     for src in sorted(calib_dir.rglob("*.JPEG"))[:48]:
@@ -219,11 +219,13 @@ def test_max_drop_keeps_the_fewest_sensitive_ops_in_float(tiny, tmp_path, calib_
     )
     config = QuantConfig.from_dict({"op_type": {"matmul": {}}})
     loose = choose_float_layers(
-        model, table, config, RULES["onnx"], flat, pp, 100.0, progress=False
+        model, table, config, RULES["onnx"], flat, pp, 100.0, fp32_onnx=fp32, progress=False
     )
     assert loose.kept_float == [] and loose.measure == "top-1 disagreement with fp32"
     assert [op for op, _ in loose.ranking] and len(loose.ranking) == 7
-    strict = choose_float_layers(model, table, config, RULES["onnx"], flat, pp, 0.0, progress=False)
+    strict = choose_float_layers(
+        model, table, config, RULES["onnx"], flat, pp, 0.0, fp32_onnx=fp32, progress=False
+    )
     assert strict.drop_chosen == 0.0
     if strict.drop_all_int8 > 0:
         assert strict.kept_float == [op for op, _ in strict.ranking][: len(strict.kept_float)]
