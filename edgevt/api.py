@@ -361,7 +361,7 @@ def export(
     outcome.artifacts = {artifact.name: check}
     artifacts = [artifact]
     if int8:
-        table = _table_for(fused, table, calib, calib_size, method, images, progress)
+        table = _table_for(fused, table, calib, calib_size, method, progress)
         table.save(run / "calibration.json")
         int8_outcome = _export_int8(
             fused,
@@ -423,12 +423,9 @@ def _table_for(
     calib: str | Path | None,
     calib_size: int,
     method: str,
-    images: torch.Tensor,
     progress: bool,
 ) -> CalibrationTable:
     """The table given, or one measured on ``calib``; checked to cover the model's ops."""
-    from edgevt.quant.calibrate import trace_ops
-
     if table is None:
         table = calibrate(
             fused.loaded.entry.name,
@@ -439,8 +436,7 @@ def _table_for(
             progress=progress,
         )
     table.check_for(
-        fused.loaded.entry.name,
-        {k for op in trace_ops(fused.model, images[:1]) for k in op.input_keys},
+        fused.loaded.entry.name, _quantized_keys(fused.model, fused.loaded.entry.preprocess)
     )
     return table
 
@@ -476,7 +472,7 @@ def _export_tflite(
         tflite.convert_fp32(fused.model, images[:1], _info(loaded, "tflite", True), fp32)
     artifacts, checks, quant = [fp32], {}, {}
     if "int8" in precisions:
-        table = _table_for(fused, table, calib, calib_size, method, images, progress)
+        table = _table_for(fused, table, calib, calib_size, method, progress)
         table.save(run / "calibration.json")
         folder = calib or table.source.get("data")
         if folder is None or not Path(folder).is_dir():
@@ -559,7 +555,7 @@ def _export_coreml(
     for precision in precisions:  # a too-old deployment target fails before any conversion
         coreml.deployment_target(deployment_target, precision)
     if "w8a8" in precisions:
-        table = _table_for(fused, table, calib, calib_size, method, images, progress)
+        table = _table_for(fused, table, calib, calib_size, method, progress)
         table.save(run / "calibration.json")
         write_json(run / "quant_config.json", config.to_dict())
     artifacts, checks, exports = [], {}, {}
@@ -822,10 +818,8 @@ def qat(
     """
     import tempfile
 
-    import onnx
-
-    from edgevt.quant.onnx_qdq import RULES, quantized_tensors
-    from edgevt.quant.qat import QatSettings, QuantSim, train, weight_ops_for
+    from edgevt.quant.onnx_qdq import RULES
+    from edgevt.quant.qat import QatSettings, QuantSim, train
     from edgevt.targets.onnx import export_onnx
 
     if target not in ("onnx", "tensorrt"):
@@ -858,11 +852,7 @@ def qat(
     with _stage(progress, "finding what the int8 graph quantizes"), tempfile.TemporaryDirectory(
     ) as tmp:  # fmt: skip
         fp32 = export_onnx(fused.model, _info(loaded, "onnx", True), Path(tmp) / "m.onnx")
-        tensors = quantized_tensors(onnx.load(str(fp32)), table, config, rules)
-    sim = QuantSim(
-        fused.model, tensors, weight_ops_for(table, config, rules, tensors, fused.model),
-        rules.signed_activations,
-    )  # fmt: skip
+        sim = QuantSim.for_export(fused.model, fp32, table, config, rules)
     x, teacher = _qat_data(fused.model, dataset, loaded.entry.preprocess, progress)
     settings = QatSettings(
         n_steps, batch, lr, range_lr, temperature, seed, str(data), len(dataset),
@@ -887,7 +877,7 @@ def qat(
     tail = hist[-min(len(hist), 25) :]
     summary = {
         "steps": state.step,
-        "quantized_tensors": len(tensors),
+        "quantized_tensors": len(sim.tensors),
         "quantized_weights": len(sim.weight_ops),
         "loss_first": hist[0]["loss"] if hist else None,
         "loss_last25": sum(h["loss"] for h in tail) / max(len(tail), 1),

@@ -119,6 +119,26 @@ class QuantSim(nn.Module):
         self.ops = {op_of(k) for t in tensors for k in t.keys} | set(self.weight_ops)
         self.set_active(self.ops)
 
+    @classmethod
+    def for_export(
+        cls,
+        model: nn.Module,
+        fp32_onnx: Any,
+        table: CalibrationTable,
+        config: QuantConfig,
+        rules: TargetRules,
+    ) -> QuantSim:
+        """The simulation of what exporting ``fp32_onnx`` (path or proto) with ``table``,
+        ``config`` and ``rules`` quantizes: the one constructor QAT, sensitivity and tests use."""
+        import onnx
+
+        from edgevt.quant.onnx_qdq import quantized_tensors
+
+        proto = fp32_onnx if hasattr(fp32_onnx, "graph") else onnx.load(str(fp32_onnx))
+        tensors = quantized_tensors(proto, table, config, rules)
+        ops = weight_ops_for(table, config, rules, tensors, model)
+        return cls(model, tensors, ops, rules.signed_activations)
+
     def set_active(self, ops: set[str] | list[str]) -> None:
         """Quantize only these ops (sensitivity analysis): an op's inputs and weights follow
         it; a tensor quantized at its producer (an int8 add) needs all its ops active, as

@@ -22,8 +22,8 @@ from torch import nn
 from edgevt.data.imagenet import open_dataset
 from edgevt.errors import DataError
 from edgevt.quant.config import QuantConfig
-from edgevt.quant.onnx_qdq import TargetRules, quantized_tensors
-from edgevt.quant.qat import QuantSim, weight_ops_for
+from edgevt.quant.onnx_qdq import TargetRules
+from edgevt.quant.qat import QuantSim
 from edgevt.quant.table import CalibrationTable
 
 
@@ -82,13 +82,7 @@ def choose_float_layers(
     labels = np.concatenate([b[1] for b in batches])
     labelled = bool((labels >= 0).all())
     reference = _logits(model, images)
-    import onnx
-
-    tensors = quantized_tensors(onnx.load(str(fp32_onnx)), table, config, rules)
-    fq = QuantSim(
-        model, tensors, weight_ops_for(table, config, rules, tensors, model),
-        rules.signed_activations,
-    )  # fmt: skip
+    fq = QuantSim.for_export(model, fp32_onnx, table, config, rules)
     ops = sorted(fq.ops)
 
     def drop(kept: list[str]) -> float:

@@ -18,7 +18,7 @@ import torch
 from edgevt.quant.calibrate import calibrate_model
 from edgevt.quant.config import QuantConfig
 from edgevt.quant.onnx_qdq import RULES, quantized_tensors, write_qdq_onnx
-from edgevt.quant.qat import QuantSim, batch_indices, weight_ops_for
+from edgevt.quant.qat import QuantSim, batch_indices
 from edgevt.targets.onnx import OnnxRuntimeRunner
 from edgevt.validate.evaluate import compare_logits
 from tests.quant.test_int8_cli import (
@@ -34,10 +34,7 @@ EVERY_OP = QuantConfig.from_dict({"op_type": {"matmul": {}}})
 
 
 def sim_for(model, table, fp32: Path, target: str, config=EVERY_OP) -> QuantSim:
-    rules = RULES[target]
-    tensors = quantized_tensors(onnx.load(str(fp32)), table, config, rules)
-    ops = weight_ops_for(table, config, rules, tensors, model)
-    return QuantSim(model, tensors, ops, rules.signed_activations)
+    return QuantSim.for_export(model, fp32, table, config, RULES[target])
 
 
 @pytest.mark.parametrize("target", ["onnx", "tensorrt"])
@@ -147,6 +144,8 @@ def test_killed_run_resumes_to_the_uninterrupted_result_and_exports(
             *QAT_SMALL[:-4], "--steps", "8", "--save-every", "2", "-o", str(whole)),
         "other settings (steps differ)",
     )  # fmt: skip
+    one_line_error(run("export", "levit_128s", "--checkpoint", str(whole / "fused.pt")),
+                   "is a fused efficientnet_lite0, not levit_128s")  # fmt: skip
     # the result exports like PTQ: its fused.pt as --checkpoint, its table as --calib-table
     proc = run("export", "efficientnet_lite0", "--checkpoint", str(whole / "fused.pt"), "--int8",
                "--calib-table", str(whole / "calibration.json"), "-o", str(tmp_path / "export"))
