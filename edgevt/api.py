@@ -277,6 +277,7 @@ def export(
     max_drop: float | None = None,
     precisions: list[str] | None = None,
     int8_io: bool = False,
+    float_ops: list[str] | None = None,
     deployment_target: str | None = None,
 ) -> ExportOutcome:
     """Fuse, export to ``target`` and check the artifact against the fused PyTorch model.
@@ -292,6 +293,7 @@ def export(
         max_drop: accuracy budget in top-1 points; sensitive layers stay in float to meet it.
         precisions: more precisions than fp32 (see ``edgevt targets``); ``int8=True`` adds int8.
         int8_io: tflite int8 with int8 input/output tensors (default float32 in and out).
+        float_ops: tflite int8: TFLite op types kept in float (e.g. ``["HARD_SWISH"]``).
         deployment_target: Core ML minimum deployment target (None = the oldest that holds
             each precision: iOS15 fp32/fp16, iOS16 w8, iOS17 w8a8).
     """
@@ -303,6 +305,8 @@ def export(
             f"--target {spec.name} writes fp32 and int8 models; TensorRT's fp16 engine is built "
             "on the device from model.onnx (see the trtexec script of an int8 export)."
         )
+    if float_ops and (spec.name != "tflite" or "int8" not in wanted):
+        raise EdgevtError("--float-ops applies to --target tflite with --precision int8 only.")
     if deployment_target is not None and spec.name != "coreml":
         raise EdgevtError("--deployment-target applies to --target coreml only.")
     if spec.name in ("tflite", "coreml") and max_drop is not None:
@@ -340,6 +344,7 @@ def export(
         return _export_tflite(
             fused, run, wanted, data, eval_data, limit, progress, table, calib, calib_size,
             method, int8_io, _quant_config(quant_config) if quant_config else None,
+            tuple(float_ops or ()),
         )  # fmt: skip
     from edgevt.targets.onnx import OnnxRuntimeRunner, export_onnx
 
@@ -455,6 +460,7 @@ def _export_tflite(
     method: str,
     int8_io: bool,
     config=None,
+    float_ops: tuple[str, ...] = (),
 ) -> ExportOutcome:
     """fp32 .tflite through litert-torch, then fp16 / w8 / int8 from it; each one checked
     against the fused PyTorch model and recorded. int8 is full-integer unless ``config`` (a
@@ -499,6 +505,7 @@ def _export_tflite(
                 images=gap_images if precision == "int8" else None,
                 int8_io=int8_io,
                 config=config,
+                float_ops=float_ops if precision == "int8" else (),
             )
         quant[precision] = report.to_dict()
         artifacts.append(path)
@@ -510,7 +517,7 @@ def _export_tflite(
     outcome = _finish_export(
         fused, run, artifacts, checks, {"quantization": quant},
         {"target": "tflite", "precisions": precisions, "check_inputs": described,
-         "int8_io": int8_io},
+         "int8_io": int8_io, "float_ops": list(float_ops)},
         {k for k, used in (("calibration", table), ("config", config)) if used is not None},
         eval_data, limit, progress,
     )  # fmt: skip
@@ -520,7 +527,7 @@ def _export_tflite(
             "artifact": run / artifact_name(spec, "int8"),
             "check": checks[artifact_name(spec, "int8")],
             "quantized_ops": q["honoured"],
-            "float_ops": [],
+            "float_ops": q["float_ops"],
             "not_honoured": q["not_honoured"] + q["scale_problems"],
             "table_keys": q["table_keys"],
             "config_ops": q["config_ops"],
@@ -808,8 +815,8 @@ def qat(
     command runs again after an interruption; ``restart`` discards it).
 
     Args:
-        target: whose int8 rules the training simulates (``onnx`` or ``tensorrt``); the result
-            exports to every target.
+        target: whose int8 rules the training simulates (``onnx``, ``tensorrt`` or
+            ``tflite``); train for the target you ship to. The result exports to every target.
         steps / epochs: training length (default: 300 steps).
         lr / range_lr: Adam learning rates of the weights and of the activation ranges (the
             latter relative: 1e-4 moves a range by at most about 0.01 % per step).
@@ -818,14 +825,15 @@ def qat(
     """
     import tempfile
 
-    from edgevt.quant.onnx_qdq import RULES
+    from edgevt.quant.onnx_qdq import SIMULATED_RULES
     from edgevt.quant.qat import QatSettings, QuantSim, train
     from edgevt.targets.onnx import export_onnx
 
-    if target not in ("onnx", "tensorrt"):
+    if target not in SIMULATED_RULES:
         raise EdgevtError(
-            f"--target {target!r}: QAT simulates the int8 rules of onnx or tensorrt; its result "
-            "then exports to every target (tflite and coreml take the learned table too)."
+            f"--target {target!r}: QAT simulates the int8 rules of "
+            f"{', '.join(SIMULATED_RULES)}; its result then exports to every target (coreml "
+            "takes the learned table too)."
         )
     if steps is not None and epochs is not None:
         raise EdgevtError("pass --steps or --epochs, not both.")
@@ -839,7 +847,7 @@ def qat(
     table = CalibrationTable.load(calib_table)
     table.check_for(model)
     config = _quant_config(quant_config)
-    rules = RULES[target]
+    rules = SIMULATED_RULES[target]
     dataset = open_dataset(_image_folder(data), require_labels=False).subset(images)
     if len(dataset) == 0:
         raise EdgevtError(f"{data} holds no images (.jpg/.jpeg/.png...) to train on.")

@@ -146,8 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the PTQ CalibrationTable to start from (`edgevt calibrate`)")
     p.add_argument("--quant-config", metavar="FILE",
                    help="JSON quantization config, as for export (default: edgevt's)")
-    p.add_argument("--target", default="onnx", choices=("onnx", "tensorrt"),
-                   help="whose int8 rules to train through (default onnx: ONNX Runtime)")
+    p.add_argument("--target", default="onnx", choices=("onnx", "tensorrt", "tflite"),
+                   help="whose int8 rules to train through (default onnx: ONNX Runtime); "
+                   "train for the target you ship to")
     length = p.add_mutually_exclusive_group()
     length.add_argument("--steps", type=int, help="optimizer steps (default 300)")
     length.add_argument("--epochs", type=float, help="passes over the training images")
@@ -208,6 +209,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--int8-io",
         action="store_true",
         help="tflite int8 with int8 input/output tensors (default: float32 in and out)",
+    )
+    g.add_argument(
+        "--float-ops",
+        nargs="+",
+        metavar="OP",
+        help="tflite int8: TFLite op types to keep in float, e.g. HARD_SWISH BATCH_MATMUL "
+        "(int8 kernels that are slower than float on CPUs without int8 dot products; "
+        "benchmarks/tflite_op_profile.py measures which)",
     )
     g.add_argument("--calib", metavar="DIR", help="calibrate on these images on the way")
     g.add_argument("--calib-table", metavar="FILE", help="reuse a table from `edgevt calibrate`")
@@ -471,9 +480,10 @@ def cmd_qat(args: argparse.Namespace) -> None:
     )
     print(f"wrote {out.model} and {out.table}")
     config = f" --quant-config {args.quant_config}" if args.quant_config else ""
+    int8 = "--precision int8" if args.target == "tflite" else "--int8"
     print(
         "export it like PTQ, e.g.:\n"
-        f"  edgevt export {args.model} --checkpoint {out.model} --int8 --calib-table "
+        f"  edgevt export {args.model} --checkpoint {out.model} {int8} --calib-table "
         f"{out.table}{config} --target {args.target} --eval-data DIR"
     )
     if args.json:
@@ -534,6 +544,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         max_drop=args.max_drop,
         precisions=[p for arg in args.precision for p in arg.split(",") if p],
         int8_io=args.int8_io,
+        float_ops=args.float_ops,
         deployment_target=args.deployment_target,
     )
     _note_random(out.weights)
@@ -552,6 +563,8 @@ def cmd_export(args: argparse.Namespace) -> None:
         what = f"{q['quantized_ops']} ops int8{kept}"
         if "table_keys" in q:  # tflite: say how much of the table it honours
             scope = "full int8" if q["config_ops"] is None else f"{q['config_ops']} ops int8"
+            if q["float_ops"]:
+                scope += f" but {' '.join(q['float_ops'])} in float"
             what = f"{scope}, {q['quantized_ops']} table ranges honoured"
         print(
             f"int8: {q['artifact']} ({what}; vs fused fp32: cosine "

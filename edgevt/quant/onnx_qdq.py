@@ -60,6 +60,11 @@ RULES = {
     "onnx": TargetRules("onnx", False, True, (), True, ("Add", "Clip", "Relu")),
     "tensorrt": TargetRules("tensorrt", True, False, (), False),
 }
+# What QAT simulates of LiteRT's full-integer int8 (never used to write QDQ ONNX): asymmetric
+# int8 activations (256 levels over [lo, hi], like uint8), full 8-bit per-channel weights, and
+# the calibrated element-wise ops in int8 too, as every tensor of a full-integer .tflite is.
+SIMULATED_RULES = {**RULES, "tflite": TargetRules("tflite", False, False, (), True,
+                                                  ("Add", "Clip", "Relu"))}  # fmt: skip
 
 
 def node_scope(node_name: str) -> str:

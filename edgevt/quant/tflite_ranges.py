@@ -86,6 +86,14 @@ def read_ops(model_t: Any) -> list[TfliteOp]:
     return ops
 
 
+def tensors_of_ops(model_t: Any, exclude: tuple[str, ...] = ()) -> set[int]:
+    """Tensors that some op outside the ``exclude`` op types reads or writes."""
+    return {
+        t for op in read_ops(model_t) if op.op_type not in exclude
+        for t in (*op.inputs, *op.outputs) if t >= 0
+    }  # fmt: skip
+
+
 def tensor_name(model_t: Any, index: int) -> str:
     name = model_t.subgraphs[0].tensors[index].name
     return name.decode() if isinstance(name, bytes) else name

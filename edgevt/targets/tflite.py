@@ -125,6 +125,7 @@ class TfliteQuantReport:
     scale_problems: list[str] = field(default_factory=list)
     unmatched_ops: list[str] = field(default_factory=list)
     config_ops: int | None = None  # ops a QuantConfig put in int8 (None: full integer)
+    float_ops: list[str] = field(default_factory=list)  # op types kept float (--float-ops)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -136,6 +137,7 @@ class TfliteQuantReport:
             "scale_problems": self.scale_problems,
             "unmatched_ops": self.unmatched_ops,
             "config_ops": self.config_ops,
+            "float_ops": self.float_ops,
         }
 
 
@@ -150,6 +152,7 @@ def quantize(
     images: np.ndarray | None = None,
     int8_io: bool = False,
     config: Any = None,
+    float_ops: tuple[str, ...] = (),
 ) -> TfliteQuantReport:
     """Write a fp16, w8 (weight-only int8) or full-int8 .tflite from the fp32 one.
 
@@ -161,6 +164,9 @@ def quantize(
         int8_io: int8 input/output tensors instead of float32.
         config: a QuantConfig: only the Conv2d / Linear / matmul ops it names run in int8
             (None = full integer, every op the quantizer supports).
+        float_ops: TFLite op types (``HARD_SWISH``, ``BATCH_MATMUL``...) kept in float in the
+            int8 file: on CPUs without int8 dot products some int8 kernels are slower than
+            float ones (``benchmarks/tflite_op_profile.py`` measures which).
     """
     if precision not in PRECISIONS[1:]:
         raise EdgevtError(f"tflite precision {precision!r}: choose from {', '.join(PRECISIONS)}.")
@@ -170,6 +176,16 @@ def quantize(
     from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fu
 
     fp32 = Path(fp32)
+    float_ops = tuple(op.upper() for op in float_ops)
+    if float_ops and precision != "int8":
+        raise EdgevtError("--float-ops applies to tflite int8 only.")
+    known = {e.value for e in qtyping.TFLOperationName} - {"*", "INPUT", "OUTPUT"}
+    unknown = [op for op in float_ops if op not in known]
+    if unknown:
+        raise EdgevtError(
+            f"--float-ops: unknown TFLite op type(s) {', '.join(unknown)}; known: "
+            f"{', '.join(sorted(known))}."
+        )
     report = TfliteQuantReport(Path(out), precision)
     info = dataclasses.replace(  # a copy: the caller's info stays as it was
         info,
@@ -210,6 +226,8 @@ def quantize(
         if not int8_io:  # keep the graph's input/output float32: the quantizer adds Q/DQ ops
             for io_op in ("INPUT", "OUTPUT"):
                 qt.update_quantization_recipe(".*", io_op, algorithm_key=AlgorithmName.NO_QUANTIZE)
+        for op_type in float_ops:
+            qt.update_quantization_recipe(".*", op_type, algorithm_key=AlgorithmName.NO_QUANTIZE)
         signature = _signature(fp32)
         with _quiet():
             calibrated = qt.calibrate(
@@ -222,6 +240,12 @@ def quantize(
             mapping.tensor_of_key = {
                 k: t for k, t in mapping.tensor_of_key.items() if k.split(":")[0] in names
             }
+        if float_ops:  # a tensor that only float ops touch stays float: nothing to honour
+            kept = tflite_ranges.tensors_of_ops(model_t, exclude=float_ops)
+            mapping.tensor_of_key = {
+                k: t for k, t in mapping.tensor_of_key.items() if t in kept
+            }
+            report.float_ops = list(float_ops)
         plan = tflite_ranges.apply_table(model_t, calibrated, mapping)
         qsvs = plan.qsvs
         report.table_keys = len(table.activations)

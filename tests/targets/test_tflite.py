@@ -191,6 +191,41 @@ def test_quant_config_picks_the_int8_ops(levit_tflite: api.ExportOutcome, tmp_pa
     assert report.config_ops == 50
 
 
+def test_float_ops_keep_op_types_out_of_int8(levit_tflite: api.ExportOutcome, tmp_path) -> None:
+    """--float-ops: the named op types run in float, every other op stays int8 with the
+    table's scales; an unknown op type is one clear error."""
+    from collections import Counter
+
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fu
+
+    from edgevt.quant.calibrate import calibration_batches
+    from edgevt.targets import tflite
+
+    run = levit_tflite.run_dir.path
+    table = CalibrationTable.load(run / "calibration.json")
+    fused = api.fuse("levit_128s")
+    images = next(iter(calibration_batches(fused.loaded.entry.preprocess, table.source["data"],
+                                           8))).numpy()  # fmt: skip
+    args = (run / "model.tflite", tmp_path / "m.tflite", "int8",
+            read_tflite_info(run / "model.tflite"))  # fmt: skip
+    kw = {"table": table, "modules": [n for n, _ in fused.model.named_modules()],
+          "images": images}  # fmt: skip
+    report = tflite.quantize(*args, **kw, float_ops=("hard_swish", "BATCH_MATMUL"))
+    assert report.scale_problems == [] and report.float_ops == ["HARD_SWISH", "BATCH_MATMUL"]
+    model_t = fu.read_model(tmp_path / "m.tflite")
+    int8_ops = Counter(
+        op.op_type for op in tflite_ranges.read_ops(model_t)
+        if model_t.subgraphs[0].tensors[op.outputs[0]].type == 9  # INT8
+    )  # fmt: skip
+    assert int8_ops["HARD_SWISH"] == 0 and int8_ops["BATCH_MATMUL"] == 0
+    assert int8_ops["CONV_2D"] == 4 and int8_ops["FULLY_CONNECTED"] == 47
+    assert int8_ops["SOFTMAX"] > 0
+    with pytest.raises(EdgevtError, match="unknown TFLite op type.*HARDSWISH"):
+        tflite.quantize(*args, **kw, float_ops=("HARDSWISH",))
+    with pytest.raises(EdgevtError, match="--float-ops applies to"):
+        api.export("levit_128s", "tflite", float_ops=["SOFTMAX"], out=tmp_path / "x")
+
+
 def test_module_scope_parsing() -> None:
     modules = {"stages.0.blocks.1.attn", "stages.0.blocks.1.attn.qkv", "head"}
     name = (
