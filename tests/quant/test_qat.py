@@ -52,6 +52,23 @@ def test_step0_is_the_exported_ptq_graph(tiny, tmp_path, target) -> None:  # noq
     assert compare_logits(ref, simulated)["cosine"] < 0.99999  # it does quantize
 
 
+def test_tflite_simulation_has_full_8bit_weights(tiny) -> None:  # noqa: F811
+    """QAT for LiteRT trains through 8-bit weights (ORT's simulation: 7-bit), so it is the
+    closer of the two to fp32, and the same tensors are quantized."""
+    from edgevt.quant.onnx_qdq import SIMULATED_RULES
+
+    model, images, table, _, fp32 = tiny
+    ort = sim_for(model, table, fp32, "onnx")
+    lite = QuantSim.for_export(model, fp32, table, EVERY_OP, SIMULATED_RULES["tflite"])
+    assert {n: q for n, (q, _) in lite.weight_ops.items()} == dict.fromkeys(lite.weight_ops, 127)
+    assert len(lite.tensors) == len(ort.tensors)
+    with torch.no_grad():
+        ref = model(images[:16]).numpy()
+        err = {k: 1 - compare_logits(ref, s(images[:16]).numpy())["cosine"]
+               for k, s in (("onnx", ort), ("tflite", lite))}  # fmt: skip
+    assert 0 < err["tflite"] < err["onnx"]
+
+
 def test_no_active_op_is_fp32_and_one_op_quantizes_only_itself(tiny) -> None:  # noqa: F811
     model, images, table, _, fp32 = tiny
     sim = sim_for(model, table, fp32, "onnx")
