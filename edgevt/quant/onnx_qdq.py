@@ -50,6 +50,10 @@ class TargetRules:
     # ONNX Runtime keep whole CNN blocks in int8 (QLinearConv + QLinearAdd, Clip folded into Q)
     # instead of converting layouts around each float Add.
     calibrated_elementwise: tuple[str, ...] = ()
+    # ONNX Runtime runs a QDQ Conv in int8 (QLinearConv) only when its output is quantized
+    # too; otherwise it dequantizes the weights on every run and convolves in float, which
+    # costs time and adds rounding error for nothing. Such convs are kept in float.
+    int8_conv_needs_quantized_output: bool = False
 
     def weight_qmax(self, depthwise: bool = False) -> int:
         """Largest int8 weight magnitude (ORT's 7-bit range spares depthwise convs)."""
@@ -57,7 +61,7 @@ class TargetRules:
 
 
 RULES = {
-    "onnx": TargetRules("onnx", False, True, (), True, ("Add", "Clip", "Relu")),
+    "onnx": TargetRules("onnx", False, True, (), True, ("Add", "Clip", "Relu"), True),
     "tensorrt": TargetRules("tensorrt", True, False, (), False),
 }
 # What QAT simulates of LiteRT's full-integer int8 (never used to write QDQ ONNX): asymmetric
@@ -126,7 +130,10 @@ class QdqPlan:
     add_elementwise: bool = True  # config op type "add"
 
 
-def plan_qdq(proto: Any, table: CalibrationTable, config: QuantConfig) -> QdqPlan:
+def plan_qdq(
+    proto: Any, table: CalibrationTable, config: QuantConfig, float_nodes: tuple[str, ...] = ()
+) -> QdqPlan:
+    """What to quantize; ``float_nodes`` (ONNX node names) stay float whatever the config."""
     ops: dict[str, str] = table.source.get("ops", {})
     if not ops:
         raise EdgevtError(
@@ -137,8 +144,11 @@ def plan_qdq(proto: Any, table: CalibrationTable, config: QuantConfig) -> QdqPla
     quantized, kept, notes, nodes, granularity = [], [], [], [], set()
     for node_name, op_name in mapping.op_of_node.items():
         setting = config.resolve(op_name, ops[op_name])
-        if setting is None:
+        if setting is None or node_name in float_nodes:
             kept.append(op_name)
+            if node_name in float_nodes:
+                notes.append(f"{op_name}: no int8 kernel without a quantized output on this "
+                             "target; kept in float")  # fmt: skip
             continue
         keys = [*mapping.inputs[node_name]]
         if node_name in mapping.output:
@@ -187,6 +197,63 @@ def calibrated_elementwise_nodes(proto: Any, plan: QdqPlan, rules: TargetRules) 
         elif node.output[0] in plan.ranges:
             chosen.append(node.name)
     return chosen
+
+
+def plan_and_quantize(
+    proto: Any, table: CalibrationTable, config: QuantConfig, rules: TargetRules
+) -> tuple[QdqPlan, Any]:
+    """The plan and the QDQ model the target really runs in int8.
+
+    On ONNX Runtime a Conv whose output stays float (LeViT's stem: Conv -> Hardswish, CvT's
+    convolutional projections) runs as DequantizeLinear + float Conv: slower than fp32 and
+    less accurate. Such a conv is kept in float when its input comes from a float op too.
+    When its input is the output of an int8 op (EfficientNet's conv_head after the last
+    block), the Q/DQ there is what keeps that op in int8, so the conv stays quantized.
+    """
+    floated: tuple[str, ...] = ()
+    while True:
+        plan = plan_qdq(proto, table, config, floated)
+        qdq = quantize_onnx(proto, plan, rules)
+        if not rules.int8_conv_needs_quantized_output:
+            return plan, qdq
+        int8_nodes = set(plan.nodes) | set(calibrated_elementwise_nodes(proto, plan, rules))
+        producer = {out: n.name for n in proto.graph.node for out in n.output}
+        by_name = {n.name: n for n in proto.graph.node}
+        idle = [
+            name
+            for name in convs_without_quantized_output(qdq, plan)
+            if producer.get(by_name[name].input[0]) not in int8_nodes
+        ]
+        if not idle:
+            return plan, qdq
+        floated += tuple(idle)
+
+
+def convs_without_quantized_output(qdq: Any, plan: QdqPlan) -> list[str]:
+    """Quantized Conv nodes of ``qdq`` whose output does not go straight into QuantizeLinear
+    (through a Clip or Relu, which ORT folds into the Q's saturation) on every path."""
+    consumers: dict[str, list[Any]] = defaultdict(list)
+    for node in qdq.graph.node:
+        for tensor in node.input:
+            consumers[tensor].append(node)
+    outputs = {o.name for o in qdq.graph.output}
+
+    def quantized(tensor: str, hops: int = 1) -> bool:
+        users = consumers[tensor]
+        if tensor in outputs or not users:
+            return False
+        return all(
+            u.op_type == "QuantizeLinear"
+            or (hops > 0 and u.op_type in ("Clip", "Relu") and quantized(u.output[0], hops - 1))
+            for u in users
+        )
+
+    chosen = set(plan.nodes)
+    return [
+        n.name
+        for n in qdq.graph.node
+        if n.name in chosen and n.op_type == "Conv" and not quantized(n.output[0])
+    ]
 
 
 def quantize_onnx(proto: Any, plan: QdqPlan, rules: TargetRules) -> Any:
@@ -256,8 +323,7 @@ def write_qdq_onnx(
     import onnx
 
     proto = onnx.load(str(fp32_path))
-    plan = plan_qdq(proto, table, config)
-    quantized = quantize_onnx(proto, plan, rules)
+    plan, quantized = plan_and_quantize(proto, table, config, rules)
     info.extra.update(
         {
             "quantized_ops": len(plan.quantized),
@@ -305,8 +371,7 @@ def quantized_tensors(proto: Any, table: CalibrationTable, config: QuantConfig,
     int8 residual adds). Keys that meet one ONNX tensor share one range, as the export gives
     them one scale.
     """
-    plan = plan_qdq(proto, table, config)
-    qdq = quantize_onnx(proto, plan, rules)
+    plan, qdq = plan_and_quantize(proto, table, config, rules)
     producer = {out: n.op_type for n in qdq.graph.node for out in n.output}
     qdq_nodes = {n.name: n for n in qdq.graph.node}
     q_inputs = {n.input[0] for n in qdq.graph.node if n.op_type == "QuantizeLinear"}
