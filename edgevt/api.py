@@ -700,8 +700,9 @@ def _export_int8(
         if exact["cosine"] < 0.999:
             print(
                 f"warning: ONNX Runtime's int8 kernels depart from the exact QDQ numerics here "
-                f"(cosine {exact['cosine']:.4f}): this CPU's u8s8 kernels saturate; accuracy "
-                "measured with `edgevt eval` is what this machine gives.",
+                f"(cosine {exact['cosine']:.4f}; u8s8 kernels saturate on x86 CPUs without "
+                "VNNI, and ORT's extended graph fusions round differently); accuracy measured "
+                "with `edgevt eval` is what this machine gives.",
                 file=sys.stderr,
             )
     result: dict[str, Any] = {
