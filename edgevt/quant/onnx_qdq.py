@@ -172,6 +172,12 @@ def plan_qdq(
         )
     for node in mapping.unmapped:
         notes.append(f"{node}: no matching op in the table (left in float)")
+    if not quantized and float_nodes:
+        raise EdgevtError(
+            "nothing this target can run in int8: the ops the config quantizes are convs between "
+            "float ops, which ONNX Runtime would run in float anyway; quantize the ops around "
+            "them too (e.g. Linear layers), or export with --target tensorrt."
+        )
     if not quantized:
         raise EdgevtError("nothing to quantize: the config keeps every op in float.")
     per_channel = granularity != {"per_tensor"}

@@ -223,6 +223,14 @@ def test_onnx_runtime_keeps_convs_without_int8_kernel_in_float(tmp_path, target)
     producers = {o: n.op_type for n in proto.graph.node for o in n.output}
     side = next(n for n in proto.graph.node if n.name.startswith("/side/"))
     assert (producers.get(side.input[1]) == "DequantizeLinear") == (target != "onnx")
+    only_side = QuantConfig.from_dict({"global": None, "module_name": {"side": {}}})
+    if target == "onnx":
+        with pytest.raises(EdgevtError, match="nothing this target can run in int8"):
+            write_qdq_onnx(fp32, out, table, only_side, RULES[target], info)
+    else:
+        assert write_qdq_onnx(fp32, out, table, only_side, RULES[target], info).quantized == [
+            "side"
+        ]
 
 
 def test_tensorrt_check_catches_a_bad_axis_and_one_sided_quantization(tiny, tmp_path) -> None:
