@@ -40,6 +40,30 @@ def median_ms(fns: dict[str, Callable[[], object]], rounds: int, iters: int) -> 
     return {name: statistics.median(s) for name, s in samples.items()}
 
 
+def median_ms_loaded_in_turn(
+    loaders: dict[str, Callable[[], tuple[Callable[[], object], Callable[[], None]]]],
+    rounds: int,
+    iters: int,
+) -> dict[str, float]:
+    """Like ``median_ms``, but each variant is loaded only for its turn of each round:
+    ``loaders[name]()`` returns (call, close). Idle ONNX Runtime sessions and LiteRT
+    interpreters keep thread pools that spin after a run; left loaded, they steal the cores
+    from whichever variant runs next (on 2 cores PyTorch eager read 27 ms instead of 11 ms
+    that way, and 2-thread runs lost to 1-thread ones)."""
+    samples: dict[str, list[float]] = {name: [] for name in loaders}
+    for _ in range(rounds):
+        for name, load in loaders.items():
+            fn, close = load()
+            for _ in range(3):  # warm-up
+                fn()
+            start = time.perf_counter()
+            for _ in range(iters):
+                fn()
+            samples[name].append((time.perf_counter() - start) / iters * 1e3)
+            close()
+    return {name: statistics.median(s) for name, s in samples.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(

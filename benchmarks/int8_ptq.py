@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from fusion_speed import median_ms  # noqa: E402  (benchmarks/ is the script's folder)
+from fusion_speed import median_ms_loaded_in_turn  # noqa: E402  (benchmarks/ is the script's folder)
 
 from edgevt import api
 from edgevt.data.imagenet import default_data_root, open_dataset
@@ -76,14 +76,14 @@ def main() -> None:
             agree = compare_logits(logits["fp32"], logits["int8"])
             sample = next(dataset.batches(get_entry(name).preprocess, 1))[0]
             for threads in args.threads:
-                runners = {
-                    k: OnnxRuntimeRunner(p, threads=threads)
-                    for k, p in (("fp32", fp32), ("int8", int8))
-                }
-                for r in runners.values():
-                    r.activate()
-                ms = median_ms(
-                    {k: (lambda r=r, x=sample: r.infer(x)) for k, r in runners.items()},
+
+                def loader(path: Path, threads: int = threads, x: np.ndarray = sample):
+                    runner = OnnxRuntimeRunner(path, threads=threads)
+                    runner.activate()
+                    return (lambda: runner.infer(x)), runner.deactivate
+
+                ms = median_ms_loaded_in_turn(
+                    {k: (lambda p=p: loader(p)) for k, p in (("fp32", fp32), ("int8", int8))},
                     args.rounds,
                     args.iters,
                 )

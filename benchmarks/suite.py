@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from fusion_speed import median_ms  # noqa: E402  (benchmarks/ is the script's folder)
+from fusion_speed import median_ms_loaded_in_turn  # noqa: E402  (benchmarks/ folder)
 
 from edgevt import api
 from edgevt.data.imagenet import default_data_root, open_dataset
@@ -56,30 +56,40 @@ DEPLOYABLE = ("onnx", "tflite")  # what ships to a device (PyTorch rows are refe
 class Variant:
     name: str
     kind: str  # pytorch | onnx | tflite
-    make: Callable[[int], Callable[[np.ndarray], np.ndarray]] | None  # threads -> infer
+    make: Callable[[int], Infer] | None  # threads -> a loaded variant
     size_mb: float | None = None
     error: str | None = None
     accuracy: dict[str, float] = field(default_factory=dict)
     ms: dict[int, float] = field(default_factory=dict)
 
 
-def torch_infer(model: torch.nn.Module) -> Callable[[int], Callable[[np.ndarray], np.ndarray]]:
-    def make(threads: int) -> Callable[[np.ndarray], np.ndarray]:
+class Infer:
+    """One variant loaded at a thread count: call it on a batch, close it when done."""
+
+    def __init__(self, fn: Callable[[np.ndarray], np.ndarray], close=lambda: None) -> None:
+        self.fn, self.close = fn, close
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.fn(x)
+
+
+def torch_infer(model: torch.nn.Module) -> Callable[[int], Infer]:
+    def make(threads: int) -> Infer:
         def infer(x: np.ndarray) -> np.ndarray:
             torch.set_num_threads(threads)  # set per call: variants are interleaved
             with torch.inference_mode():
                 return model(torch.from_numpy(x)).numpy()
 
-        return infer
+        return Infer(infer)
 
     return make
 
 
-def runner_infer(factory: Callable[[int], Runner]) -> Callable[[int], Callable]:
-    def make(threads: int) -> Callable[[np.ndarray], np.ndarray]:
+def runner_infer(factory: Callable[[int], Runner]) -> Callable[[int], Infer]:
+    def make(threads: int) -> Infer:
         runner = factory(threads)
         runner.activate()
-        return runner.infer
+        return Infer(runner.infer, runner.deactivate)
 
     return make
 
@@ -215,6 +225,7 @@ def measure_accuracy(name: str, variants: list[Variant], args: argparse.Namespac
         for images, y in dataset.batches(entry.preprocess, 25):
             chunks.append(np.concatenate([infer(images[i : i + 1]) for i in range(len(images))]))
             ys.append(y)
+        infer.close()
         logits[v.name], labels = np.concatenate(chunks), np.concatenate(ys)
         print(f"  accuracy of {v.name}: done", flush=True)
     for v in variants:
@@ -232,9 +243,14 @@ def measure_latency(name: str, variants: list[Variant], args: argparse.Namespace
         get_entry(name).preprocess, 1))[0]  # fmt: skip
     live = [v for v in variants if v.make is not None]
     for threads in args.threads:
-        infers = {v.name: v.make(threads) for v in live}
-        fns = {label: (lambda f=f: f(x)) for label, f in infers.items()}
-        medians = median_ms(fns, args.rounds, args.iters)
+
+        def loader(v: Variant, threads: int = threads):
+            infer = v.make(threads)
+            return (lambda: infer(x)), infer.close
+
+        medians = median_ms_loaded_in_turn(
+            {v.name: (lambda v=v: loader(v)) for v in live}, args.rounds, args.iters
+        )
         for v in live:
             v.ms[threads] = medians[v.name]
 
