@@ -3,9 +3,9 @@
 Per model: edgevt exports fp32, fp16 (weights), w8 (weight-only int8) and full int8 (from one
 CalibrationTable, percentile, ``--calib-size`` images of imagenet-sample1000), then times them
 with LiteRT/XNNPACK at batch 1 and each ``--threads`` count; the variants of one model run in
-interleaved rounds so that machine noise hits them alike, and every ratio is against that
-model's fp32 file in the same run. Each file is also checked against the fp32 file on
-``--check`` images of imagenet-val1000 (logit cosine, top-1 agreement).
+interleaved rounds (each loaded only for its turn) so that machine noise hits them alike, and
+every ratio is against that model's fp32 file in the same run. Each file is also checked
+against the fp32 file on ``--check`` images of imagenet-val1000 (cosine, top-1 agreement).
 
 CvT-W24 (384 px, 277 M parameters) is exported in fp32 and fp16 only by default (``--int8-skip``):
 its full-int8 conversion needs more memory and time than the 2-core build machine gives.
@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from fusion_speed import median_ms  # noqa: E402  (benchmarks/ is the script's folder)
+from fusion_speed import median_ms_loaded_in_turn  # noqa: E402  (benchmarks/ is the script's folder)
 
 from edgevt import api
 from edgevt.data.imagenet import default_data_root, open_dataset
@@ -70,15 +70,19 @@ def measure(name: str, work: Path, args: argparse.Namespace) -> list[dict]:
                 **compare_logits(logits["fp32"], logits[p])}
             for p, path in paths.items()}  # fmt: skip
     for threads in args.threads:
-        runners = {p: LiteRTRunner(path, threads=threads) for p, path in paths.items()}
-        for r in runners.values():
-            r.activate()
-        first = runners["fp32"]
-        start = time.perf_counter()
-        first.infer(x)
-        iters = rounds_for((time.perf_counter() - start) * 1e3)
-        ms = median_ms({p: (lambda r=r: r.infer(x)) for p, r in runners.items()},
-                       args.rounds, iters)  # fmt: skip
+        with LiteRTRunner(paths["fp32"], threads=threads) as first:
+            first.infer(x)
+            start = time.perf_counter()
+            first.infer(x)
+            iters = rounds_for((time.perf_counter() - start) * 1e3)
+
+        def loader(path: Path, threads: int = threads):
+            runner = LiteRTRunner(path, threads=threads)
+            runner.activate()
+            return (lambda: runner.infer(x)), runner.deactivate
+
+        loaders = {p: (lambda path=path: loader(path)) for p, path in paths.items()}
+        ms = median_ms_loaded_in_turn(loaders, args.rounds, iters)
         for p in paths:
             rows[p][f"ms{threads}"] = ms[p]
             rows[p][f"x{threads}"] = ms["fp32"] / ms[p]

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from fusion_speed import median_ms  # noqa: E402  (benchmarks/ is the script's folder)
+from fusion_speed import median_ms_loaded_in_turn  # noqa: E402  (benchmarks/ is the script's folder)
 
 from edgevt import api
 from edgevt.data.imagenet import default_data_root, open_dataset
@@ -124,13 +124,15 @@ def time_files(files: dict[str, Path], args, prefix: str = "") -> dict[str, dict
         get_entry(args.model).preprocess, 1))[0]  # fmt: skip
     result: dict[str, dict[int, float]] = {}
     for threads in args.threads:
-        runners = {k: tflite.LiteRTRunner(p, threads=threads) for k, p in files.items()}
-        for r in runners.values():
-            r.activate()
-        medians = median_ms({k: (lambda r=r: r.infer(x)) for k, r in runners.items()},
-                            args.rounds, args.iters)  # fmt: skip
-        for k, r in runners.items():
-            r.deactivate()
+
+        def loader(path: Path, threads: int = threads):
+            runner = tflite.LiteRTRunner(path, threads=threads)
+            runner.activate()
+            return (lambda: runner.infer(x)), runner.deactivate
+
+        medians = median_ms_loaded_in_turn({k: (lambda p=p: loader(p)) for k, p in files.items()},
+                                           args.rounds, args.iters)  # fmt: skip
+        for k in files:
             result.setdefault(prefix + k, {})[threads] = medians[k]
         print(f"  timed {len(files)} files at {threads} thread(s)", flush=True)
     return result
