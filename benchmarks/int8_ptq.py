@@ -15,17 +15,15 @@ from __future__ import annotations
 
 import argparse
 import platform
-import shlex
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 from fusion_speed import median_ms_loaded_in_turn  # noqa: E402  (benchmarks/ is the script's folder)
+from report_file import command_line, write_report  # noqa: E402
 
 from edgevt import api
 from edgevt.data.imagenet import default_data_root, open_dataset
-from edgevt.io import atomic_path
 from edgevt.models import get_entry
 from edgevt.targets.onnx import OnnxRuntimeRunner
 from edgevt.validate.evaluate import compare_logits
@@ -117,16 +115,12 @@ def main() -> None:
         "Top-1 of random-weight models is against real labels and means nothing; their cosine and",
         "agreement (int8 vs fp32 logits) are the measure.",
         "",
-        f"Command: `{shlex.join([Path(sys.executable).name, *sys.argv])}`; "
+        f"Command: `{command_line()}`; "
         f"machine: {platform.machine()}, {platform.processor() or 'cpu'}, "
         f"onnxruntime {ort_version()}.",
     ]
     text = "\n".join(lines) + "\n"
-    print("\n" + text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(args.out) as tmp:
-        tmp.write_text(text)
-    print(f"written to {args.out}")
+    write_report(text, args.out)
 
 
 def ort_version() -> str:

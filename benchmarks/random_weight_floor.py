@@ -22,18 +22,16 @@ tiny perturbations flip their top-1.
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from report_file import command_line, write_report  # noqa: E402  (benchmarks/ folder)
 
 from edgevt import api
 from edgevt.data.imagenet import default_data_root, open_dataset
-from edgevt.io import atomic_path
 from edgevt.models import get_entry
 from edgevt.quant.config import QuantConfig
 from edgevt.quant.onnx_qdq import SIMULATED_RULES
@@ -122,15 +120,11 @@ def main() -> None:
                 print(lines[-1], flush=True)
     lines += [
         "",
-        f"Command: `{shlex.join([Path(sys.executable).name, *sys.argv])}` "
+        f"Command: `{command_line()}` "
         f"({(time.perf_counter() - started) / 60:.0f} min).",
     ]
     text = "\n".join(lines) + "\n"
-    print("\n" + text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(args.out) as tmp:
-        tmp.write_text(text)
-    print(f"written to {args.out}")
+    write_report(text, args.out)
 
 
 if __name__ == "__main__":

@@ -25,8 +25,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import shlex
-import sys
 import tempfile
 import time
 import traceback
@@ -37,10 +35,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from fusion_speed import median_ms_loaded_in_turn  # noqa: E402  (benchmarks/ folder)
+from report_file import command_line, write_report  # noqa: E402
 
 from edgevt import api
 from edgevt.data.imagenet import default_data_root, open_dataset
-from edgevt.io import atomic_path
 from edgevt.models import get_entry, load_model
 from edgevt.quant.calibrate import calibration_batches
 from edgevt.targets.base import Runner
@@ -335,18 +333,14 @@ def main() -> None:
             "",
             *summary,
             "",
-            f"Command: `{shlex.join([Path(sys.executable).name, *sys.argv])}` "
+            f"Command: `{command_line()}` "
             f"({(time.perf_counter() - started) / 60:.0f} min); machine: {platform.machine()}, "
             f"{os.cpu_count()} CPUs, torch {torch.__version__}, onnxruntime "
             f"{onnxruntime.__version__}, ai-edge-litert "
             f"{getattr(ai_edge_litert, '__version__', '?')}.",
         ]
     )
-    print("\n" + text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(args.out) as tmp:
-        tmp.write_text(text + "\n")
-    print(f"written to {args.out}")
+    write_report(text + "\n", args.out)
 
 
 if __name__ == "__main__":

@@ -19,17 +19,15 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import shlex
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from fusion_speed import median_ms_loaded_in_turn  # noqa: E402  (benchmarks/ is the script's folder)
+from report_file import command_line, write_report  # noqa: E402
 
 from edgevt import api
 from edgevt.data.imagenet import default_data_root, open_dataset
-from edgevt.io import atomic_path
 from edgevt.models import get_entry, list_models
 from edgevt.targets.tflite import LiteRTRunner
 from edgevt.validate.evaluate import compare_logits
@@ -136,16 +134,12 @@ def main() -> None:
         "",
         *render(rows, args.threads),
         "",
-        f"Command: `{shlex.join([Path(sys.executable).name, *sys.argv])}` "
+        f"Command: `{command_line()}` "
         f"({(time.perf_counter() - started) / 60:.0f} min); machine: {platform.machine()}, "
         f"{os.cpu_count()} CPUs ({cpu_flags()}), ai-edge-litert "
         f"{getattr(ai_edge_litert, '__version__', '?')}.",
     ])  # fmt: skip
-    print("\n" + text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(args.out) as tmp:
-        tmp.write_text(text + "\n")
-    print(f"written to {args.out}")
+    write_report(text + "\n", args.out)
 
 
 def cpu_flags() -> str:
