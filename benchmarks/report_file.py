@@ -21,3 +21,13 @@ def write_report(text: str, out: Path) -> None:
     with atomic_path(out) as tmp:
         tmp.write_text(text)
     print(f"written to {out}")
+
+
+def cpu_flags() -> str:
+    """Whether this CPU has the int8 dot-product instructions int8 kernels depend on."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return "flags unknown"
+    found = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
+    return " ".join(found) or "no AVX2"

@@ -6,6 +6,8 @@ Per model (default LeViT-128S, CvT-13, EfficientNet-Lite0), batch 1, 1 and 2 thr
 * PyTorch eager fp32 (unfused, as timm builds it) and edgevt's fused model;
 * edgevt: ONNX fp32 and int8 (ONNX Runtime), TFLite fp32 / fp16 / w8 / int8 (LiteRT, XNNPACK),
   int8 from one CalibrationTable (percentile, ``--calib-size`` images of imagenet-sample1000);
+  for the transformers also TFLite int8 with matmuls, Softmax and activations in float (the
+  fast recipe ``benchmarks/tflite_op_profile.py`` finds);
 * onnxruntime ``quantize_static`` on edgevt's fp32 ONNX: QDQ, per-channel, its default
   calibration (MinMax), the same calibration images;
 * litert-torch's own int8 quantizer (PT2E, per-channel symmetric, its HistogramObserver),
@@ -48,6 +50,8 @@ from edgevt.validate.evaluate import compare_logits
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOYABLE = ("onnx", "tflite")  # what ships to a device (PyTorch rows are references)
+# `--float-ops` of the transformers' fast TFLite int8 (reports/tflite_op_profile_levit_128s.md)
+FAST_FLOAT_OPS = ["BATCH_MATMUL", "HARD_SWISH", "SOFTMAX", "GELU"]
 
 
 @dataclass
@@ -179,6 +183,15 @@ def build_variants(name: str, work: Path, args: argparse.Namespace) -> list[Vari
         path = tfl.run_dir.path / ("model.tflite" if precision == "fp32"
                                    else f"model_{precision}.tflite")  # fmt: skip
         variants.append(Variant(f"edgevt TFLite {precision}", "tflite", runner_infer(
+            lambda t, p=path: LiteRTRunner(p, threads=t)), size(path)))  # fmt: skip
+    if entry.family in ("levit", "cvt"):
+        # The fast int8 recipe of benchmarks/tflite_op_profile.py: op types whose int8 kernels
+        # cost more than they save on CPUs like this one stay float, the rest int8, same table.
+        fast = api.export(name, "tflite", pretrained=pretrained, out=work / "tflite-fast",
+                          precisions=["int8"], calib_table=table, float_ops=FAST_FLOAT_OPS,
+                          progress=False)  # fmt: skip
+        path = fast.run_dir.path / "model_int8.tflite"
+        variants.append(Variant("edgevt TFLite int8, fast recipe", "tflite", runner_infer(
             lambda t, p=path: LiteRTRunner(p, threads=t)), size(path)))  # fmt: skip
     alternatives = (
         ("onnxruntime quantize_static int8", "onnx",

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from fusion_speed import median_ms_loaded_in_turn  # noqa: E402  (benchmarks/ is the script's folder)
-from report_file import command_line, write_report  # noqa: E402
+from report_file import command_line, cpu_flags, write_report  # noqa: E402
 
 from edgevt import api
 from edgevt.data.imagenet import default_data_root, open_dataset
@@ -140,16 +140,6 @@ def main() -> None:
         f"{getattr(ai_edge_litert, '__version__', '?')}.",
     ])  # fmt: skip
     write_report(text + "\n", args.out)
-
-
-def cpu_flags() -> str:
-    """Whether this CPU has the int8 dot-product instructions int8 kernels depend on."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return "flags unknown"
-    found = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
-    return " ".join(found) or "no AVX2"
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from fusion_speed import median_ms_loaded_in_turn  # noqa: E402  (benchmarks/ is the script's folder)
+from report_file import cpu_flags  # noqa: E402
 
 from edgevt import api
 from edgevt.data.imagenet import default_data_root, open_dataset
@@ -169,8 +170,8 @@ def report(args, files, census, candidates, cost, slow, ms, acc, base) -> list[s
         "`int8 cost` = full-int8 latency minus that file's latency: the time the op type "
         "costs by running in int8 instead of float (negative: int8 is faster). Cosine and "
         f"agreement vs the fp32 .tflite on {args.check} images of imagenet-val1000. Latency: "
-        "batch 1, LiteRT/XNNPACK, median of interleaved rounds, this machine's CPU (AVX2, no "
-        "int8 dot-product instructions; ARM boards and phones have them).",
+        "batch 1, LiteRT/XNNPACK, median of interleaved rounds (each file loaded for its turn "
+        f"only), this machine's CPU ({cpu_flags()}).",
         "",
         f"Op census of the fp32 file: {', '.join(f'{k} {v}' for k, v in sorted(census.items()))}.",
         "",
