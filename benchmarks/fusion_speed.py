@@ -1,7 +1,8 @@
 """Does fusion make the model faster? PyTorch eager unfused vs fused vs ONNX Runtime fp32.
 
 Batch 1, on this machine's CPU; every ratio is measured within one run, with the variants
-timed in interleaved rounds so that machine noise hits them alike.
+timed in interleaved rounds so that machine noise hits them alike (``median_ms_loaded_in_turn``,
+which the other benchmark scripts use too).
 
     .venv/bin/python benchmarks/fusion_speed.py [--models levit_128s cvt_13 efficientnet_lite0]
         [--threads 1 2] [--rounds 7] [--iters 20]
@@ -22,22 +23,8 @@ import torch
 
 from edgevt import api
 from edgevt.models import get_entry, load_model
+from edgevt.targets.base import Runner
 from edgevt.targets.onnx import OnnxRuntimeRunner
-
-
-def median_ms(fns: dict[str, Callable[[], object]], rounds: int, iters: int) -> dict[str, float]:
-    """Median per-call latency of each fn, timed in interleaved rounds after a warm-up."""
-    for fn in fns.values():
-        for _ in range(3):
-            fn()
-    samples: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            for _ in range(iters):
-                fn()
-            samples[name].append((time.perf_counter() - start) / iters * 1e3)
-    return {name: statistics.median(s) for name, s in samples.items()}
 
 
 def median_ms_loaded_in_turn(
@@ -45,8 +32,9 @@ def median_ms_loaded_in_turn(
     rounds: int,
     iters: int,
 ) -> dict[str, float]:
-    """Like ``median_ms``, but each variant is loaded only for its turn of each round:
-    ``loaders[name]()`` returns (call, close). Idle ONNX Runtime sessions and LiteRT
+    """Median per-call latency of each variant, timed in interleaved rounds after a warm-up
+    (machine noise hits every variant alike); each variant is loaded only for its turn of
+    each round: ``loaders[name]()`` returns (call, close). Idle ONNX Runtime sessions and LiteRT
     interpreters keep thread pools that spin after a run; left loaded, they steal the cores
     from whichever variant runs next (on 2 cores PyTorch eager read 27 ms instead of 11 ms
     that way, and 2-thread runs lost to 1-thread ones)."""
@@ -62,6 +50,18 @@ def median_ms_loaded_in_turn(
             samples[name].append((time.perf_counter() - start) / iters * 1e3)
             close()
     return {name: statistics.median(s) for name, s in samples.items()}
+
+
+def runner_turn(make_runner: Callable[[], Runner], x: np.ndarray):
+    """A loader for ``median_ms_loaded_in_turn``: build and activate a runner, time
+    ``infer(x)``, release the runner (and its thread pool) after its turn."""
+
+    def load() -> tuple[Callable[[], object], Callable[[], None]]:
+        runner = make_runner()
+        runner.activate()
+        return (lambda: runner.infer(x)), runner.deactivate
+
+    return load
 
 
 def main() -> None:
@@ -90,13 +90,15 @@ def main() -> None:
             )
             for threads in args.threads:
                 torch.set_num_threads(threads)
-                with torch.inference_mode(), OnnxRuntimeRunner(outcome.artifact, threads) as ort:
-                    xn = x.numpy()
-                    ms = median_ms(
+                with torch.inference_mode():
+                    eager_call, fused_call = partial(eager, x), partial(fused, x)
+                    ms = median_ms_loaded_in_turn(
                         {
-                            "eager": partial(eager, x),
-                            "fused": partial(fused, x),
-                            "ort": partial(ort.infer, xn),
+                            "eager": lambda f=eager_call: (f, lambda: None),
+                            "fused": lambda f=fused_call: (f, lambda: None),
+                            "ort": runner_turn(
+                                partial(OnnxRuntimeRunner, outcome.artifact, threads), x.numpy()
+                            ),
                         },
                         args.rounds,
                         args.iters,

@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from fusion_speed import median_ms_loaded_in_turn  # noqa: E402  (benchmarks/ is the script's folder)
+from fusion_speed import median_ms_loaded_in_turn, runner_turn  # noqa: E402  (benchmarks/ is the script's folder)
 from report_file import command_line, write_report  # noqa: E402
 
 from edgevt import api
@@ -74,14 +74,11 @@ def main() -> None:
             agree = compare_logits(logits["fp32"], logits["int8"])
             sample = next(dataset.batches(get_entry(name).preprocess, 1))[0]
             for threads in args.threads:
-
-                def loader(path: Path, threads: int = threads, x: np.ndarray = sample):
-                    runner = OnnxRuntimeRunner(path, threads=threads)
-                    runner.activate()
-                    return (lambda: runner.infer(x)), runner.deactivate
-
                 ms = median_ms_loaded_in_turn(
-                    {k: (lambda p=p: loader(p)) for k, p in (("fp32", fp32), ("int8", int8))},
+                    {
+                        k: runner_turn(lambda p=p, t=threads: OnnxRuntimeRunner(p, t), sample)
+                        for k, p in (("fp32", fp32), ("int8", int8))
+                    },
                     args.rounds,
                     args.iters,
                 )

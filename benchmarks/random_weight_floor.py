@@ -95,7 +95,6 @@ def main() -> None:
     parser.add_argument("--calib-size", type=int, default=256)
     parser.add_argument("--out", type=Path, default=REPO / "reports" / "random_weight_floor.md")
     args = parser.parse_args()
-    torch.manual_seed(0)
     started = time.perf_counter()
     lines = [
         "# How much perturbation each model absorbs: trained Lite0 vs random LeViT / CvT",

@@ -43,6 +43,7 @@ from edgevt import api
 from edgevt.data.imagenet import default_data_root, open_dataset
 from edgevt.models import get_entry, load_model
 from edgevt.quant.calibrate import calibration_batches
+from edgevt.targets import artifact_name, get_target
 from edgevt.targets.base import Runner
 from edgevt.targets.onnx import OnnxRuntimeRunner
 from edgevt.targets.tflite import LiteRTRunner
@@ -180,8 +181,7 @@ def build_variants(name: str, work: Path, args: argparse.Namespace) -> list[Vari
         variants.append(Variant(label, "onnx", runner_infer(
             lambda t, p=path: OnnxRuntimeRunner(p, threads=t)), size(path)))  # fmt: skip
     for precision in ("fp32", "fp16", "w8", "int8"):
-        path = tfl.run_dir.path / ("model.tflite" if precision == "fp32"
-                                   else f"model_{precision}.tflite")  # fmt: skip
+        path = tfl.run_dir.path / artifact_name(get_target("tflite"), precision)
         variants.append(Variant(f"edgevt TFLite {precision}", "tflite", runner_infer(
             lambda t, p=path: LiteRTRunner(p, threads=t)), size(path)))  # fmt: skip
     if entry.family in ("levit", "cvt"):
@@ -190,7 +190,7 @@ def build_variants(name: str, work: Path, args: argparse.Namespace) -> list[Vari
         fast = api.export(name, "tflite", pretrained=pretrained, out=work / "tflite-fast",
                           precisions=["int8"], calib_table=table, float_ops=FAST_FLOAT_OPS,
                           progress=False)  # fmt: skip
-        path = fast.run_dir.path / "model_int8.tflite"
+        path = fast.run_dir.path / artifact_name(get_target("tflite"), "int8")
         variants.append(Variant("edgevt TFLite int8, fast recipe", "tflite", runner_infer(
             lambda t, p=path: LiteRTRunner(p, threads=t)), size(path)))  # fmt: skip
     alternatives = (

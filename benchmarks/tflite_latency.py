@@ -23,12 +23,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from fusion_speed import median_ms_loaded_in_turn  # noqa: E402  (benchmarks/ is the script's folder)
+from fusion_speed import median_ms_loaded_in_turn, runner_turn  # noqa: E402  (benchmarks/ is the script's folder)
 from report_file import command_line, cpu_flags, write_report  # noqa: E402
 
 from edgevt import api
 from edgevt.data.imagenet import default_data_root, open_dataset
 from edgevt.models import get_entry, list_models
+from edgevt.targets import artifact_name, get_target
 from edgevt.targets.tflite import LiteRTRunner
 from edgevt.validate.evaluate import compare_logits
 
@@ -36,11 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 PRECISIONS = ("fp32", "fp16", "w8", "int8")
 
 
-def tflite_path(run_dir: Path, precision: str) -> Path:
-    return run_dir / ("model.tflite" if precision == "fp32" else f"model_{precision}.tflite")
-
-
-def rounds_for(ms_estimate: float, budget_s: float = 0.4) -> int:
+def iters_for(ms_estimate: float, budget_s: float = 0.4) -> int:
     """Iterations per round so that one round of one variant takes about ``budget_s``."""
     return max(2, min(20, int(budget_s * 1e3 / max(ms_estimate, 1e-3))))
 
@@ -49,13 +46,12 @@ def measure(name: str, work: Path, args: argparse.Namespace) -> list[dict]:
     entry = get_entry(name)
     pretrained = entry.pretrained_path is not None
     precisions = [p for p in PRECISIONS if not (p == "int8" and name in args.int8_skip)]
-    started = time.perf_counter()
     calib = {"calib": default_data_root() / "imagenet-sample1000", "calib_size": args.calib_size}
     out = api.export(name, "tflite", pretrained=pretrained, out=work / name,
                      precisions=precisions[1:], progress=False,
                      **(calib if "int8" in precisions else {}))  # fmt: skip
-    export_s = time.perf_counter() - started
-    paths = {p: tflite_path(out.run_dir.path, p) for p in precisions}
+    spec = get_target("tflite")
+    paths = {p: out.run_dir.path / artifact_name(spec, p) for p in precisions}
     images = next(open_dataset(default_data_root() / "imagenet-val1000").subset(args.check)
                   .batches(entry.preprocess, args.check))[0]  # fmt: skip
     logits = {}
@@ -64,7 +60,7 @@ def measure(name: str, work: Path, args: argparse.Namespace) -> list[dict]:
             logits[p] = runner.infer(images)
     x = images[:1]
     rows = {p: {"model": name, "weights": "real" if pretrained else "random", "precision": p,
-                "mb": path.stat().st_size / 2**20, "export_s": export_s,
+                "mb": path.stat().st_size / 2**20,
                 **compare_logits(logits["fp32"], logits[p])}
             for p, path in paths.items()}  # fmt: skip
     for threads in args.threads:
@@ -72,14 +68,10 @@ def measure(name: str, work: Path, args: argparse.Namespace) -> list[dict]:
             first.infer(x)
             start = time.perf_counter()
             first.infer(x)
-            iters = rounds_for((time.perf_counter() - start) * 1e3)
+            iters = iters_for((time.perf_counter() - start) * 1e3)
 
-        def loader(path: Path, threads: int = threads):
-            runner = LiteRTRunner(path, threads=threads)
-            runner.activate()
-            return (lambda: runner.infer(x)), runner.deactivate
-
-        loaders = {p: (lambda path=path: loader(path)) for p, path in paths.items()}
+        loaders = {p: runner_turn(lambda path=path, t=threads: LiteRTRunner(path, threads=t), x)
+                   for p, path in paths.items()}  # fmt: skip
         ms = median_ms_loaded_in_turn(loaders, args.rounds, iters)
         for p in paths:
             rows[p][f"ms{threads}"] = ms[p]

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from fusion_speed import median_ms_loaded_in_turn  # noqa: E402  (benchmarks/ is the script's folder)
+from fusion_speed import median_ms_loaded_in_turn, runner_turn  # noqa: E402  (benchmarks/ is the script's folder)
 from report_file import cpu_flags  # noqa: E402
 
 from edgevt import api
@@ -125,14 +125,9 @@ def time_files(files: dict[str, Path], args, prefix: str = "") -> dict[str, dict
         get_entry(args.model).preprocess, 1))[0]  # fmt: skip
     result: dict[str, dict[int, float]] = {}
     for threads in args.threads:
-
-        def loader(path: Path, threads: int = threads):
-            runner = tflite.LiteRTRunner(path, threads=threads)
-            runner.activate()
-            return (lambda: runner.infer(x)), runner.deactivate
-
-        medians = median_ms_loaded_in_turn({k: (lambda p=p: loader(p)) for k, p in files.items()},
-                                           args.rounds, args.iters)  # fmt: skip
+        loaders = {k: runner_turn(lambda p=p, t=threads: tflite.LiteRTRunner(p, threads=t), x)
+                   for k, p in files.items()}  # fmt: skip
+        medians = median_ms_loaded_in_turn(loaders, args.rounds, args.iters)
         for k in files:
             result.setdefault(prefix + k, {})[threads] = medians[k]
         print(f"  timed {len(files)} files at {threads} thread(s)", flush=True)

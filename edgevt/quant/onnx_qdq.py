@@ -216,6 +216,8 @@ def plan_and_quantize(
     When its input is the output of an int8 op (EfficientNet's conv_head after the last
     block), the Q/DQ there is what keeps that op in int8, so the conv stays quantized.
     """
+    producer = {out: n.name for n in proto.graph.node for out in n.output}
+    input_of = {n.name: n.input[0] for n in proto.graph.node if n.input}
     floated: tuple[str, ...] = ()
     while True:
         plan = plan_qdq(proto, table, config, floated)
@@ -223,12 +225,10 @@ def plan_and_quantize(
         if not rules.int8_conv_needs_quantized_output:
             return plan, qdq
         int8_nodes = set(plan.nodes) | set(calibrated_elementwise_nodes(proto, plan, rules))
-        producer = {out: n.name for n in proto.graph.node for out in n.output}
-        by_name = {n.name: n for n in proto.graph.node}
         idle = [
             name
             for name in convs_without_quantized_output(qdq, plan)
-            if producer.get(by_name[name].input[0]) not in int8_nodes
+            if producer.get(input_of[name]) not in int8_nodes
         ]
         if not idle:
             return plan, qdq
