@@ -799,6 +799,7 @@ def qat(
     batch: int = 16,
     lr: float = 5e-6,
     range_lr: float = 1e-4,
+    clip_lr: float = 3e-2,
     temperature: float = 1.0,
     images: int = 1000,
     save_every: int = 25,
@@ -819,8 +820,9 @@ def qat(
         target: whose int8 rules the training simulates (``onnx``, ``tensorrt`` or
             ``tflite``); train for the target you ship to. The result exports to every target.
         steps / epochs: training length (default: 300 steps).
-        lr / range_lr: Adam learning rates of the weights and of the activation ranges (the
-            latter relative: 1e-4 moves a range by at most about 0.01 % per step).
+        lr / range_lr / clip_lr: Adam learning rates of the weights, of the activation ranges
+            and of the weight clips (the last two relative: 1e-4 moves a range by at most
+            about 0.01 % per step).
         images: how many images of ``data`` to train on (held in memory, preprocessed once).
         device: ``cuda`` / ``cpu``; None picks the GPU when there is one.
     """
@@ -843,8 +845,10 @@ def qat(
             raise EdgevtError(f"{name} must be at least 1.")
     if (steps is not None and steps < 1) or (epochs is not None and epochs <= 0):
         raise EdgevtError("--steps / --epochs must be positive.")
-    if lr <= 0 or range_lr < 0 or temperature <= 0:
-        raise EdgevtError("--lr and --temperature must be positive, --range-lr not negative.")
+    if lr <= 0 or range_lr < 0 or clip_lr < 0 or temperature <= 0:
+        raise EdgevtError(
+            "--lr and --temperature must be positive, --range-lr and --clip-lr not negative."
+        )
     table = CalibrationTable.load(calib_table)
     table.check_for(model)
     config = _quant_config(quant_config)
@@ -864,7 +868,7 @@ def qat(
         sim = QuantSim.for_export(fused.model, fp32, table, config, rules)
     x, teacher = _qat_data(fused.model, dataset, loaded.entry.preprocess, progress)
     settings = QatSettings(
-        n_steps, batch, lr, range_lr, temperature, seed, str(data), len(dataset),
+        n_steps, batch, lr, range_lr, clip_lr, temperature, seed, str(data), len(dataset),
         sha256(calib_table), target,
     )  # fmt: skip
     ckpt = run / QAT_CHECKPOINT

@@ -157,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Adam learning rate of the weights, cosine-decayed (default 5e-6)")
     p.add_argument("--range-lr", type=float, default=1e-4,
                    help="learning rate of the activation ranges, relative (default 1e-4)")
+    p.add_argument("--clip-lr", type=float, default=3e-2,
+                   help="learning rate of the clips of per-tensor weights, relative to max |w| "
+                   "(default 3e-2; 0 keeps PTQ's max |w|); per-channel weights keep max |w|")
     p.add_argument("--temperature", type=float, default=1.0,
                    help="distillation temperature (default 1)")
     p.add_argument("--images", type=int, default=1000,
@@ -468,8 +471,9 @@ def cmd_qat(args: argparse.Namespace) -> None:
         args.model, args.checkpoint, data=args.data, calib_table=args.calib_table,
         out=args.out, pretrained=args.pretrained, target=args.target,
         quant_config=args.quant_config, steps=args.steps, epochs=args.epochs, batch=args.batch,
-        lr=args.lr, range_lr=args.range_lr, temperature=args.temperature, images=args.images,
-        save_every=args.save_every, restart=args.restart, seed=args.seed, device=args.device,
+        lr=args.lr, range_lr=args.range_lr, clip_lr=args.clip_lr, temperature=args.temperature,
+        images=args.images, save_every=args.save_every, restart=args.restart, seed=args.seed,
+        device=args.device,
     )  # fmt: skip
     s = out.summary
     print(

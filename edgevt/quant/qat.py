@@ -4,8 +4,11 @@
   (found by building that graph, ``onnx_qdq.quantized_tensors``), with the ranges of the
   CalibrationTable, so step 0 reproduces the PTQ artifact.
 * Weights: per-channel (or per-tensor) symmetric fake quantization with the straight-through
-  estimator; the scale follows max |w|, which is how every exporter derives it, so the trained
-  weights export with no extra state.
+  estimator. A per-tensor clipping threshold is learnable (LSQ-style), as a multiplier <= 1
+  of max |w|: it can give up a few outlier channels to resolve the rest (per-channel scales
+  stay at max |w|, which already fits each channel). Every exporter
+  derives the scale from max |w|, so the export clips the weights at the learned threshold:
+  max |w| then is the threshold, and the trained weights export with no extra state.
 * Activations: learnable ranges (LSQ+-style: the gradient reaches min and max through the
   rounding and clipping). They are stored as multipliers of the calibrated range, so one
   learning rate suits tensors whose ranges differ by orders of magnitude. The learned ranges
@@ -38,7 +41,7 @@ from edgevt.quant.config import QuantConfig
 from edgevt.quant.onnx_qdq import QuantizedTensor, TargetRules
 from edgevt.quant.table import CalibrationTable, TensorRange
 
-CHECKPOINT_FORMAT = "edgevt.qat-checkpoint/1"
+CHECKPOINT_FORMAT = "edgevt.qat-checkpoint/2"  # 2: learnable weight clips
 
 
 def _round_ste(x: torch.Tensor) -> torch.Tensor:
@@ -61,22 +64,44 @@ def fake_quant_learnable(
     return (q - zero) * scale
 
 
+# The learned weight clip stays within [CLIP_MIN, 1] x max |w| (projected after each step):
+# above 1 the exporter's max |w| would not be the clip; near 0 a channel would be erased.
+CLIP_MIN = 0.05
+
+
 class WeightFakeQuant(nn.Module):
-    """Parametrization: symmetric int8 weights, scale from max |w|, straight-through gradient."""
+    """Parametrization: symmetric int8 weights clipped at ``clip_scale`` x max |w| (per-tensor
+    max |w| or each channel's), straight-through. The per-tensor clip is learnable (LSQ: the
+    gradient reaches it through the rounding and the clipping); a per-channel max |w| already
+    fits its channel, and learning those clips measured worse on Lite0 (Adam moves each by
+    about the learning rate per step, whatever its gradient)."""
 
     def __init__(self, qmax: int, per_channel: bool) -> None:
         super().__init__()
         self.qmax, self.per_channel = qmax, per_channel
+        self.clip_scale = nn.Parameter(torch.ones(1), requires_grad=not per_channel)
 
     enabled = True
+
+    def clip(self, w: torch.Tensor) -> torch.Tensor:
+        """The clipping threshold per output channel, shaped to broadcast against ``w``."""
+        flat = w.detach().abs().reshape(w.shape[0], -1)
+        amax = flat.amax(dim=1) if self.per_channel else flat.amax().expand(w.shape[0])
+        return (amax * self.clip_scale).clamp_min(1e-12).reshape(-1, *([1] * (w.dim() - 1)))
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         if not self.enabled:
             return w
-        flat = w.detach().abs().reshape(w.shape[0], -1)
-        amax = flat.amax(dim=1) if self.per_channel else flat.amax().expand(w.shape[0])
-        scale = (amax.clamp_min(1e-12) / self.qmax).reshape(-1, *([1] * (w.dim() - 1)))
+        scale = self.clip(w) / self.qmax
         return torch.clamp(_round_ste(w / scale), -self.qmax, self.qmax) * scale
+
+    def exported(self, w: torch.Tensor) -> torch.Tensor:
+        """``w`` clipped at the threshold: its max |w| is the threshold, so the exporter's
+        scale (max |w| / qmax) is the trained one and the int8 weights are identical."""
+        if not self.enabled:
+            return w.detach().clone()
+        clip = self.clip(w).detach()
+        return torch.maximum(torch.minimum(w.detach(), clip), -clip)
 
 
 class QuantSim(nn.Module):
@@ -187,15 +212,34 @@ class QuantSim(nn.Module):
                 h.remove()
 
     def float_parameters(self) -> list[nn.Parameter]:
-        return [p for n, p in self.named_parameters() if n not in ("lo_scale", "hi_scale")]
+        return [p for n, p in self.named_parameters() if not _is_multiplier(n)]
+
+    def clip_parameters(self) -> list[nn.Parameter]:
+        """The learned weight clips (multipliers of max |w|): per-tensor weights only."""
+        return [q.clip_scale for q in self._weight_quants().values() if not q.per_channel]
+
+    def project(self) -> None:
+        """Keep each weight clip within [CLIP_MIN, 1] x max |w| (after an optimizer step)."""
+        with torch.no_grad():
+            for clip in self.clip_parameters():
+                clip.clamp_(CLIP_MIN, 1.0)
+
+    def _weight_quants(self) -> dict[str, WeightFakeQuant]:
+        modules = dict(self.model.named_modules())
+        return {name: modules[name].parametrizations.weight[0] for name in self.weight_ops}
 
     def export_model(self) -> nn.Module:
-        """A plain copy of the trained float model (no parametrizations) for every exporter."""
+        """A plain copy of the trained float model (no parametrizations) for every exporter,
+        its weights clipped at the learned thresholds."""
         suffix = ".parametrizations.weight.original"
-        state = {
-            (k[: -len(suffix)] + ".weight" if k.endswith(suffix) else k): v.detach().clone()
-            for k, v in self.model.state_dict().items()
-        }
+        quants = self._weight_quants()
+        state = {}
+        for key, value in self.model.state_dict().items():
+            if key.endswith(suffix):
+                name = key[: -len(suffix)]
+                state[name + ".weight"] = quants[name].exported(value)
+            elif ".parametrizations.weight." not in key:
+                state[key] = value.detach().clone()
         model = copy.deepcopy(self._skeleton)
         model.load_state_dict(state)
         return model.eval()
@@ -221,6 +265,11 @@ class QuantSim(nn.Module):
                 table.weight_amax[name] = [round(float(v), 8) for v in weight_amax(modules[name])]
         table.source = {**base.source, "qat": extra_source}
         return table
+
+
+def _is_multiplier(name: str) -> bool:
+    """Activation ranges and weight clips: trained at their own rates, not as weights."""
+    return name in ("lo_scale", "hi_scale") or name.endswith(".clip_scale")
 
 
 def op_of(key: str) -> str:
@@ -256,6 +305,7 @@ class QatSettings:
     batch: int
     lr: float
     range_lr: float
+    clip_lr: float
     temperature: float
     seed: int
     data: str
@@ -329,6 +379,8 @@ def train(
             {"params": sim.float_parameters(), "lr": settings.lr, "base_lr": settings.lr},
             {"params": [sim.lo_scale, sim.hi_scale], "lr": settings.range_lr,
              "base_lr": settings.range_lr},
+            {"params": sim.clip_parameters(), "lr": settings.clip_lr,
+             "base_lr": settings.clip_lr},
         ]
     )  # fmt: skip
     state = QatState(0, [])
@@ -352,6 +404,7 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            sim.project()
             loss_value = loss.item()
             agree = float((logits.detach().argmax(1).cpu() == target.argmax(1)).float().mean())
             agree_ema = agree if agree_ema is None else 0.9 * agree_ema + 0.1 * agree

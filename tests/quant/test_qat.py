@@ -52,6 +52,54 @@ def test_step0_is_the_exported_ptq_graph(tiny, tmp_path, target) -> None:  # noq
     assert compare_logits(ref, simulated)["cosine"] < 0.99999  # it does quantize
 
 
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_learned_weight_clips_and_ranges_export_to_the_simulated_graph(
+    tiny, tmp_path, per_channel  # noqa: F811
+) -> None:
+    """After training moves the weight clips and ranges, the export (clipped weights + learned
+    table) is still the graph the simulation ran: the clip lives in the weights themselves."""
+    model, images, table, info, fp32 = tiny
+    config = EVERY_OP if per_channel else QuantConfig.from_dict(
+        {"global": {"weights": "per_tensor"}, "op_type": {"matmul": {}}}
+    )
+    sim = sim_for(model, table, fp32, "onnx", config)
+    quants = sim._weight_quants()
+    modules = dict(sim.model.named_modules())
+    assert quants
+    with torch.no_grad():
+        before = sim(images[:16])
+        for i, quant in enumerate(quants.values()):
+            quant.clip_scale.fill_(0.6 + 0.1 * (i % 3))
+        # Only per-tensor clips are trained (a per-channel max |w| already fits its channel);
+        # one pushed past max |w| is projected back to it.
+        assert len(sim.clip_parameters()) == (0 if per_channel else len(quants))
+        if not per_channel:
+            quant.clip_scale.fill_(3.0)
+            sim.project()
+            assert float(quant.clip_scale.max()) == 1.0
+        sim.hi_scale.mul_(0.8)
+        simulated = sim(images[:16])
+    assert compare_logits(before.numpy(), simulated.numpy())["cosine"] < 0.9999  # clips bite
+    trained = sim.export_model()
+    learned = sim.learned_table(table, {"steps": 1})
+    first = next(iter(quants))  # its clip is 0.6 x max |w|, in the weights and the table
+    original = modules[first].parametrizations.weight.original.detach()
+    clipped = dict(trained.named_modules())[first].weight.detach()
+    rows = (t.abs().reshape(len(t), -1).amax(1) for t in (original, clipped))
+    amax, amax_clipped = rows
+    expected = 0.6 * (amax if per_channel else amax.max())
+    assert torch.allclose(amax_clipped.max() if not per_channel else amax_clipped, expected)
+    assert learned.weight_amax[first] == pytest.approx(amax_clipped.tolist(), rel=1e-5)
+    out = tmp_path / "qat.onnx"
+    from edgevt.targets.onnx import export_onnx
+
+    export_onnx(trained, info, tmp_path / "fp32.onnx")
+    write_qdq_onnx(tmp_path / "fp32.onnx", out, learned, config, RULES["onnx"], info)
+    with OnnxRuntimeRunner(out, optimization="none") as runner:
+        exact = runner.infer(images[:16].numpy())
+    assert compare_logits(simulated.numpy(), exact)["cosine"] > 0.9999
+
+
 def test_tflite_simulation_has_full_8bit_weights(tiny) -> None:  # noqa: F811
     """QAT for LiteRT trains through 8-bit weights (ORT's simulation: 7-bit), so it is the
     closer of the two to fp32, and the same tensors are quantized."""
@@ -191,6 +239,8 @@ def test_bad_qat_input_gives_one_clear_error(
     )  # fmt: skip
     one_line_error(run("qat", *LITE0, "--data", str(calib_dir), *common, "--batch", "0"),
                    "--batch must be at least 1")  # fmt: skip
+    one_line_error(run("qat", *LITE0, "--data", str(calib_dir), *common, "--clip-lr", "-1"),
+                   "--clip-lr not negative")  # fmt: skip
 
 
 if __name__ == "__main__":
