@@ -126,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="quantization-aware training from a PTQ table, distilled from fp32",
         description="Fine-tune the fused model through its int8 numerics, starting from the "
         "PTQ result (step 0 = what `export --int8 --calib-table` ships), with learnable "
-        "activation ranges and distillation from the fp32 model. Writes RUN_DIR/fused.pt and "
+        "activation ranges (and clips of per-tensor weights) and distillation from the fp32 "
+        "model. Writes RUN_DIR/fused.pt and "
         "RUN_DIR/calibration.json, which every target exports like PTQ's. Re-running the same "
         "command after an interruption resumes from the last checkpoint.",
         epilog="example:\n  edgevt calibrate efficientnet_lite0 --pretrained --data "
