@@ -65,7 +65,7 @@ def fake_quant_learnable(
 
 
 # The learned weight clip stays within [CLIP_MIN, 1] x max |w| (projected after each step):
-# above 1 the exporter's max |w| would not be the clip; near 0 a channel would be erased.
+# above 1 the exporter's max |w| would not be the clip; near 0 every weight would saturate.
 CLIP_MIN = 0.05
 
 
@@ -137,10 +137,12 @@ class QuantSim(nn.Module):
         object.__setattr__(self, "_skeleton", copy.deepcopy(self.model))
         modules = dict(self.model.named_modules())
         self.weight_ops = dict(weight_ops)
+        # The weight parametrizations by op name, kept as a plain dict (not submodules twice).
+        quants: dict[str, WeightFakeQuant] = {}
         for name, (qmax, per_channel) in self.weight_ops.items():
-            parametrize.register_parametrization(
-                modules[name], "weight", WeightFakeQuant(qmax, per_channel)
-            )
+            quants[name] = WeightFakeQuant(qmax, per_channel)
+            parametrize.register_parametrization(modules[name], "weight", quants[name])
+        object.__setattr__(self, "weight_quants", quants)
         self.ops = {op_of(k) for t in tensors for k in t.keys} | set(self.weight_ops)
         self.set_active(self.ops)
 
@@ -171,9 +173,8 @@ class QuantSim(nn.Module):
         active = set(ops)
         self._key_on = {k: op_of(k) in active for t in self.tensors for k in t.keys}
         self._group_on = [all(self._key_on[k] for k in t.keys) for t in self.tensors]
-        modules = dict(self.model.named_modules())
-        for name in self.weight_ops:
-            modules[name].parametrizations.weight[0].enabled = name in active
+        for name, quant in self.weight_quants.items():
+            quant.enabled = name in active
 
     def ranges(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.init_lo * self.lo_scale, self.init_hi * self.hi_scale
@@ -216,7 +217,7 @@ class QuantSim(nn.Module):
 
     def clip_parameters(self) -> list[nn.Parameter]:
         """The learned weight clips (multipliers of max |w|): per-tensor weights only."""
-        return [q.clip_scale for q in self._weight_quants().values() if not q.per_channel]
+        return [q.clip_scale for q in self.weight_quants.values() if not q.per_channel]
 
     def project(self) -> None:
         """Keep each weight clip within [CLIP_MIN, 1] x max |w| (after an optimizer step)."""
@@ -224,20 +225,15 @@ class QuantSim(nn.Module):
             for clip in self.clip_parameters():
                 clip.clamp_(CLIP_MIN, 1.0)
 
-    def _weight_quants(self) -> dict[str, WeightFakeQuant]:
-        modules = dict(self.model.named_modules())
-        return {name: modules[name].parametrizations.weight[0] for name in self.weight_ops}
-
     def export_model(self) -> nn.Module:
         """A plain copy of the trained float model (no parametrizations) for every exporter,
         its weights clipped at the learned thresholds."""
         suffix = ".parametrizations.weight.original"
-        quants = self._weight_quants()
         state = {}
         for key, value in self.model.state_dict().items():
             if key.endswith(suffix):
                 name = key[: -len(suffix)]
-                state[name + ".weight"] = quants[name].exported(value)
+                state[name + ".weight"] = self.weight_quants[name].exported(value)
             elif ".parametrizations.weight." not in key:
                 state[key] = value.detach().clone()
         model = copy.deepcopy(self._skeleton)

@@ -63,32 +63,36 @@ def test_learned_weight_clips_and_ranges_export_to_the_simulated_graph(
         {"global": {"weights": "per_tensor"}, "op_type": {"matmul": {}}}
     )
     sim = sim_for(model, table, fp32, "onnx", config)
-    quants = sim._weight_quants()
-    modules = dict(sim.model.named_modules())
+    quants = sim.weight_quants
     assert quants
+    # Only per-tensor clips are trained (a per-channel max |w| already fits its channel), and
+    # the gradient reaches them through the rounding and the clipping (LSQ).
+    clips = sim.clip_parameters()
+    assert len(clips) == (0 if per_channel else len(quants))
+    sim(images[:8]).logsumexp(1).mean().backward()
+    assert all(c.grad is not None and c.grad.abs().sum() > 0 for c in clips)
     with torch.no_grad():
         before = sim(images[:16])
         for i, quant in enumerate(quants.values()):
             quant.clip_scale.fill_(0.6 + 0.1 * (i % 3))
-        # Only per-tensor clips are trained (a per-channel max |w| already fits its channel);
-        # one pushed past max |w| is projected back to it.
-        assert len(sim.clip_parameters()) == (0 if per_channel else len(quants))
-        if not per_channel:
-            quant.clip_scale.fill_(3.0)
+        if not per_channel:  # a clip pushed past max |w| is projected back to it
+            last = clips[-1]
+            last.fill_(3.0)
             sim.project()
-            assert float(quant.clip_scale.max()) == 1.0
+            assert float(last) == 1.0
         sim.hi_scale.mul_(0.8)
         simulated = sim(images[:16])
     assert compare_logits(before.numpy(), simulated.numpy())["cosine"] < 0.9999  # clips bite
     trained = sim.export_model()
     learned = sim.learned_table(table, {"steps": 1})
     first = next(iter(quants))  # its clip is 0.6 x max |w|, in the weights and the table
-    original = modules[first].parametrizations.weight.original.detach()
-    clipped = dict(trained.named_modules())[first].weight.detach()
-    rows = (t.abs().reshape(len(t), -1).amax(1) for t in (original, clipped))
-    amax, amax_clipped = rows
-    expected = 0.6 * (amax if per_channel else amax.max())
-    assert torch.allclose(amax_clipped.max() if not per_channel else amax_clipped, expected)
+    original = dict(sim.model.named_modules())[first].parametrizations.weight.original
+    clipped = dict(trained.named_modules())[first].weight
+    amax, amax_clipped = (t.detach().abs().reshape(len(t), -1).amax(1) for t in (original, clipped))
+    if per_channel:
+        assert torch.allclose(amax_clipped, 0.6 * amax)
+    else:
+        assert torch.allclose(amax_clipped.max(), 0.6 * amax.max())
     assert learned.weight_amax[first] == pytest.approx(amax_clipped.tolist(), rel=1e-5)
     out = tmp_path / "qat.onnx"
     from edgevt.targets.onnx import export_onnx
