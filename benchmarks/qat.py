@@ -40,6 +40,7 @@ def main() -> int:
     args = p.parse_args()
     qat_run = Path(args.qat_run)
     from edgevt.validate.evaluate import compare_logits
+    from edgevt.validate.significance import describe, paired_top1
 
     # One fp32 reference for every row: the original model (QAT's own float weights moved).
     ref = api.evaluate(args.model, args.data, args.checkpoint, pretrained=args.pretrained,
@@ -59,13 +60,13 @@ def main() -> int:
             int8 = next(p for p in outcome.artifacts if "int8" in p or "w8a8" in p)
             result = api.evaluate(outcome.run_dir / int8, args.data, limit=args.limit)
             agree = compare_logits(ref.logits, result.logits)
-            lost, won = flipped(ref, result)
             rows.append({"model": label, "target": target, "artifact": int8,
                          "top1_fp32": ref.top1, "top1_int8": result.top1,
                          "top5_int8": result.top5, "cosine": agree["cosine"],
-                         "agreement": agree["top1_agreement"], "lost": lost,
-                         "won": won})  # fmt: skip
-            print(json.dumps(rows[-1]), file=sys.stderr)
+                         "agreement": agree["top1_agreement"], "logits": result.logits,
+                         **paired_top1(ref.labels, ref.logits, result.logits)})  # fmt: skip
+            print(json.dumps({k: v for k, v in rows[-1].items() if k != "logits"}),
+                  file=sys.stderr)  # fmt: skip
     qat_log = json.loads((qat_run / "qat.json").read_text())
     lines = [
         f"# PTQ vs QAT int8: {args.model}",
@@ -77,9 +78,9 @@ def main() -> int:
         f"{f' (first {args.limit})' if args.limit else ''}; fp32 = PyTorch fp32 of the original "
         f"model ({ref.top1:.2f} % top-1); cosine and agreement are against its logits. lost / won: "
         "images fp32 gets right and int8 wrong / fp32 wrong and int8 right (Δ = won − lost); "
-        "a difference of a few images between two rows is within the noise of this subset.",
+        "p: McNemar's exact test of that split (p >= 0.05: within the noise of this subset).",
         "",
-        "| model | target | top-1 fp32 | top-1 int8 | Δ | lost / won | top-5 int8 | cosine "
+        "| model | target | top-1 fp32 | top-1 int8 | Δ | lost / won (p) | top-5 int8 | cosine "
         "| agreement |",
         "|---|---|--:|--:|--:|--:|--:|--:|--:|",
     ]
@@ -87,22 +88,23 @@ def main() -> int:
         delta = r["top1_int8"] - r["top1_fp32"]
         lines.append(
             f"| {r['model']} | {r['target']} | {r['top1_fp32']:.2f} | {r['top1_int8']:.2f} | "
-            f"{delta:+.2f} | {r['lost']} / {r['won']} | {r['top5_int8']:.2f} | "
-            f"{r['cosine']:.5f} | {r['agreement']:.3f} |"
+            f"{delta:+.2f} | {r['lost']} / {r['won']} (p={r['p_value']:.2g}) | "
+            f"{r['top5_int8']:.2f} | {r['cosine']:.5f} | {r['agreement']:.3f} |"
         )
+    lines += ["", "QAT against PTQ on the same images (lost: PTQ right, QAT wrong; won: the "
+              "reverse; McNemar's exact test):", ""]  # fmt: skip
+    for target in args.targets:
+        ptq, qat = (next(r for r in rows if r["model"] == m and r["target"] == target)
+                    for m in ("PTQ", "QAT"))  # fmt: skip
+        paired = paired_top1(ref.labels, ptq["logits"], qat["logits"])
+        lines.append(f"- {target}: QAT {qat['top1_int8'] - ptq['top1_int8']:+.2f} pt vs PTQ, "
+                     f"{describe(paired['lost'], paired['won'], paired['p_value'])}")  # fmt: skip
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text)
     return 0
-
-
-def flipped(ref, result) -> tuple[int, int]:
-    """Images the fp32 reference gets right and ``result`` wrong, and the reverse."""
-    right_ref = ref.logits.argmax(1) == ref.labels
-    right = result.logits.argmax(1) == result.labels
-    return int((right_ref & ~right).sum()), int((~right_ref & right).sum())
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from edgevt.targets import (
 from edgevt.targets.base import Runner
 from edgevt.validate.evaluate import EvalResult, compare_logits
 from edgevt.validate.evaluate import evaluate as _evaluate
+from edgevt.validate.significance import paired_top1
 
 FUSED_FILE = "fused.pt"
 
@@ -962,7 +963,10 @@ def evaluate_against_reference(
         art = _evaluate(open_runner(artifact), dataset, progress=progress)
         results[artifact.name] = {
             **art.to_dict(),
-            "vs_pytorch_fp32": compare_logits(ref.logits, art.logits),
+            "vs_pytorch_fp32": {
+                **compare_logits(ref.logits, art.logits),
+                **paired_top1(ref.labels, ref.logits, art.logits),
+            },
         }
     return results
 

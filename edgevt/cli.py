@@ -596,8 +596,12 @@ def cmd_export(args: argparse.Namespace) -> None:
     for name, e in out.evals.items():
         extra = ""
         if "vs_pytorch_fp32" in e:
-            agree = 100 * e["vs_pytorch_fp32"]["top1_agreement"]
-            extra = f", top-1 agreement with PyTorch {agree:.1f} %"
+            vs = e["vs_pytorch_fp32"]
+            extra = f", top-1 agreement with PyTorch {100 * vs['top1_agreement']:.1f} %"
+            if "p_value" in vs:
+                from edgevt.validate.significance import describe
+
+                extra += f", {describe(vs['lost'], vs['won'], vs['p_value'])}"
         print(f"{name:<16} top-1 {e['top1']:6.2f} %  top-5 {e['top5']:6.2f} %  (n={e['n']}{extra})")
     print(f"run directory: {out.run_dir.path} (manifest.json)")
     if args.json:

@@ -36,6 +36,9 @@ class Row:
     agreement: float | None = None  # top-1 agreement with the fp32 PyTorch model
     cosine: float | None = None
     size_mb: float | None = None
+    lost: int | None = None  # images fp32 gets right and this artifact wrong
+    won: int | None = None  # and the reverse
+    p_value: float | None = None  # exact McNemar test of lost vs won
 
 
 @dataclass
@@ -106,6 +109,7 @@ def collect(run_dirs: list[Path], device_results: list[Path] = ()) -> Report:
                     result.get("top1"), result.get("top5"), result.get("n"),
                     vs.get("top1_agreement"), vs.get("cosine"),
                     artifact_size(run_dir / name) / 1e6,
+                    vs.get("lost"), vs.get("won"), vs.get("p_value"),
                 )
             )  # fmt: skip
         for path in sorted((run_dir / "bench").glob("*.json")):
@@ -204,9 +208,16 @@ def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
     return "–" if value is None else f"{value:{spec}}{suffix}"
 
 
+def _flips(r: Row) -> str:
+    if r.p_value is None or r.weights != "real":
+        return "–"
+    return f"{r.lost} / {r.won} (p={r.p_value:.2g})"
+
+
 def accuracy_table(report: Report) -> list[list[str]]:
     header = ["run", "model", "weights", "artifact", "target", "precision", "top-1 %", "top-5 %",
-              "Δ top-1 vs fp32", "agreement", "cosine", "size MB", "images"]  # fmt: skip
+              "Δ top-1 vs fp32", "lost / won (p)", "agreement", "cosine", "size MB",
+              "images"]  # fmt: skip
     table = [header]
     for r in report.rows:
         fp32 = next(
@@ -215,7 +226,7 @@ def accuracy_table(report: Report) -> list[list[str]]:
         delta = None if r.top1 is None or fp32 is None else r.top1 - fp32.top1
         table.append([
             r.run, r.model, r.weights, r.artifact, r.target, r.precision,
-            _fmt(r.top1, ".2f"), _fmt(r.top5, ".2f"), _fmt(delta, "+.2f"),
+            _fmt(r.top1, ".2f"), _fmt(r.top5, ".2f"), _fmt(delta, "+.2f"), _flips(r),
             _fmt(None if r.agreement is None else 100 * r.agreement, ".1f", " %"),
             _fmt(r.cosine, ".5f"), _fmt(r.size_mb, ".1f"), _fmt(r.n, "d"),
         ])  # fmt: skip
@@ -374,6 +385,13 @@ def write_report(report: Report, out: Path, title: str) -> dict[str, Path]:
     points = plot_points(report)
     scatter = scatter_svg(points)
     calib = _calibration_lines(report)
+    flips_note = (
+        "lost / won: images the fp32 PyTorch model gets right and the artifact wrong, and the "
+        "reverse; p is McNemar's exact test of that split. p >= 0.05: the top-1 difference is "
+        "within the noise of this many images."
+        if any(r.p_value is not None for r in report.rows)
+        else ""
+    )
     random_note = (
         "Rows with random weights: accuracy against labels is meaningless; agreement and cosine "
         "(vs the fp32 PyTorch model) are the measure."
@@ -387,7 +405,8 @@ def write_report(report: Report, out: Path, title: str) -> dict[str, Path]:
         if any(r.target == "tensorrt" and r.precision == "int8" for r in report.rows)
         else ""
     )
-    md = [f"# {title}", "", "## Accuracy", "", _markdown_table(accuracy), "", random_note, "",
+    md = [f"# {title}", "", "## Accuracy", "", _markdown_table(accuracy), "", flips_note, "",
+          random_note, "",
           "## Latency", "", _markdown_table(latency), "", trt_note, "",
           "## Accuracy vs latency", "", "See `report.html` for the plot; points:", ""]  # fmt: skip
     md += [f"- {p['label']}: {p['latency']:.2f} ms, {p['accuracy']:.2f} %"
@@ -419,7 +438,7 @@ td:nth-child(-n+4) {{ text-align: left; }}
 <figcaption>One point per artifact (host, fewest threads timed); red: on its model's Pareto
 front (no other artifact of that model is both faster and more accurate).
 </figcaption></figure>
-<h2>Accuracy</h2>{_html_table(accuracy)}<p>{html.escape(random_note)}</p>
+<h2>Accuracy</h2>{_html_table(accuracy)}<p>{html.escape(flips_note)}</p><p>{html.escape(random_note)}</p>
 <h2>Latency</h2>{_html_table(latency)}<p>{html.escape(trt_note)}</p>
 <h2>Calibration</h2><ul>{
         "".join(f"<li>{html.escape(c)}</li>" for c in calib) or "<li>no int8 in these runs</li>"

@@ -49,6 +49,11 @@ def test_report_tables_hold_accuracy_latency_and_device_results(report_dir: Path
     assert set(rows) == {"PyTorch (unfused)", "model.onnx", "model_int8.onnx"}
     assert rows["model_int8.onnx"]["precision"] == "int8" and rows["model_int8.onnx"]["n"] == 32
     assert 0 < rows["model_int8.onnx"]["cosine"] <= 1
+    # lost / won against fp32 on the same 32 images account for the top-1 difference exactly.
+    int8, fp32 = rows["model_int8.onnx"], rows["PyTorch (unfused)"]
+    assert int8["won"] - int8["lost"] == round((int8["top1"] - fp32["top1"]) * 32 / 100)
+    assert 0 < int8["p_value"] <= 1
+    assert f"| {int8['lost']} / {int8['won']} (p=" in md and "McNemar" in md
     places = {(t["artifact"], t["where"]) for t in data["timings"]}
     # The bundle ran on this x86 host, not on a Pi: the report says so.
     machine = platform.machine()
