@@ -41,11 +41,50 @@ from edgevt.quant.config import QuantConfig
 from edgevt.quant.onnx_qdq import QuantizedTensor, TargetRules
 from edgevt.quant.table import CalibrationTable, TensorRange
 
-CHECKPOINT_FORMAT = "edgevt.qat-checkpoint/2"  # 2: learnable weight clips
+CHECKPOINT_FORMAT = "edgevt.qat-checkpoint/3"  # 2: learnable weight clips; 3: exact STE bounds
 
 
 def _round_ste(x: torch.Tensor) -> torch.Tensor:
     return x + (torch.round(x) - x).detach()
+
+
+class _FakeQuant(torch.autograd.Function):
+    """``(clamp(round(x / scale) + zero, qmin, qmax) - zero) * scale``, the target's arithmetic,
+    with the straight-through gradients of PyTorch's learnable fake-quant (LSQ / LSQ+): an
+    element is in range when its rounded value is; there x gets the gradient and scale
+    ``round(u) - u``; a saturated element gives scale ``q - zero`` and zero ``-scale``.
+
+    One pass instead of autograd's chain of temporaries: QAT steps spend most of their time
+    here, and deciding "in range" on the rounded integer keeps it exact (composing ``x +
+    (round(x) - x).detach()`` lands on either side of a bound by float error).
+    """
+
+    @staticmethod
+    def forward(ctx, x, scale, zero, qmin: int, qmax: int):  # type: ignore[override]
+        u = x / scale
+        q = torch.round(u).add_(zero)
+        inside = (q >= qmin) & (q <= qmax)
+        q = q.clamp_(qmin, qmax).sub_(zero)
+        ctx.save_for_backward(inside, torch.where(inside, q - u, q), scale, zero)
+        return q.mul_(scale)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        inside, dscale, scale, zero = ctx.saved_tensors
+        grad_x = grad * inside
+        grad_scale = grad_zero = None
+        if ctx.needs_input_grad[1]:
+            grad_scale = (grad * dscale).sum_to_size(scale.shape)
+        if ctx.needs_input_grad[2]:
+            grad_zero = -(scale * (grad - grad_x).sum_to_size(zero.shape))
+        return grad_x, grad_scale, grad_zero, None, None
+
+
+def fake_quant(
+    x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, qmin: int, qmax: int
+) -> torch.Tensor:
+    """Fake quantization with an integer-valued ``zero`` (broadcastable, like ``scale``)."""
+    return _FakeQuant.apply(x, scale, zero, qmin, qmax)
 
 
 def fake_quant_learnable(
@@ -55,13 +94,11 @@ def fake_quant_learnable(
     (``fakequant.activation_qparams``), differentiable in x, lo and hi."""
     if signed:
         scale = torch.maximum(-lo, hi).clamp_min(1e-8) / 127.0
-        q = torch.clamp(_round_ste(x / scale), -127, 127)
-        return q * scale
+        return fake_quant(x, scale, torch.zeros_like(scale), -127, 127)
     lo, hi = lo.clamp(max=0.0), hi.clamp(min=0.0)
     scale = (hi - lo).clamp_min(1e-8) / 255.0
     zero = torch.clamp(_round_ste(-lo / scale), 0, 255)
-    q = torch.clamp(_round_ste(x / scale) + zero, 0, 255)
-    return (q - zero) * scale
+    return fake_quant(x, scale, zero, 0, 255)
 
 
 # The learned weight clip stays within [CLIP_MIN, 1] x max |w| (projected after each step):
@@ -93,7 +130,7 @@ class WeightFakeQuant(nn.Module):
         if not self.enabled:
             return w
         scale = self.clip(w) / self.qmax
-        return torch.clamp(_round_ste(w / scale), -self.qmax, self.qmax) * scale
+        return fake_quant(w, scale, torch.zeros_like(scale), -self.qmax, self.qmax)
 
     def exported(self, w: torch.Tensor) -> torch.Tensor:
         """``w`` clipped at the threshold: its max |w| is the threshold, so the exporter's
@@ -132,6 +169,7 @@ class QuantSim(nn.Module):
         self.hi_scale = nn.Parameter(torch.ones(len(tensors)))
         self._key_on: dict[str, bool] = {}
         self._group_on: list[bool] = []
+        self._done: dict[int, tuple[torch.Tensor, int]] = {}  # id -> (fake-quantized, group)
         # An untouched copy to load trained weights into: parametrized classes cannot be
         # deep-copied and un-parametrized safely (the copies share the generated class).
         object.__setattr__(self, "_skeleton", copy.deepcopy(self.model))
@@ -182,7 +220,17 @@ class QuantSim(nn.Module):
     def _quantize(self, key: str, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor):
         i = self.group.get(key)
         on = i is not None and (self._group_on[i] if key.endswith(":out") else self._key_on[key])
-        return fake_quant_learnable(x, lo[i], hi[i], self.signed) if on else x
+        return self._fake_quant(x, i, lo, hi) if on else x
+
+    def _fake_quant(self, x: torch.Tensor, i: int, lo: torch.Tensor, hi: torch.Tensor):
+        # A tensor quantized at its producer reaches its consumers already on the grid of the
+        # same range: quantizing it again changes no value, so skip it (half the step's work).
+        done = self._done.get(id(x))
+        if done is not None and done[0] is x and done[1] == i:
+            return x
+        y = fake_quant_learnable(x, lo[i], hi[i], self.signed)
+        self._done[id(y)] = (y, i)
+        return y
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         lo, hi = self.ranges()
@@ -200,15 +248,15 @@ class QuantSim(nn.Module):
                 if not self._group_on[i]:
                     continue
                 hooks.append(module.register_forward_hook(
-                    lambda _m, _a, y, i=i: fake_quant_learnable(y, lo[i], hi[i], self.signed)
+                    lambda _m, _a, y, i=i: self._fake_quant(y, i, lo, hi)
                     if isinstance(y, torch.Tensor) else None
                 ))  # fmt: skip
+        self._done = {}
         try:
-            # Quantizing a tensor twice with one scale changes nothing, so a consumer that
-            # quantizes what its producer already did is harmless.
             with OpTracer(self.model, rewrite=inputs, rewrite_output=output):
                 return self.model(images)
         finally:
+            self._done = {}
             for h in hooks:
                 h.remove()
 

@@ -18,7 +18,7 @@ import torch
 from edgevt.quant.calibrate import calibrate_model
 from edgevt.quant.config import QuantConfig
 from edgevt.quant.onnx_qdq import RULES, quantized_tensors, write_qdq_onnx
-from edgevt.quant.qat import QuantSim, batch_indices
+from edgevt.quant.qat import QuantSim, batch_indices, fake_quant, fake_quant_learnable
 from edgevt.targets.onnx import OnnxRuntimeRunner
 from edgevt.validate.evaluate import compare_logits
 from tests.quant.test_int8_cli import (
@@ -153,6 +153,72 @@ def test_gradients_reach_weights_and_ranges_and_table_round_trips(tiny) -> None:
     assert learned.source["qat"] == {"steps": 0}
     exported = sim.export_model()
     assert not any("parametrizations" in k for k in exported.state_dict())
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_fake_quant_is_the_target_arithmetic_with_pytorchs_lsq_gradients(signed: bool) -> None:
+    """Values: the exporter's round-then-saturate. Gradients: those of PyTorch's own learnable
+    fake-quant, including elements that round onto a bound (the old composed STE put those on
+    either side of the bound by float error)."""
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.randn(4, 8, 16, 16, generator=gen) * 2 + 0.3
+    # Elements exactly on the grid at the bounds, as a tensor quantized once already has.
+    lo0, hi0 = torch.tensor(-2.5), torch.tensor(3.1)
+    grad = torch.randn(x0.shape, generator=gen)
+    results = []
+    for reference in (False, True):
+        x = x0.clone().requires_grad_()
+        lo, hi = lo0.clone().requires_grad_(), hi0.clone().requires_grad_()
+        if not reference:
+            y = fake_quant_learnable(x, lo, hi, signed)
+        elif signed:
+            scale = torch.maximum(-lo, hi) / 127.0
+            y = torch._fake_quantize_learnable_per_tensor_affine(
+                x, scale.reshape(1), torch.zeros(1), -127, 127, 1.0
+            )
+        else:
+            scale = (hi - lo) / 255.0
+            zero = -lo / scale  # the reference rounds it itself, straight-through
+            y = torch._fake_quantize_learnable_per_tensor_affine(
+                x, scale.reshape(1), zero.reshape(1), 0, 255, 1.0
+            )
+        (y * grad).sum().backward()
+        results.append((y.detach(), x.grad, lo.grad, hi.grad))
+    (y, gx, glo, ghi), (y_ref, gx_ref, glo_ref, ghi_ref) = results
+    if signed:
+        scale, zero, qmin, qmax = hi0 / 127.0, 0.0, -127, 127
+    else:
+        scale = (hi0 - lo0) / 255.0
+        zero, qmin, qmax = torch.round(-lo0 / scale), 0, 255
+    expected = (torch.clamp(torch.round(x0 / scale) + zero, qmin, qmax) - zero) * scale
+    assert torch.equal(y, expected)
+    assert (y - y_ref).abs().max() < 1e-5  # the reference multiplies by 1/scale: ties differ
+    assert (gx != gx_ref).float().mean() < 1e-3
+    assert glo == pytest.approx(float(glo_ref), rel=1e-3, abs=1e-6)
+    assert ghi == pytest.approx(float(ghi_ref), rel=1e-3)
+    # Quantizing a quantized tensor again: same values, x's gradient passes everywhere.
+    again = y.clone().requires_grad_()
+    out = fake_quant_learnable(again, lo0, hi0, signed)
+    out.sum().backward()
+    assert torch.equal(out, y) and torch.all(again.grad == 1)
+
+
+def test_per_channel_fake_quant_gradients_match_pytorch() -> None:
+    gen = torch.Generator().manual_seed(1)
+    w = torch.randn(6, 3, 3, 3, generator=gen)
+    scale0 = w.abs().amax(dim=(1, 2, 3)) * torch.linspace(0.5, 1.0, 6) / 127
+    grad = torch.randn(w.shape, generator=gen)
+    ours_w, ours_s = w.clone().requires_grad_(), scale0.clone().requires_grad_()
+    y = fake_quant(ours_w, ours_s.reshape(-1, 1, 1, 1), torch.zeros(6, 1, 1, 1), -127, 127)
+    (y * grad).sum().backward()
+    ref_w, ref_s = w.clone().requires_grad_(), scale0.clone().requires_grad_()
+    y_ref = torch._fake_quantize_learnable_per_channel_affine(
+        ref_w, ref_s, torch.zeros(6), 0, -127, 127, 1.0
+    )
+    (y_ref * grad).sum().backward()
+    assert (y - y_ref).abs().max() < 1e-6
+    assert torch.equal(ours_w.grad, ref_w.grad)
+    assert torch.allclose(ours_s.grad, ref_s.grad, rtol=1e-4, atol=1e-5)
 
 
 def test_batches_are_epochs_fixed_by_seed_and_step() -> None:
