@@ -74,6 +74,7 @@ def main() -> int:
         f"`.venv/bin/python benchmarks/qat.py {' '.join(sys.argv[1:])}`",
         "",
         f"QAT settings: {json.dumps(qat_log['settings'])}",
+        f"edgevt commit: {commit()}",
         f"Quantization config: {args.quant_config or 'edgevt default'}. Evaluation: {args.data}"
         f"{f' (first {args.limit})' if args.limit else ''}; fp32 = PyTorch fp32 of the original "
         f"model ({ref.top1:.2f} % top-1); cosine and agreement are against its logits. lost / won: "
@@ -105,6 +106,20 @@ def main() -> int:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text)
     return 0
+
+
+def commit() -> str:
+    """The checkout's commit (``+changes`` when ``edgevt/`` differs from it): QAT numbers
+    depend on the code that trained them."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True,
+                              cwd=Path(__file__).parent).stdout.strip()  # fmt: skip
+
+    sha = git("rev-parse", "--short", "HEAD")
+    changed = git("status", "--porcelain", "--", "../edgevt")
+    return (sha + ("+changes" if changed else "")) if sha else "unknown"
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ from math import comb
 
 import numpy as np
 
+from edgevt.validate.evaluate import topk_correct
+
 
 def flips(right_ref: np.ndarray, right_other: np.ndarray) -> tuple[int, int]:
     """(lost, won): images ``ref`` gets right and ``other`` wrong, and the reverse."""
@@ -35,7 +37,9 @@ def paired_top1(
     labels: np.ndarray, ref_logits: np.ndarray, other_logits: np.ndarray
 ) -> dict[str, float | int]:
     """Top-1 lost / won of ``other`` against ``ref`` on the same images, and the p-value."""
-    lost, won = flips(ref_logits.argmax(1) == labels, other_logits.argmax(1) == labels)
+    # Right or wrong exactly as top-1 counts it (ties in int8 logits included), so won − lost
+    # is always the top-1 difference in images.
+    lost, won = flips(topk_correct(ref_logits, labels, 1), topk_correct(other_logits, labels, 1))
     return {"lost": lost, "won": won, "p_value": mcnemar_p(lost, won)}
 
 

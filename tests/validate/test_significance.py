@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from edgevt.validate.evaluate import topk_correct
 from edgevt.validate.significance import describe, flips, mcnemar_p, paired_top1
 
 
@@ -51,3 +52,16 @@ def test_paired_top1_from_logits() -> None:
     assert paired_top1(labels, ref, other) == {"lost": 1, "won": 1, "p_value": 1.0}
     assert describe(52, 19, mcnemar_p(52, 19)) == "52 lost / 19 won, p=0.00011: significant"
     assert describe(12, 9, mcnemar_p(12, 9)).endswith(": within noise")
+
+
+def test_won_minus_lost_is_the_top1_difference_even_with_tied_logits() -> None:
+    """int8 logits are quantized: two classes often tie for first. lost / won must count an
+    image right or wrong exactly as top-1 does."""
+    gen = np.random.default_rng(0)
+    labels = gen.integers(0, 10, 500)
+    ref = gen.normal(size=(500, 10))
+    other = np.round(ref + gen.normal(scale=0.3, size=ref.shape))  # coarse grid: many ties
+    assert (np.sort(other, 1)[:, -1] == np.sort(other, 1)[:, -2]).sum() > 20
+    paired = paired_top1(labels, ref, other)
+    diff = int(topk_correct(other, labels, 1).sum()) - int(topk_correct(ref, labels, 1).sum())
+    assert paired["won"] - paired["lost"] == diff
