@@ -389,7 +389,7 @@ def write_report(report: Report, out: Path, title: str) -> dict[str, Path]:
         "lost / won: images the fp32 PyTorch model gets right and the artifact wrong, and the "
         "reverse; p is McNemar's exact test of that split. p >= 0.05: the top-1 difference is "
         "within the noise of this many images."
-        if any(r.p_value is not None for r in report.rows)
+        if any(r.p_value is not None and r.weights == "real" for r in report.rows)
         else ""
     )
     random_note = (
