@@ -802,6 +802,7 @@ def qat(
     range_lr: float = 1e-4,
     clip_lr: float = 3e-2,
     temperature: float = 1.0,
+    crop_scale: float = 1.0,
     images: int = 1000,
     save_every: int = 25,
     restart: bool = False,
@@ -824,6 +825,8 @@ def qat(
         lr / range_lr / clip_lr: Adam learning rates of the weights, of the activation ranges
             and of the weight clips (the last two relative: 1e-4 moves a range by at most
             about 0.01 % per step).
+        crop_scale: below 1, train on random-resized crops covering at least this fraction
+            of each image, the teacher scoring every crop (more views of few images).
         images: how many images of ``data`` to train on (held in memory, preprocessed once).
         device: ``cuda`` / ``cpu``; None picks the GPU when there is one.
     """
@@ -846,6 +849,8 @@ def qat(
             raise EdgevtError(f"{name} must be at least 1.")
     if (steps is not None and steps < 1) or (epochs is not None and epochs <= 0):
         raise EdgevtError("--steps / --epochs must be positive.")
+    if not 0.05 <= crop_scale <= 1.0:
+        raise EdgevtError("--crop-scale must be between 0.05 and 1 (1: no crops).")
     if lr <= 0 or range_lr < 0 or clip_lr < 0 or temperature <= 0:
         raise EdgevtError(
             "--lr and --temperature must be positive, --range-lr and --clip-lr not negative."
@@ -867,9 +872,12 @@ def qat(
     ) as tmp:  # fmt: skip
         fp32 = export_onnx(fused.model, _info(loaded, "onnx", True), Path(tmp) / "m.onnx")
         sim = QuantSim.for_export(fused.model, fp32, table, config, rules)
-    x, teacher = _qat_data(fused.model, dataset, loaded.entry.preprocess, progress)
+    x, teacher = _qat_data(
+        fused.model, dataset, loaded.entry.preprocess, progress, logits=crop_scale >= 1.0
+    )
     settings = QatSettings(
-        n_steps, batch, lr, range_lr, clip_lr, temperature, seed, str(data), len(dataset),
+        n_steps, batch, lr, range_lr, clip_lr, temperature, crop_scale, seed, str(data),
+        len(dataset),
         sha256(calib_table), target,
     )  # fmt: skip
     ckpt = run / QAT_CHECKPOINT
@@ -878,7 +886,7 @@ def qat(
     start = time.perf_counter()
     state = train(
         sim, x, teacher, settings, ckpt, save_every=save_every, device=device,
-        progress=progress, on_step=on_step,
+        progress=progress, on_step=on_step, teacher=fused.model,
     )  # fmt: skip
     trained = sim.cpu().export_model()
     weights = f"QAT ({n_steps} steps on {Path(data).name}) of {loaded.weights}"
@@ -926,12 +934,15 @@ def _quantized_keys(model: nn.Module, preprocess) -> set[str]:
     return {k for op in trace_ops(model, torch.zeros(1, 3, size, size)) for k in op.input_keys}
 
 
-def _qat_data(model: nn.Module, dataset, preprocess, progress: bool):
-    """All training images in memory, and the fp32 teacher's logits for them and their mirror."""
+def _qat_data(model: nn.Module, dataset, preprocess, progress: bool, logits: bool = True):
+    """All training images in memory, and the fp32 teacher's logits for them and their mirror
+    (not needed when training on crops: the teacher scores each crop)."""
     from tqdm import tqdm
 
     chunks = [torch.from_numpy(b) for b, _ in dataset.batches(preprocess, 64)]
     images = torch.cat(chunks)
+    if not logits:
+        return images, None
     logits = []
     with torch.no_grad(), tqdm(total=2 * len(images), desc="teacher", unit="img",
                                disable=not progress) as bar:  # fmt: skip

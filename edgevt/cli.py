@@ -163,6 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default 3e-2; 0 keeps PTQ's max |w|); per-channel weights keep max |w|")
     p.add_argument("--temperature", type=float, default=1.0,
                    help="distillation temperature (default 1)")
+    p.add_argument("--crop-scale", type=float, default=1.0, metavar="S",
+                   help="train on random-resized crops covering at least S of each image, the "
+                   "fp32 teacher scoring every crop (e.g. 0.35: more views of few images; "
+                   "default 1: whole images and their mirrors)")
     p.add_argument("--images", type=int, default=1000,
                    help="train on at most N images of --data, held in memory (default 1000)")
     p.add_argument("--save-every", type=int, default=25, metavar="N",
@@ -473,8 +477,8 @@ def cmd_qat(args: argparse.Namespace) -> None:
         out=args.out, pretrained=args.pretrained, target=args.target,
         quant_config=args.quant_config, steps=args.steps, epochs=args.epochs, batch=args.batch,
         lr=args.lr, range_lr=args.range_lr, clip_lr=args.clip_lr, temperature=args.temperature,
-        images=args.images, save_every=args.save_every, restart=args.restart, seed=args.seed,
-        device=args.device,
+        crop_scale=args.crop_scale, images=args.images, save_every=args.save_every,
+        restart=args.restart, seed=args.seed, device=args.device,
     )  # fmt: skip
     s = out.summary
     print(

@@ -351,6 +351,7 @@ class QatSettings:
     range_lr: float
     clip_lr: float
     temperature: float
+    crop_scale: float  # random-resized crops of at least this area fraction; 1: none
     seed: int
     data: str
     images: int
@@ -390,6 +391,27 @@ def flips(indices: torch.Tensor, step: int, seed: int) -> torch.Tensor:
     return torch.rand(len(indices), generator=gen) < 0.5
 
 
+def random_crops(x: torch.Tensor, step: int, seed: int, min_scale: float) -> torch.Tensor:
+    """Random-resized crops of ``x`` (N, 3, H, W) back to H x W: area fraction in
+    [min_scale, 1], aspect ratio in [3/4, 4/3], bilinear; fixed by (seed, step) like the batch.
+    More views of few images, so the student matches the teacher beyond the training set."""
+    n = len(x)
+    gen = torch.Generator().manual_seed(seed * 104_729 + step)
+    area = min_scale + (1 - min_scale) * torch.rand(n, generator=gen)
+    log_ratio = (torch.rand(n, generator=gen) * 2 - 1) * math.log(4 / 3)
+    ratio = torch.exp(log_ratio)
+    width = torch.sqrt(area * ratio).clamp(max=1.0)
+    height = torch.sqrt(area / ratio).clamp(max=1.0)
+    # Crop centres keep the crop inside the image (affine_grid's [-1, 1] coordinates).
+    cx = (torch.rand(n, generator=gen) * 2 - 1) * (1 - width)
+    cy = (torch.rand(n, generator=gen) * 2 - 1) * (1 - height)
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 2] = width, cx
+    theta[:, 1, 1], theta[:, 1, 2] = height, cy
+    grid = F.affine_grid(theta.to(x), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, t: float) -> torch.Tensor:
     """KL(teacher || student) on temperature-softened logits, scaled by t² (Hinton et al.)."""
     return F.kl_div(
@@ -401,7 +423,7 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, t: float) ->
 def train(
     sim: QuantSim,
     images: torch.Tensor,
-    teacher_logits: torch.Tensor,
+    teacher_logits: torch.Tensor | None,
     settings: QatSettings,
     checkpoint: Path,
     *,
@@ -409,15 +431,23 @@ def train(
     device: str = "cpu",
     progress: bool = True,
     on_step: Callable[[int], None] | None = None,
+    teacher: nn.Module | None = None,
 ) -> QatState:
     """Fine-tune ``sim`` for ``settings.steps`` steps, checkpointing every ``save_every``.
 
     ``images`` (N, 3, H, W) and ``teacher_logits`` (2, N, classes: plain and mirrored) live on
     the CPU; only the batch moves to ``device``. A checkpoint of the same settings is resumed.
+    With ``settings.crop_scale`` < 1 the batch is cropped and ``teacher`` (the fp32 model)
+    scores each crop instead.
     """
     from tqdm import tqdm
 
+    crops = settings.crop_scale < 1.0
+    if crops and teacher is None:
+        raise ValueError("crop augmentation needs the teacher model")
     sim.to(device)
+    if crops:
+        teacher = teacher.to(device).eval()
     optimizer = torch.optim.Adam(
         [
             {"params": sim.float_parameters(), "lr": settings.lr, "base_lr": settings.lr},
@@ -440,7 +470,12 @@ def train(
             flip = flips(idx, step, settings.seed)
             x = images[idx]
             x[flip] = x[flip].flip(-1)
-            target = teacher_logits[flip.long(), idx]
+            if crops:
+                x = random_crops(x, step, settings.seed, settings.crop_scale)
+                with torch.no_grad():
+                    target = teacher(x.to(device))
+            else:
+                target = teacher_logits[flip.long(), idx]
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(group["base_lr"], step, settings.steps)
             logits = sim(x.to(device))

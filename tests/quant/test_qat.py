@@ -18,7 +18,15 @@ import torch
 from edgevt.quant.calibrate import calibrate_model
 from edgevt.quant.config import QuantConfig
 from edgevt.quant.onnx_qdq import RULES, quantized_tensors, write_qdq_onnx
-from edgevt.quant.qat import QuantSim, batch_indices, fake_quant, fake_quant_learnable
+from edgevt.quant.qat import (
+    QatSettings,
+    QuantSim,
+    batch_indices,
+    fake_quant,
+    fake_quant_learnable,
+    random_crops,
+    train,
+)
 from edgevt.targets.onnx import OnnxRuntimeRunner
 from edgevt.validate.evaluate import compare_logits
 from tests.quant.test_int8_cli import (
@@ -221,6 +229,33 @@ def test_per_channel_fake_quant_gradients_match_pytorch() -> None:
     assert torch.allclose(ours_s.grad, ref_s.grad, rtol=1e-4, atol=1e-5)
 
 
+def test_random_crops_are_fixed_by_seed_and_step_and_stay_in_the_image() -> None:
+    x = torch.arange(4 * 3 * 32 * 32, dtype=torch.float32).reshape(4, 3, 32, 32)
+    a = random_crops(x, step=5, seed=0, min_scale=0.35)
+    assert a.shape == x.shape
+    assert torch.equal(a, random_crops(x, step=5, seed=0, min_scale=0.35))
+    assert not torch.equal(a, random_crops(x, step=6, seed=0, min_scale=0.35))
+    assert a.min() >= x.min() and a.max() <= x.max()  # inside the image: no padding values
+    # Each crop is a zoom: fewer distinct values than the image, never a copy of it.
+    assert all(not torch.equal(a[i], x[i]) for i in range(4))
+
+
+def test_training_on_crops_scores_each_crop_with_the_teacher(tiny, tmp_path) -> None:  # noqa: F811
+    model, images, table, _, fp32 = tiny
+    sim = sim_for(model, table, fp32, "onnx")
+    settings = QatSettings(2, 8, 1e-4, 1e-3, 0.0, 1.0, 0.5, 0, "tiny", len(images), "-", "onnx")
+    with pytest.raises(ValueError, match="teacher"):
+        train(sim, images, None, settings, tmp_path / "a.pt", progress=False)
+    state = train(sim, images, None, settings, tmp_path / "b.pt", progress=False, teacher=model)
+    assert state.step == 2 and all(np.isfinite(h["loss"]) and h["loss"] > 0 for h in state.history)
+    # The first crop batch's teacher logits are what the loss compared against: a student
+    # equal to the teacher (no quantization) would score a zero loss on it.
+    fresh = sim_for(model, table, fp32, "onnx")
+    fresh.set_active(set())
+    plain = train(fresh, images, None, settings, tmp_path / "c.pt", progress=False, teacher=model)
+    assert plain.history[0]["loss"] == pytest.approx(0.0, abs=1e-6)
+
+
 def test_batches_are_epochs_fixed_by_seed_and_step() -> None:
     first = torch.cat([batch_indices(10, 4, s, seed=3) for s in range(5)])
     assert sorted(first[:10].tolist()) == list(range(10))  # one epoch sees every image once
@@ -311,6 +346,8 @@ def test_bad_qat_input_gives_one_clear_error(
                    "--batch must be at least 1")  # fmt: skip
     one_line_error(run("qat", *LITE0, "--data", str(calib_dir), *common, "--clip-lr", "-1"),
                    "--clip-lr not negative")  # fmt: skip
+    one_line_error(run("qat", *LITE0, "--data", str(calib_dir), *common, "--crop-scale", "0"),
+                   "--crop-scale must be between")  # fmt: skip
 
 
 if __name__ == "__main__":
