@@ -799,6 +799,7 @@ def qat(
     epochs: float | None = None,
     batch: int = 16,
     lr: float = 5e-6,
+    lr_unit: str = "absolute",
     range_lr: float = 1e-4,
     clip_lr: float = 3e-2,
     temperature: float = 1.0,
@@ -825,6 +826,8 @@ def qat(
         lr / range_lr / clip_lr: Adam learning rates of the weights, of the activation ranges
             and of the weight clips (the last two relative: 1e-4 moves a range by at most
             about 0.01 % per step).
+        lr_unit: ``absolute``, or ``step``: ``lr`` counts in each tensor's int8 step (for
+            weights whose scales differ by orders of magnitude, e.g. per-tensor weights).
         crop_scale: below 1, train on random-resized crops covering at least this fraction
             of each image, the teacher scoring every crop (more views of few images).
         images: how many images of ``data`` to train on (held in memory, preprocessed once).
@@ -851,6 +854,8 @@ def qat(
         raise EdgevtError("--steps / --epochs must be positive.")
     if not 0.05 <= crop_scale <= 1.0:
         raise EdgevtError("--crop-scale must be between 0.05 and 1 (1: no crops).")
+    if lr_unit not in ("absolute", "step"):
+        raise EdgevtError(f"--lr-unit {lr_unit!r}: use absolute or step.")
     if lr <= 0 or range_lr < 0 or clip_lr < 0 or temperature <= 0:
         raise EdgevtError(
             "--lr and --temperature must be positive, --range-lr and --clip-lr not negative."
@@ -876,7 +881,7 @@ def qat(
         fused.model, dataset, loaded.entry.preprocess, progress, logits=crop_scale >= 1.0
     )
     settings = QatSettings(
-        n_steps, batch, lr, range_lr, clip_lr, temperature, crop_scale, seed, str(data),
+        n_steps, batch, lr, lr_unit, range_lr, clip_lr, temperature, crop_scale, seed, str(data),
         len(dataset),
         sha256(calib_table), target,
     )  # fmt: skip

@@ -156,6 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=16, help="images per step (default 16)")
     p.add_argument("--lr", type=float, default=5e-6,
                    help="Adam learning rate of the weights, cosine-decayed (default 5e-6)")
+    p.add_argument("--lr-unit", default="absolute", choices=("absolute", "step"),
+                   help="absolute (default), or step: --lr counts in each tensor's int8 step "
+                   "(max |w| / qmax as the target quantizes it), so wide and fine tensors move "
+                   "alike; for per-tensor weights, e.g. --lr 3e-3 --lr-unit step")
     p.add_argument("--range-lr", type=float, default=1e-4,
                    help="learning rate of the activation ranges, relative (default 1e-4)")
     p.add_argument("--clip-lr", type=float, default=3e-2,
@@ -476,7 +480,8 @@ def cmd_qat(args: argparse.Namespace) -> None:
         args.model, args.checkpoint, data=args.data, calib_table=args.calib_table,
         out=args.out, pretrained=args.pretrained, target=args.target,
         quant_config=args.quant_config, steps=args.steps, epochs=args.epochs, batch=args.batch,
-        lr=args.lr, range_lr=args.range_lr, clip_lr=args.clip_lr, temperature=args.temperature,
+        lr=args.lr, lr_unit=args.lr_unit, range_lr=args.range_lr, clip_lr=args.clip_lr,
+        temperature=args.temperature,
         crop_scale=args.crop_scale, images=args.images, save_every=args.save_every,
         restart=args.restart, seed=args.seed, device=args.device,
     )  # fmt: skip

@@ -120,6 +120,11 @@ class WeightFakeQuant(nn.Module):
 
     enabled = True
 
+    def step(self, w: torch.Tensor) -> float:
+        """The int8 step of ``w`` (the median channel's when per-channel): the unit of
+        ``--lr-unit step``."""
+        return float(self.clip(w).flatten().median()) / self.qmax
+
     def clip(self, w: torch.Tensor) -> torch.Tensor:
         """The clipping threshold per output channel, shaped to broadcast against ``w``."""
         flat = w.detach().abs().reshape(w.shape[0], -1)
@@ -263,6 +268,30 @@ class QuantSim(nn.Module):
     def float_parameters(self) -> list[nn.Parameter]:
         return [p for n, p in self.named_parameters() if not _is_multiplier(n)]
 
+    def weight_param_groups(self, lr: float, unit: str) -> list[dict[str, Any]]:
+        """Adam groups of the float parameters. ``unit`` "absolute": one ``lr`` for all.
+        "step": each tensor's ``lr`` is in units of its int8 step (a quantized weight's as
+        the target quantizes it, else max |p| / 127): folded weights span 200x in scale here,
+        and Adam moves every element by about its lr whatever its gradient, so one absolute
+        rate leaves the widest tensors (a per-tensor ``conv_stem``: 0.28 a step) unmoved
+        while it moves the finest by whole steps."""
+        params = self.float_parameters()
+        if unit == "absolute":
+            return [{"params": params, "lr": lr, "base_lr": lr}]
+        if unit != "step":
+            raise ValueError(f"unknown learning-rate unit {unit!r}")
+        modules = dict(self.model.named_modules())
+        steps = {}
+        for name, quant in self.weight_quants.items():
+            original = modules[name].parametrizations.weight.original
+            steps[id(original)] = quant.step(original.detach())
+        groups = []
+        for p in params:
+            step = steps.get(id(p), float(p.detach().abs().max()) / 127)
+            rate = lr * max(step, 1e-12)
+            groups.append({"params": [p], "lr": rate, "base_lr": rate})
+        return groups
+
     def clip_parameters(self) -> list[nn.Parameter]:
         """The learned weight clips (multipliers of max |w|): per-tensor weights only."""
         return [q.clip_scale for q in self.weight_quants.values() if not q.per_channel]
@@ -348,6 +377,7 @@ class QatSettings:
     steps: int
     batch: int
     lr: float
+    lr_unit: str  # "absolute", or "step": each tensor's lr in units of its int8 step
     range_lr: float
     clip_lr: float
     temperature: float
@@ -450,7 +480,7 @@ def train(
         teacher = teacher.to(device).eval()
     optimizer = torch.optim.Adam(
         [
-            {"params": sim.float_parameters(), "lr": settings.lr, "base_lr": settings.lr},
+            *sim.weight_param_groups(settings.lr, settings.lr_unit),
             {"params": [sim.lo_scale, sim.hi_scale], "lr": settings.range_lr,
              "base_lr": settings.range_lr},
             {"params": sim.clip_parameters(), "lr": settings.clip_lr,

@@ -243,7 +243,9 @@ def test_random_crops_are_fixed_by_seed_and_step_and_stay_in_the_image() -> None
 def test_training_on_crops_scores_each_crop_with_the_teacher(tiny, tmp_path) -> None:  # noqa: F811
     model, images, table, _, fp32 = tiny
     sim = sim_for(model, table, fp32, "onnx")
-    settings = QatSettings(2, 8, 1e-4, 1e-3, 0.0, 1.0, 0.5, 0, "tiny", len(images), "-", "onnx")
+    settings = QatSettings(
+        2, 8, 1e-4, "absolute", 1e-3, 0.0, 1.0, 0.5, 0, "tiny", len(images), "-", "onnx"
+    )
     with pytest.raises(ValueError, match="teacher"):
         train(sim, images, None, settings, tmp_path / "a.pt", progress=False)
     state = train(sim, images, None, settings, tmp_path / "b.pt", progress=False, teacher=model)
@@ -254,6 +256,35 @@ def test_training_on_crops_scores_each_crop_with_the_teacher(tiny, tmp_path) -> 
     fresh.set_active(set())
     plain = train(fresh, images, None, settings, tmp_path / "c.pt", progress=False, teacher=model)
     assert plain.history[0]["loss"] == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("unit", ["absolute", "step"])
+def test_lr_unit_step_moves_each_weight_by_its_own_int8_step(
+    tiny, tmp_path, unit  # noqa: F811
+) -> None:
+    """Adam's first step moves an element by about its lr whatever its gradient: with
+    ``--lr-unit step`` that is the same fraction of every tensor's int8 step, however wide."""
+    model, images, table, _, fp32 = tiny
+    config = QuantConfig.from_dict({"global": {"weights": "per_tensor"}, "op_type": {"matmul": {}}})
+    sim = sim_for(model, table, fp32, "onnx", config)
+    modules = dict(sim.model.named_modules())
+    weights = {n: modules[n].parametrizations.weight.original for n in sim.weight_quants}
+    with torch.no_grad():  # one tensor 20x wider, as BatchNorm folding makes some
+        next(iter(weights.values())).mul_(20)
+    before = {n: w.detach().clone() for n, w in weights.items()}
+    steps = {n: sim.weight_quants[n].step(w) for n, w in before.items()}
+    assert max(steps.values()) > 10 * min(steps.values())
+    with torch.no_grad():
+        teacher = torch.stack([model(images), model(images.flip(-1))])
+    lr = 0.01 if unit == "step" else 1e-4
+    settings = QatSettings(
+        1, 8, lr, unit, 0.0, 0.0, 1.0, 1.0, 0, "tiny", len(images), "-", "onnx"
+    )
+    train(sim, images, teacher, settings, tmp_path / "a.pt", progress=False)
+    for name, w in weights.items():
+        moved = float((w.detach() - before[name]).abs().max())
+        expected = lr * steps[name] if unit == "step" else lr
+        assert moved == pytest.approx(expected, rel=0.05), name
 
 
 def test_batches_are_epochs_fixed_by_seed_and_step() -> None:
