@@ -273,7 +273,7 @@ class QuantSim(nn.Module):
         "step": each tensor's ``lr`` is in units of its int8 step (a quantized weight's as
         the target quantizes it, else max |p| / 127): folded weights span 200x in scale here,
         and Adam moves every element by about its lr whatever its gradient, so one absolute
-        rate leaves the widest tensors (a per-tensor ``conv_stem``: 0.28 a step) unmoved
+        rate leaves the widest tensors (a per-tensor ``conv_stem``: 0.27 a step) unmoved
         while it moves the finest by whole steps."""
         params = self.float_parameters()
         if unit == "absolute":
