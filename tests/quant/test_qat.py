@@ -303,7 +303,8 @@ def test_calibrated_ranges_meet_export_for_the_same_tensor(tiny) -> None:  # noq
     assert all(t.min <= t.max for t in tensors)
 
 
-QAT_SMALL = ["--images", "24", "--batch", "4", "--steps", "6", "--save-every", "2"]
+# A checkpoint every step, and 7 steps after the first: the kill lands well before the end.
+QAT_SMALL = ["--images", "24", "--batch", "4", "--steps", "8", "--save-every", "1"]
 
 
 def qat_cmd(calib_dir: Path, table: Path, out: Path) -> list[str]:
@@ -318,18 +319,18 @@ def test_killed_run_resumes_to_the_uninterrupted_result_and_exports(
     proc = subprocess.run(qat_cmd(calib_dir, lite0_table, whole), capture_output=True,
                           text=True, timeout=900)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert "QAT efficientnet_lite0: 6 steps" in proc.stdout
-    # the same command, killed (SIGKILL: no clean-up) once its step-2 checkpoint exists
+    assert "QAT efficientnet_lite0: 8 steps" in proc.stdout
+    # the same command, killed (SIGKILL: no clean-up) once its first checkpoint exists
     victim = subprocess.Popen(qat_cmd(calib_dir, lite0_table, killed),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     ckpt = killed / "qat_checkpoint.pt"
     deadline = time.time() + 600
     while not ckpt.exists() and victim.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
+        time.sleep(0.02)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     saved = torch.load(ckpt, weights_only=True)
-    assert saved["step"] < 6
+    assert saved["step"] < 8, f"the run ended (step {saved['step']}) before the kill"
     assert not (killed / "fused.pt").exists()
     proc = subprocess.run(qat_cmd(calib_dir, lite0_table, killed), capture_output=True,
                           text=True, timeout=900)  # fmt: skip
@@ -345,7 +346,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result_and_exports(
     # different settings refuse to resume: one clear line
     one_line_error(
         run("qat", *LITE0, "--data", str(calib_dir), "--calib-table", str(lite0_table),
-            *QAT_SMALL[:-4], "--steps", "8", "--save-every", "2", "-o", str(whole)),
+            *QAT_SMALL[:-4], "--steps", "9", "--save-every", "1", "-o", str(whole)),
         "other settings (steps differ)",
     )  # fmt: skip
     one_line_error(run("export", "levit_128s", "--checkpoint", str(whole / "fused.pt")),
@@ -355,7 +356,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result_and_exports(
                "--calib-table", str(whole / "calibration.json"), "-o", str(tmp_path / "export"))
     assert proc.returncode == 0, proc.stderr
     manifest = json.loads((tmp_path / "export" / "manifest.json").read_text())
-    assert "QAT (6 steps" in json.dumps(manifest["stages"]["fuse"])
+    assert "QAT (8 steps" in json.dumps(manifest["stages"]["fuse"])
     assert np.isfinite(manifest["stages"]["export_int8"]["results"]["check"]["cosine"])
 
 
