@@ -15,6 +15,8 @@ import onnx
 import pytest
 import torch
 
+from edgevt import api
+from edgevt.errors import EdgevtError
 from edgevt.quant.calibrate import calibrate_model
 from edgevt.quant.config import QuantConfig
 from edgevt.quant.onnx_qdq import RULES, quantized_tensors, write_qdq_onnx
@@ -39,6 +41,9 @@ from tests.quant.test_int8_cli import (
 from tests.quant.test_quant_units import tiny  # noqa: F401  (fixture)
 
 EVERY_OP = QuantConfig.from_dict({"op_type": {"matmul": {}}})
+PER_TENSOR = QuantConfig.from_dict(
+    {"global": {"weights": "per_tensor"}, "op_type": {"matmul": {}}}
+)
 
 
 def sim_for(model, table, fp32: Path, target: str, config=EVERY_OP) -> QuantSim:
@@ -67,9 +72,7 @@ def test_learned_weight_clips_and_ranges_export_to_the_simulated_graph(
     """After training moves the weight clips and ranges, the export (clipped weights + learned
     table) is still the graph the simulation ran: the clip lives in the weights themselves."""
     model, images, table, info, fp32 = tiny
-    config = EVERY_OP if per_channel else QuantConfig.from_dict(
-        {"global": {"weights": "per_tensor"}, "op_type": {"matmul": {}}}
-    )
+    config = EVERY_OP if per_channel else PER_TENSOR
     sim = sim_for(model, table, fp32, "onnx", config)
     quants = sim.weight_quants
     assert quants
@@ -265,8 +268,7 @@ def test_lr_unit_step_moves_each_weight_by_its_own_int8_step(
     """Adam's first step moves an element by about its lr whatever its gradient: with
     ``--lr-unit step`` that is the same fraction of every tensor's int8 step, however wide."""
     model, images, table, _, fp32 = tiny
-    config = QuantConfig.from_dict({"global": {"weights": "per_tensor"}, "op_type": {"matmul": {}}})
-    sim = sim_for(model, table, fp32, "onnx", config)
+    sim = sim_for(model, table, fp32, "onnx", PER_TENSOR)
     modules = dict(sim.model.named_modules())
     weights = {n: modules[n].parametrizations.weight.original for n in sim.weight_quants}
     with torch.no_grad():  # one tensor 20x wider, as BatchNorm folding makes some
@@ -285,6 +287,11 @@ def test_lr_unit_step_moves_each_weight_by_its_own_int8_step(
         moved = float((w.detach() - before[name]).abs().max())
         expected = lr * steps[name] if unit == "step" else lr
         assert moved == pytest.approx(expected, rel=0.05), name
+    with pytest.raises(ValueError, match="unit"):
+        sim.weight_param_groups(1e-3, "relative")
+    with pytest.raises(EdgevtError, match="--lr-unit 'relative': use absolute or step"):
+        api.qat("efficientnet_lite0", data=tmp_path, calib_table=tmp_path / "t.json",
+                out=tmp_path / "r", lr_unit="relative")  # fmt: skip
 
 
 def test_batches_are_epochs_fixed_by_seed_and_step() -> None:
@@ -380,6 +387,8 @@ def test_bad_qat_input_gives_one_clear_error(
                    "--clip-lr not negative")  # fmt: skip
     one_line_error(run("qat", *LITE0, "--data", str(calib_dir), *common, "--crop-scale", "0"),
                    "--crop-scale must be between")  # fmt: skip
+    one_line_error(run("qat", *LITE0, "--data", str(calib_dir), *common, "--lr-unit", "relative"),
+                   "invalid choice: 'relative'")  # fmt: skip
 
 
 if __name__ == "__main__":
