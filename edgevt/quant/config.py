@@ -10,7 +10,10 @@ accuracy (FQ-ViT, PTQ4ViT). Defaults chosen for these models:
 
 * Conv2d and Linear: int8 per-output-channel symmetric weights, per-tensor activations.
   That includes the first conv (its input is an 8-bit image anyway) and the classifier
-  (its output, the logits, stays float).
+  (its output, the logits, stays float). ``{"weights": "per_tensor"}`` at any level gives
+  one scale per weight tensor (what some NPUs require); the granularity is per op, so a
+  config may keep, say, the depthwise convs per channel (``{"module_name": {".*conv_dw":
+  {}}}`` after a per-tensor ``global``), and every exporter honours it.
 * add: residual adds whose inputs and output were all calibrated (CNN blocks: conv outputs
   and conv inputs) run in int8 on ONNX Runtime, which keeps a whole MBConv block in int8
   (EfficientNet-Lite0 on imagenet-val1000, benchmarks/int8_ptq.py: 1.1-1.24x faster than

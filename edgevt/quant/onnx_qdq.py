@@ -4,8 +4,9 @@ The Q/DQ insertion itself is onnxruntime's ``QDQQuantizer`` (what NVIDIA ModelOp
 on); edgevt supplies the ranges (from its own observers, through the table), which nodes to
 quantize (from the config), and each target's rules:
 
-* ``onnx`` (ONNX Runtime on CPUs): uint8 asymmetric activations, int8 per-channel symmetric
-  weights in 7 bits (``reduce_range``; depthwise convs keep 8), int32 biases, Q/DQ on op inputs
+* ``onnx`` (ONNX Runtime on CPUs): uint8 asymmetric activations, int8 symmetric weights
+  (per channel, or per tensor where the config says so, op by op) in 7 bits
+  (``reduce_range``; depthwise convs keep 8), int32 biases, Q/DQ on op inputs
   plus the element-wise ops whose tensors are all calibrated (CNN residual adds, ReLU6 clips),
   so ORT fuses whole MBConv blocks into QLinearConv/QLinearAdd. Why 7 bits: on x86 CPUs
   without VNNI, ORT's u8s8 kernels sum pairs of products in saturating 16-bit lanes; with full
@@ -126,7 +127,8 @@ class QdqPlan:
     not_honoured: list[str]  # human-readable reasons
     ranges: dict[str, tuple[float, float]]  # onnx tensor -> (min, max)
     nodes: list[str]  # ONNX node names to quantize
-    per_channel: bool
+    # Conv/Gemm/MatMul nodes with a weight: does the config quantize it per channel?
+    per_channel: dict[str, bool]
     add_elementwise: bool = True  # config op type "add"
 
 
@@ -141,7 +143,8 @@ def plan_qdq(
         )
     mapping = map_nodes(proto.graph, ops)
     ranges: dict[str, tuple[float, float]] = {}
-    quantized, kept, notes, nodes, granularity = [], [], [], [], set()
+    quantized, kept, notes, nodes = [], [], [], []
+    per_channel: dict[str, bool] = {}
     for node_name, op_name in mapping.op_of_node.items():
         setting = config.resolve(op_name, ops[op_name])
         if setting is None or node_name in float_nodes:
@@ -164,12 +167,7 @@ def plan_qdq(
         quantized.append(op_name)
         nodes.append(node_name)
         if ops[op_name] != "matmul":
-            granularity.add(setting.weights)
-    if len(granularity) > 1:
-        raise EdgevtError(
-            "the config mixes per-channel and per-tensor weights; the ONNX exporter needs one "
-            "granularity for the whole model."
-        )
+            per_channel[node_name] = setting.weights == "per_channel"
     for node in mapping.unmapped:
         notes.append(f"{node}: no matching op in the table (left in float)")
     if not quantized and float_nodes:
@@ -180,7 +178,6 @@ def plan_qdq(
         )
     if not quantized:
         raise EdgevtError("nothing to quantize: the config keeps every op in float.")
-    per_channel = granularity != {"per_tensor"}
     add = config.resolve("add", "add") is not None
     return QdqPlan(quantized, kept, notes, ranges, nodes, per_channel, add)
 
@@ -274,17 +271,10 @@ def quantize_onnx(proto: Any, plan: QdqPlan, rules: TargetRules) -> Any:
     }
     nodes = plan.nodes + calibrated_elementwise_nodes(proto, plan, rules)
     act_type = QuantType.QInt8 if rules.signed_activations else QuantType.QUInt8
-    overrides = {}
-    if rules.weight_reduce_range:
-        # Depthwise convs run in ORT's direct int32 kernel, which cannot saturate: give them
-        # all 8 bits (3x3 kernels per channel are where 7-bit weights cost accuracy).
-        chosen = set(plan.nodes)
-        for node in proto.graph.node:
-            if node.name in chosen and node.op_type == "Conv" and _groups(node) > 1:
-                overrides[node.input[1]] = [{"axis": 0, "reduce_range": False}]
+    overrides = weight_overrides(proto, plan, rules)
     quantizer = QDQQuantizer(
         proto,
-        plan.per_channel,
+        any(plan.per_channel.values()),
         rules.weight_reduce_range,
         QuantType.QInt8,
         act_type,
@@ -310,6 +300,30 @@ def quantize_onnx(proto: Any, plan: QdqPlan, rules: TargetRules) -> Any:
     model = ONNXModel(quantizer.quantize_model())
     model.topological_sort()  # the quantizer appends Q/DQ nodes after their consumers
     return model.model
+
+
+def weight_overrides(proto: Any, plan: QdqPlan, rules: TargetRules) -> dict[str, list[dict]]:
+    """ORT's per-tensor quantization overrides that give each weight the config's granularity
+    (one global flag cannot mix them) and the target's bits: an entry with ``axis`` is
+    per-channel, one without is per-tensor. Depthwise convs run in ORT's direct int32 kernel,
+    which cannot saturate: they get all 8 bits under reduce-range rules (3x3 kernels per
+    channel are where 7-bit weights cost accuracy)."""
+    axis = {"Conv": 0, "Gemm": 0, "MatMul": 1}  # MatMul weights are (K, N)
+    initializers = {t.name for t in proto.graph.initializer}
+    overrides: dict[str, list[dict]] = {}
+    for node in proto.graph.node:
+        if node.name not in plan.per_channel or node.input[1] not in initializers:
+            continue
+        if node.op_type == "Gemm" and not any(a.name == "transB" and a.i for a in node.attribute):
+            axis_of = 1  # an untransposed Gemm weight is (K, N) too
+        else:
+            axis_of = axis[node.op_type]
+        depthwise = node.op_type == "Conv" and _groups(node) > 1
+        setting: dict[str, Any] = {"reduce_range": rules.weight_reduce_range and not depthwise}
+        if plan.per_channel[node.name]:
+            setting["axis"] = axis_of
+        overrides[node.input[1]] = [setting]
+    return overrides
 
 
 def _groups(node: Any) -> int:

@@ -14,8 +14,13 @@ import numpy as np
 import onnx
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from edgevt import api
+from edgevt.artifact import ArtifactInfo
+from edgevt.data.imagenet import imagenet_synsets
+from edgevt.data.preprocess import Preprocess
 from edgevt.errors import EdgevtError
 from edgevt.quant.calibrate import calibrate_model
 from edgevt.quant.config import QuantConfig
@@ -29,7 +34,7 @@ from edgevt.quant.qat import (
     random_crops,
     train,
 )
-from edgevt.targets.onnx import OnnxRuntimeRunner
+from edgevt.targets.onnx import OnnxRuntimeRunner, export_onnx
 from edgevt.validate.evaluate import compare_logits
 from tests.quant.test_int8_cli import (
     EDGEVT,
@@ -113,6 +118,69 @@ def test_learned_weight_clips_and_ranges_export_to_the_simulated_graph(
     with OnnxRuntimeRunner(out, optimization="none") as runner:
         exact = runner.infer(images[:16].numpy())
     assert compare_logits(simulated.numpy(), exact)["cosine"] > 0.9999
+
+
+class TinyMBConv(nn.Module):
+    """EfficientNet's pattern: stem conv, depthwise conv, pointwise conv, residual, head. The
+    depthwise channels span 100x in scale, so per-tensor weights cost accuracy there."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, 2, 1)
+        self.dw = nn.Conv2d(16, 16, 3, 1, 1, groups=16)
+        self.pw = nn.Conv2d(16, 16, 1)
+        self.head = nn.Linear(16, 10)
+        with torch.no_grad():
+            self.dw.weight.mul_(torch.logspace(-1, 1, 16).reshape(-1, 1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu6(self.stem(x))
+        x = x + self.pw(F.relu6(self.dw(x)))
+        return self.head(x.mean((2, 3)))
+
+
+GRANULARITY = {
+    "per_channel": {},
+    "per_tensor": {"global": {"weights": "per_tensor"}},
+    "mixed": {"global": {"weights": "per_tensor"}, "module_name": {"dw": {}}},
+}
+
+
+@pytest.mark.parametrize("granularity", list(GRANULARITY))
+def test_each_weight_exports_with_its_configured_granularity_as_simulated(
+    tmp_path, granularity
+) -> None:
+    """Per-channel, per-tensor and a mix, depthwise convs included (ORT's rules give those
+    8 bits, the others 7): the exported weights have the config's scales and the graph is
+    the one QAT simulates."""
+    torch.manual_seed(0)
+    model = TinyMBConv().eval()
+    images = torch.randn(48, 3, 32, 32)
+    table = calibrate_model(model, images.split(16), model_name="tiny", weights="random")
+    info = ArtifactInfo("tiny", Preprocess(32, 1.0), imagenet_synsets()[:10], target="onnx")
+    fp32, out = tmp_path / "model.onnx", tmp_path / "int8.onnx"
+    export_onnx(model, info, fp32)
+    config = QuantConfig.from_dict(GRANULARITY[granularity])
+    write_qdq_onnx(fp32, out, table, config, RULES["onnx"], info)
+    proto = onnx.load(str(out))
+    init = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
+    scales, qmax = {}, {}
+    for node in proto.graph.node:
+        if node.op_type == "DequantizeLinear" and node.input[0].endswith(".weight_quantized"):
+            name = node.input[0].split(".")[0]
+            scales[name] = init[node.input[1]].size
+            qmax[name] = int(np.abs(init[node.input[0]].astype(int)).max())
+    per_channel = {n: config.resolve(n, "Conv2d").weights == "per_channel" for n in scales}
+    assert set(scales) == {"stem", "dw", "pw", "head"}
+    assert scales == {n: (16 if n != "head" else 10) if pc else 1 for n, pc in per_channel.items()}
+    assert qmax == {"stem": 64, "dw": 127, "pw": 64, "head": 64}
+    sim = sim_for(model, table, fp32, "onnx", config)
+    assert {n: pc for n, (_, pc) in sim.weight_ops.items()} == per_channel
+    with OnnxRuntimeRunner(out, optimization="none") as runner:
+        exact = runner.infer(images[:16].numpy())
+    with torch.no_grad():
+        simulated = sim(images[:16]).numpy()
+    assert compare_logits(simulated, exact)["cosine"] > 0.9999
 
 
 def test_tflite_simulation_has_full_8bit_weights(tiny) -> None:  # noqa: F811
