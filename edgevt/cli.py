@@ -159,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr-unit", default="absolute", choices=("absolute", "step"),
                    help="absolute (default), or step: --lr counts in each tensor's int8 step "
                    "(max |w| / qmax as the target quantizes it), so wide and fine tensors move "
-                   "alike (e.g. --lr 3e-3 --lr-unit step; see the README's QAT runs)")
+                   "alike; use it with per-tensor weights, whose steps are too wide for one "
+                   "absolute rate (e.g. --lr 3e-3 --lr-unit step; see the README's QAT runs)")
     p.add_argument("--range-lr", type=float, default=1e-4,
                    help="learning rate of the activation ranges, relative (default 1e-4)")
     p.add_argument("--clip-lr", type=float, default=3e-2,
