@@ -271,10 +271,9 @@ def quantize_onnx(proto: Any, plan: QdqPlan, rules: TargetRules) -> Any:
     }
     nodes = plan.nodes + calibrated_elementwise_nodes(proto, plan, rules)
     act_type = QuantType.QInt8 if rules.signed_activations else QuantType.QUInt8
-    overrides = weight_overrides(proto, plan, rules)
     quantizer = QDQQuantizer(
         proto,
-        any(plan.per_channel.values()),
+        True,  # per channel, except the weights ``weight_overrides`` makes per tensor
         rules.weight_reduce_range,
         QuantType.QInt8,
         act_type,
@@ -292,7 +291,7 @@ def quantize_onnx(proto: Any, plan: QdqPlan, rules: TargetRules) -> Any:
             # weights are (K, N) in MatMul: output channels are axis 1
             "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},
             "DedicatedQDQPair": False,
-            "TensorQuantOverrides": overrides,
+            "TensorQuantOverrides": weight_overrides(proto, plan, rules),
         },
     )
     from onnxruntime.quantization.onnx_model import ONNXModel
@@ -303,25 +302,23 @@ def quantize_onnx(proto: Any, plan: QdqPlan, rules: TargetRules) -> Any:
 
 
 def weight_overrides(proto: Any, plan: QdqPlan, rules: TargetRules) -> dict[str, list[dict]]:
-    """ORT's per-tensor quantization overrides that give each weight the config's granularity
-    (one global flag cannot mix them) and the target's bits: an entry with ``axis`` is
-    per-channel, one without is per-tensor. Depthwise convs run in ORT's direct int32 kernel,
-    which cannot saturate: they get all 8 bits under reduce-range rules (3x3 kernels per
-    channel are where 7-bit weights cost accuracy)."""
-    axis = {"Conv": 0, "Gemm": 0, "MatMul": 1}  # MatMul weights are (K, N)
+    """ORT's tensor overrides for the weights that differ from its defaults (per channel on
+    ORT's own axes, ``rules.weight_reduce_range`` bits). An entry without ``axis`` makes a
+    weight per tensor, which is how one graph mixes granularities; the bits come from
+    ``rules.weight_qmax``, the rule QAT simulates: depthwise convs run in ORT's direct int32
+    kernel, which cannot saturate, so they keep all 8 bits (3x3 kernels per channel are where
+    7-bit weights cost accuracy)."""
     initializers = {t.name for t in proto.graph.initializer}
     overrides: dict[str, list[dict]] = {}
     for node in proto.graph.node:
         if node.name not in plan.per_channel or node.input[1] not in initializers:
             continue
-        if node.op_type == "Gemm" and not any(a.name == "transB" and a.i for a in node.attribute):
-            axis_of = 1  # an untransposed Gemm weight is (K, N) too
-        else:
-            axis_of = axis[node.op_type]
         depthwise = node.op_type == "Conv" and _groups(node) > 1
-        setting: dict[str, Any] = {"reduce_range": rules.weight_reduce_range and not depthwise}
+        setting: dict[str, Any] = {"reduce_range": rules.weight_qmax(depthwise) < 127}
         if plan.per_channel[node.name]:
-            setting["axis"] = axis_of
+            if setting["reduce_range"] == rules.weight_reduce_range:
+                continue  # ORT's defaults
+            setting["axis"] = 0  # only a depthwise Conv gets here: output channels first
         overrides[node.input[1]] = [setting]
     return overrides
 

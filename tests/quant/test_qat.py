@@ -18,9 +18,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgevt import api
-from edgevt.artifact import ArtifactInfo
-from edgevt.data.imagenet import imagenet_synsets
-from edgevt.data.preprocess import Preprocess
 from edgevt.errors import EdgevtError
 from edgevt.quant.calibrate import calibrate_model
 from edgevt.quant.config import QuantConfig
@@ -34,7 +31,7 @@ from edgevt.quant.qat import (
     random_crops,
     train,
 )
-from edgevt.targets.onnx import OnnxRuntimeRunner, export_onnx
+from edgevt.targets.onnx import OnnxRuntimeRunner
 from edgevt.validate.evaluate import compare_logits
 from tests.quant.test_int8_cli import (
     EDGEVT,
@@ -43,7 +40,7 @@ from tests.quant.test_int8_cli import (
     one_line_error,
     run,
 )
-from tests.quant.test_quant_units import tiny  # noqa: F401  (fixture)
+from tests.quant.test_quant_units import calibrated_export, tiny  # noqa: F401  (tiny: fixture)
 
 EVERY_OP = QuantConfig.from_dict({"op_type": {"matmul": {}}})
 PER_TENSOR = QuantConfig.from_dict(
@@ -156,10 +153,8 @@ def test_each_weight_exports_with_its_configured_granularity_as_simulated(
     torch.manual_seed(0)
     model = TinyMBConv().eval()
     images = torch.randn(48, 3, 32, 32)
-    table = calibrate_model(model, images.split(16), model_name="tiny", weights="random")
-    info = ArtifactInfo("tiny", Preprocess(32, 1.0), imagenet_synsets()[:10], target="onnx")
-    fp32, out = tmp_path / "model.onnx", tmp_path / "int8.onnx"
-    export_onnx(model, info, fp32)
+    table, info, fp32 = calibrated_export(model, images, tmp_path)
+    out = tmp_path / "int8.onnx"
     config = QuantConfig.from_dict(GRANULARITY[granularity])
     write_qdq_onnx(fp32, out, table, config, RULES["onnx"], info)
     proto = onnx.load(str(out))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -199,6 +200,15 @@ class TinyCNN(nn.Module):
         return self.head(torch.cat([a, b], 1))
 
 
+def calibrated_export(model: nn.Module, images: torch.Tensor, where: Path):
+    """(table, info, fp32 ONNX path) of a small 10-class CNN, calibrated on ``images``."""
+    table = calibrate_model(model, images.split(16), model_name="tiny", weights="random")
+    info = ArtifactInfo("tiny", Preprocess(32, 1.0), imagenet_synsets()[:10], target="onnx")
+    fp32 = where / "model.onnx"
+    export_onnx(model, info, fp32)
+    return table, info, fp32
+
+
 @pytest.mark.parametrize("target", ["onnx", "tensorrt"])
 def test_onnx_runtime_keeps_convs_without_int8_kernel_in_float(tmp_path, target) -> None:
     """ORT runs Q/DQ around a Conv as QLinearConv only when the output is quantized too; a
@@ -208,10 +218,8 @@ def test_onnx_runtime_keeps_convs_without_int8_kernel_in_float(tmp_path, target)
     torch.manual_seed(0)
     model = TinyCNN().eval()
     images = torch.randn(32, 3, 32, 32)
-    table = calibrate_model(model, images.split(16), model_name="tiny", weights="random")
-    info = ArtifactInfo("tiny", Preprocess(32, 1.0), imagenet_synsets()[:10], target="onnx")
-    fp32, out = tmp_path / "model.onnx", tmp_path / "int8.onnx"
-    export_onnx(model, info, fp32)
+    table, info, fp32 = calibrated_export(model, images, tmp_path)
+    out = tmp_path / "int8.onnx"
     plan = write_qdq_onnx(fp32, out, table, QuantConfig(), RULES[target], info)
     if target == "onnx":
         assert plan.kept_float == ["side"]  # image in, Hardswish out: nothing int8 around it
