@@ -60,7 +60,7 @@ def main() -> None:
                 method=args.method,
                 progress=False,
             )
-            fp32, int8 = out.artifact, out.int8["artifact"]
+            fp32, int8 = out.artifact, out.int8.path
             dataset = open_dataset(root / "imagenet-val1000").subset(args.limit)
             logits, labels = {}, None
             for key, path in (("fp32", fp32), ("int8", int8)):

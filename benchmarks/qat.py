@@ -57,7 +57,7 @@ def main() -> int:
                 pretrained=pretrained, out=Path(args.work) / f"{label.lower()}-{target}",
                 int8=True, calib_table=table, quant_config=args.quant_config, **precision,
             )  # fmt: skip
-            int8 = next(p for p in outcome.artifacts if "int8" in p or "w8a8" in p)
+            int8 = outcome.int8.path.name
             result = api.evaluate(outcome.run_dir / int8, args.data, limit=args.limit)
             agree = compare_logits(ref.logits, result.logits)
             rows.append({"model": label, "target": target, "artifact": int8,

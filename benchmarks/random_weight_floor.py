@@ -32,10 +32,11 @@ from report_file import command_line, write_report  # noqa: E402  (benchmarks/ f
 
 from edgevt import api
 from edgevt.data.imagenet import default_data_root, open_dataset
+from edgevt.fused import model_info
 from edgevt.models import get_entry
 from edgevt.quant.config import QuantConfig
-from edgevt.quant.onnx_qdq import SIMULATED_RULES
 from edgevt.quant.qat import QuantSim
+from edgevt.targets import get_target
 from edgevt.targets.onnx import export_onnx
 from edgevt.validate.evaluate import compare_logits
 
@@ -80,9 +81,10 @@ def measure(name: str, args: argparse.Namespace, work: Path) -> list[tuple[str, 
     rounded = torch.clamp(torch.round((x - lo) / scale), 0, 255) * scale + lo
     rows.append(("8-bit input", compare_logits(ref, logits_of(model, rounded))))
     fp32_onnx = work / f"{name}.onnx"
-    export_onnx(model, api._info(fused.loaded, "onnx", True), fp32_onnx)
+    export_onnx(model, model_info(fused.loaded, "onnx", True), fp32_onnx)
     for rules in RULES:
-        sim = QuantSim.for_export(model, fp32_onnx, table, QuantConfig(), SIMULATED_RULES[rules])
+        target_rules = get_target(rules).quantization_rules()
+        sim = QuantSim.for_export(model, fp32_onnx, table, QuantConfig(), target_rules)
         rows.append((f"int8, {LABELS[rules]}", compare_logits(ref, logits_of(sim.eval(), x))))
     return rows
 

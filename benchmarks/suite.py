@@ -177,11 +177,11 @@ def build_variants(name: str, work: Path, args: argparse.Namespace) -> list[Vari
         Variant("PyTorch fused fp32", "pytorch", torch_infer(fused)),
     ]
     for label, path in (("edgevt ONNX fp32", onnx.artifact),
-                        ("edgevt ONNX int8", onnx.int8["artifact"])):  # fmt: skip
+                        ("edgevt ONNX int8", onnx.int8.path)):  # fmt: skip
         variants.append(Variant(label, "onnx", runner_infer(
             lambda t, p=path: OnnxRuntimeRunner(p, threads=t)), size(path)))  # fmt: skip
     for precision in ("fp32", "fp16", "w8", "int8"):
-        path = tfl.run_dir.path / artifact_name(get_target("tflite"), precision)
+        path = tfl.run_dir.path / artifact_name(get_target("tflite").spec, precision)
         variants.append(Variant(f"edgevt TFLite {precision}", "tflite", runner_infer(
             lambda t, p=path: LiteRTRunner(p, threads=t)), size(path)))  # fmt: skip
     if entry.family in ("levit", "cvt"):
@@ -190,7 +190,7 @@ def build_variants(name: str, work: Path, args: argparse.Namespace) -> list[Vari
         fast = api.export(name, "tflite", pretrained=pretrained, out=work / "tflite-fast",
                           precisions=["int8"], calib_table=table, float_ops=FAST_FLOAT_OPS,
                           progress=False)  # fmt: skip
-        path = fast.run_dir.path / artifact_name(get_target("tflite"), "int8")
+        path = fast.run_dir.path / artifact_name(get_target("tflite").spec, "int8")
         variants.append(Variant("edgevt TFLite int8, fast recipe", "tflite", runner_infer(
             lambda t, p=path: LiteRTRunner(p, threads=t)), size(path)))  # fmt: skip
     alternatives = (

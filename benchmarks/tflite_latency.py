@@ -50,7 +50,7 @@ def measure(name: str, work: Path, args: argparse.Namespace) -> list[dict]:
     out = api.export(name, "tflite", pretrained=pretrained, out=work / name,
                      precisions=precisions[1:], progress=False,
                      **(calib if "int8" in precisions else {}))  # fmt: skip
-    spec = get_target("tflite")
+    spec = get_target("tflite").spec
     paths = {p: out.run_dir.path / artifact_name(spec, p) for p in precisions}
     images = next(open_dataset(default_data_root() / "imagenet-val1000").subset(args.check)
                   .batches(entry.preprocess, args.check))[0]  # fmt: skip

@@ -173,12 +173,63 @@ def benchmark_isolated(
     return BenchResult(**json.loads(proc.stdout.splitlines()[-1]))
 
 
+def bench_artifacts(
+    artifacts: list[Path],
+    *,
+    threads: list[int] | tuple[int, ...] = (1,),
+    batch: int = 1,
+    warmup: int = 10,
+    seconds: float = 3.0,
+    iterations: int = 20,
+    out: str | Path | None = None,
+) -> list[tuple[Any, Path]]:
+    """Host latency of each artifact at each thread count; one JSON result file per pair.
+
+    Results land in ``out`` or in ``bench/`` of the artifact's own folder (its run directory,
+    whose manifest records a ``bench`` stage). Each measurement runs in its own process.
+    Returns (BenchResult, json path) pairs, grouped
+    by thread count so each group's first entry is the baseline.
+    """
+    from edgevt.errors import EdgevtError
+    from edgevt.io import write_json
+    from edgevt.run import RunDir
+
+    for path in artifacts:
+        if not path.exists():
+            raise EdgevtError(f"{path} does not exist (edgevt bench takes exported artifacts).")
+    bad = [n for n in threads if n < 1]
+    if bad:
+        raise EdgevtError(f"--threads {bad[0]}: thread counts must be >= 1.")
+    results: list[tuple[Any, Path]] = []
+    summaries: dict[Path, dict[str, Any]] = {}  # run directory -> its bench stage results
+    for n in threads:
+        for path in artifacts:
+            result = benchmark_isolated(path, n, batch, warmup, seconds, iterations)
+            folder = Path(out) if out is not None else path.parent / "bench"
+            json_path = write_json(folder / result_name(path, n, batch), result.to_dict())
+            summaries.setdefault(path.parent, {})[json_path.stem] = {
+                k: getattr(result, k) for k in ("p50_ms", "p90_ms", "p99_ms", "batch")
+            }
+            results.append((result, json_path))
+    for run_dir, summary in summaries.items():  # one manifest update per run directory
+        if out is None and (run_dir / "manifest.json").is_file():
+            run = RunDir(run_dir)
+            recorded = run.manifest["stages"].get("bench", {}).get("results", {})
+            run.record(
+                "bench",
+                {"artifacts": sorted(p.name for p in artifacts if p.parent == run_dir)},
+                {"warmup": warmup, "seconds": seconds, "iterations": iterations},
+                results={**recorded, **summary},
+            )
+    return results
+
+
 def _main(argv: list[str]) -> int:
     import json
     import sys
 
-    from edgevt.api import open_runner
     from edgevt.errors import EdgevtError
+    from edgevt.runners import open_runner
 
     artifact, threads, batch, warmup, seconds, iterations = argv
     try:

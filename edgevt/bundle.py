@@ -8,7 +8,11 @@
   timed;
 * ``run_bundle.py``: a standalone runner (numpy + the device's runtime, nothing from edgevt);
 * ``bundle.json`` (what is inside) and ``README.md`` (the exact commands, over ssh/adb);
-* for TensorRT devices, ``trtexec.sh`` that builds the engines on the device from the ONNX.
+* what the device's targets add (for TensorRT, ``trtexec.sh`` that builds the engines on the
+  device from the ONNX).
+
+Which files go in is decided by the ArtifactInfo each one carries: its target must be one the
+device's profile names.
 
 The runner writes ``results/<device>-<time>.json``; ``edgevt report`` reads it beside the host
 results.
@@ -22,12 +26,14 @@ from pathlib import Path
 
 import numpy as np
 
+from edgevt.artifact import ArtifactInfo
 from edgevt.devices import DeviceProfile, load_profile
 from edgevt.errors import EdgevtError
 from edgevt.io import artifact_size, atomic_path, write_json
+from edgevt.runners import open_runner
+from edgevt.targets import get_target, read_artifact_info, target_for_path
 
 RUNNER = Path(__file__).with_name("bundle_runner.py")
-SUFFIXES = {"onnx": ".onnx", "tflite": ".tflite", "mlpackage": ".mlpackage", "engine": ".engine"}
 
 
 @dataclass
@@ -39,11 +45,16 @@ class Bundle:
 
 
 def bundle_artifacts(run_dir: Path, device: DeviceProfile) -> list[Path]:
-    """The run's artifacts this device can run, in the profile's order of preference."""
-    found = []
-    for kind in device.artifacts:
-        found += sorted(p for p in run_dir.glob(f"*{SUFFIXES[kind]}") if not p.name.startswith("."))
-    return found
+    """The run's artifacts this device can run, in the profile's order of preference: those
+    whose embedded ArtifactInfo names one of the device's targets."""
+    found: dict[str, list[Path]] = {t: [] for t in device.targets}
+    for path in sorted(run_dir.iterdir()):
+        if path.name.startswith(".") or target_for_path(path) is None:
+            continue
+        info = read_artifact_info(path)
+        if info.target in found:
+            found[info.target].append(path)
+    return [p for paths in found.values() for p in paths]
 
 
 def make_bundle(
@@ -56,7 +67,6 @@ def make_bundle(
     force: bool = False,
 ) -> Bundle:
     """Write a bundle of ``run_dir``'s artifacts for ``device`` into ``out`` (see module doc)."""
-    from edgevt.api import open_runner
     from edgevt.data.imagenet import default_data_root, sample_batch
 
     run_dir, out = Path(run_dir), Path(out)
@@ -65,11 +75,13 @@ def make_bundle(
         raise EdgevtError(f"run directory {run_dir} does not exist.")
     artifacts = bundle_artifacts(run_dir, profile)
     if not artifacts:
-        kinds = ", ".join(SUFFIXES[k] for k in profile.artifacts)
+        kinds = ", ".join(sorted({get_target(t).spec.suffix for t in profile.targets}))
         raise EdgevtError(
             f"{run_dir} has no artifact {profile.name} runs ({kinds}); export one first, e.g. "
-            f"`edgevt export MODEL --target {_export_target(profile)} -o {run_dir}`."
+            f"`edgevt export MODEL --target {profile.targets[0]} -o {run_dir}`."
         )
+    if out.exists() and not out.is_dir():
+        raise EdgevtError(f"-o {out} is a file, not a folder; choose another -o.")
     if out.exists() and any(out.iterdir()) and not force:
         raise EdgevtError(f"{out} exists and is not empty; choose another -o or pass --force.")
     if samples < 1:
@@ -84,32 +96,14 @@ def make_bundle(
     staging = out.with_name(f".{out.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     (staging / "models").mkdir(parents=True)
-    arrays: dict[str, np.ndarray] = {"inputs": inputs}
-    models: dict[str, dict] = {}
-    for path in artifacts:
-        runner = open_runner(path, threads=1)
-        if runner.info.preprocess != first.info.preprocess:
-            raise EdgevtError(f"{path.name} expects other preprocessing than {artifacts[0].name}.")
-        key = "expected_" + path.stem
-        arrays[key] = np.concatenate([runner.infer(inputs[i : i + 1]) for i in range(samples)])
-        runner.deactivate()
-        target = staging / "models" / path.name
-        (shutil.copytree if path.is_dir() else shutil.copy2)(path, target)
-        models[path.name] = {
-            "precision": runner.info.precision,
-            "target": runner.info.target,
-            "expected": key,
-            "size_bytes": artifact_size(path),
-            "ort_optimization": runner.info.extra.get("ort_optimization", "all"),
-        }
-    np.savez(staging / "samples.npz", **arrays)
+    models, infos = _copy_models(staging, artifacts, inputs, first.info.preprocess)
     shutil.copy2(RUNNER, staging / "run_bundle.py")
     write_json(
         staging / "bundle.json",
         {
             "format": "edgevt.bundle/1",
             "device": profile.name,
-            "backend": profile.backend,
+            "targets": list(profile.targets),
             "run": run_dir.resolve().name,
             "model": first.info.model,
             "weights": first.info.weights,
@@ -118,46 +112,56 @@ def make_bundle(
             "models": models,
         },
     )
-    if profile.backend == "tensorrt":
-        _write_trtexec(staging, list(models), first.info.preprocess.input_size)
+    for name in profile.targets:  # what each of the device's targets adds (a build script)
+        get_target(name).bundle_files(staging, infos, first.info.preprocess.input_size)
     with atomic_path(staging / "README.md") as tmp:
-        tmp.write_text(_readme(profile, first.info.model, list(models), out.name))
+        tmp.write_text(_readme(profile, first.info.model, infos, out.name))
     if out.exists():
         shutil.rmtree(out)
     staging.rename(out)  # the bundle appears whole or not at all
     return Bundle(out, profile, list(models), samples)
 
 
-def _export_target(profile: DeviceProfile) -> str:
-    return {"litert": "tflite", "tensorrt": "tensorrt", "coreml": "coreml"}.get(
-        profile.backend, "onnx"
-    )
+def _copy_models(
+    staging: Path, artifacts: list[Path], inputs: np.ndarray, preprocess
+) -> tuple[dict[str, dict], dict[str, ArtifactInfo]]:
+    """Copy each artifact into ``models/`` with the logits this host computes for the samples
+    (``samples.npz``): bundle.json's model entries, and each file's own info."""
+    arrays: dict[str, np.ndarray] = {"inputs": inputs}
+    models: dict[str, dict] = {}
+    infos: dict[str, ArtifactInfo] = {}
+    samples = len(inputs)
+    for path in artifacts:
+        runner = open_runner(path, threads=1)
+        if runner.info.preprocess != preprocess:
+            raise EdgevtError(f"{path.name} expects other preprocessing than the first artifact.")
+        key = "expected_" + path.stem
+        arrays[key] = np.concatenate([runner.infer(inputs[i : i + 1]) for i in range(samples)])
+        runner.deactivate()
+        target = staging / "models" / path.name
+        (shutil.copytree if path.is_dir() else shutil.copy2)(path, target)
+        infos[path.name] = runner.info
+        models[path.name] = {
+            "precision": runner.info.precision,
+            "target": runner.info.target,
+            "expected": key,
+            "size_bytes": artifact_size(path),
+            "ort_optimization": runner.info.extra.get("ort_optimization", "all"),
+        }
+    np.savez(staging / "samples.npz", **arrays)
+    return models, infos
 
 
-def _write_trtexec(folder: Path, models: list[str], size: int) -> None:
-    lines = [
-        "#!/usr/bin/env bash",
-        "# Build and time a TensorRT engine from each bundled ONNX model, on the Jetson itself",
-        "# (engines are specific to the GPU and TensorRT version that built them).",
-        "set -euo pipefail",
-        'TRTEXEC="${TRTEXEC:-/usr/src/tensorrt/bin/trtexec}"',
-        'cd "$(dirname "$0")"',
-        "mkdir -p results",
-    ]
-    for name in models:
-        stem = Path(name).stem
-        # QDQ models carry their own int8 scales (explicit quantization); fp32 ONNX runs in fp16.
-        flags = "--int8 --fp16" if "int8" in stem else "--fp16"
-        lines.append(
-            f'"$TRTEXEC" --onnx=models/{name} {flags} --shapes=images:1x3x{size}x{size} '
-            f"--saveEngine=models/{stem}.engine --exportTimes=results/{stem}-trtexec-times.json"
-        )
-    with atomic_path(folder / "trtexec.sh") as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
-        tmp.chmod(0o755)
+def _runtime(profile: DeviceProfile, name: str) -> str:
+    """What runs a file on the device: the first of its targets that takes such files (a
+    Jetson's TensorRT builds engines from every ONNX file)."""
+    for target in map(get_target, profile.targets):
+        if any(name.endswith(s) for s in target.spec.suffixes):
+            return target.spec.device_runtime
+    return "?"
 
 
-def _readme(profile: DeviceProfile, model: str, models: list[str], name: str) -> str:
+def _readme(profile: DeviceProfile, model: str, models: dict[str, ArtifactInfo], name: str) -> str:
     run = "python3 run_bundle.py"
     if profile.connect == "adb":
         reach = f"""```bash
@@ -179,24 +183,8 @@ scp -r {name} user@{profile.name}.local:~/
 ssh user@{profile.name}.local 'cd ~/{name} && {run}'
 scp -r user@{profile.name}.local:~/{name}/results ./{name}-results
 ```"""
-    trt = ""
-    if profile.backend == "tensorrt":
-        trt = """
-Engines are built on the Jetson. With TensorRT's Python API the runner can time an `.engine`;
-the simplest route is `trtexec`, which builds and times each model in one go:
-
-```bash
-./trtexec.sh            # writes models/*.engine and results/*-trtexec-times.json
-python3 run_bundle.py --models model_int8.engine
-```
-"""
-    needs = {
-        ".onnx": "onnxruntime" if profile.backend != "tensorrt" else "TensorRT (trtexec)",
-        ".tflite": "ai-edge-litert (or tflite-runtime)",
-        ".mlpackage": "coremltools (macOS)",
-        ".engine": "TensorRT",
-    }
-    runtimes = sorted({needs[Path(m).suffix] for m in models})
+    extra = "".join(get_target(t).bundle_readme() for t in profile.targets)
+    runtimes = sorted({_runtime(profile, m) for m in models})
     return f"""# edgevt bundle: {model} on {profile.description}
 
 Models: {", ".join(models)}; they need numpy and {", ".join(runtimes)}.
@@ -206,7 +194,7 @@ Models: {", ".join(models)}; they need numpy and {", ".join(runtimes)}.
 2. Copy this folder to the device, run it, and bring the results back:
 
 {reach}
-{trt}
+{extra}
 `run_bundle.py` first runs the bundled sample images and compares the logits with the ones
 this host computed for the same files (cosine >= 0.99, else the model is reported as FAILED
 and not timed), then times batch-1 inference (`--threads`, `--seconds`, `--iterations`).

@@ -1,9 +1,9 @@
 """Device profiles: the TOML files in the repository's top-level ``targets/`` folder.
 
-A profile says what runs on a device (backend, which artifacts, precisions, threads, Core ML
-compute units) and how a bundle reaches it (ssh, adb, a Mac). ``edgevt bundle --device NAME``
-and the report read them; a path to a ``.toml`` works wherever a name does, so users add their
-own devices without editing edgevt.
+A profile says what runs on a device (which targets' files, in order of preference; precisions,
+threads, Core ML compute units) and how a bundle reaches it (ssh, adb, a Mac). ``edgevt bundle
+--device NAME`` and the report read them; a path to a ``.toml`` works wherever a name does, so
+users add their own devices without editing edgevt.
 """
 
 from __future__ import annotations
@@ -15,9 +15,8 @@ from pathlib import Path
 from edgevt.errors import EdgevtError
 from edgevt.io import read_toml
 
-BACKENDS = ("litert", "tensorrt", "coreml", "onnxruntime")
 CONNECTIONS = ("ssh", "adb", "macos", "local")
-REQUIRED = ("name", "description", "os", "arch", "backend", "artifacts", "precisions", "threads")
+REQUIRED = ("name", "description", "os", "arch", "targets", "precisions", "threads")
 
 
 @dataclass(frozen=True)
@@ -26,8 +25,7 @@ class DeviceProfile:
     description: str
     os: str
     arch: str
-    backend: str
-    artifacts: tuple[str, ...]
+    targets: tuple[str, ...]  # registered export targets whose files it runs, preferred first
     precisions: tuple[str, ...]
     threads: tuple[int, ...]
     connect: str = "ssh"
@@ -61,6 +59,11 @@ def load_profile(name_or_path: str | Path) -> DeviceProfile:
     data = read_toml(path, "device profile")
     missing = [k for k in REQUIRED if k not in data]
     unknown = set(data) - (set(DeviceProfile.__dataclass_fields__) - {"path"})
+    if "artifacts" in unknown or "backend" in unknown:
+        raise EdgevtError(
+            f"device profile {path}: 'artifacts' and 'backend' are now one key, targets = "
+            '["tflite", "onnx"]: the export targets whose files the device runs, preferred first.'
+        )
     if missing or unknown:
         raise EdgevtError(
             f"device profile {path}: "
@@ -69,11 +72,24 @@ def load_profile(name_or_path: str | Path) -> DeviceProfile:
             + (f"unknown key(s) {', '.join(sorted(unknown))}" if unknown else "")
             + "."
         )
-    if data["backend"] not in BACKENDS:
-        raise EdgevtError(f"{path}: backend {data['backend']!r} is not one of {BACKENDS}.")
+    _check_targets(path, data["targets"])
     if data.get("connect", "ssh") not in CONNECTIONS:
         raise EdgevtError(f"{path}: connect {data['connect']!r} is not one of {CONNECTIONS}.")
-    for key in ("artifacts", "precisions", "threads", "compute_units"):
+    for key in ("targets", "precisions", "threads", "compute_units"):
         if key in data:
             data[key] = tuple(data[key])
     return DeviceProfile(**data, path=path)
+
+
+def _check_targets(path: Path, targets: object) -> None:
+    from edgevt.targets import all_targets
+
+    known = all_targets()
+    if not isinstance(targets, list) or not targets:
+        raise EdgevtError(f"{path}: targets must be a list of export targets, e.g. [\"tflite\"].")
+    unknown = [t for t in targets if t not in known]
+    if unknown:
+        raise EdgevtError(
+            f"{path}: unknown target(s) {', '.join(map(repr, unknown))} in targets; known: "
+            f"{', '.join(known)} (`edgevt targets`)."
+        )

@@ -21,10 +21,22 @@ from typing import Any
 
 from edgevt.errors import EdgevtError
 from edgevt.io import read_toml, sha256, write_json
-from edgevt.targets import artifact_name, get_target, needs_calibration, resolve_precisions
+from edgevt.targets import DEFAULT_TARGET, artifact_name, get_target
 
 STATE = "pipeline.json"
-SECTIONS = {"out", "model", "calibration", "export", "eval", "bench", "devices", "report"}
+# Every key a section takes, with its type; a typo (``max_dorp``) is an error naming the key.
+# An [[export]] also takes its target's own options (``edgevt targets``), typed by the target.
+KEYS: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "model": {"name": str, "checkpoint": str, "pretrained": bool, "seed": int},
+    "calibration": {"data": str, "size": int, "method": str},
+    "export": {"target": str, "int8": bool, "precisions": list, "max_drop": (int, float),
+               "quant_config": str},
+    "eval": {"data": str, "limit": int},
+    "bench": {"threads": list, "seconds": (int, float), "iterations": int},
+    "devices": {"name": str, "run": str, "samples": int},
+    "report": {"out": str, "title": str},
+}  # fmt: skip
+SECTIONS = {"out", *KEYS}
 
 
 @dataclass
@@ -43,10 +55,11 @@ def load_config(path: str | Path) -> dict[str, Any]:
         raise EdgevtError(
             f"{path}: unknown section(s) {sorted(unknown)}; known: {sorted(SECTIONS)}."
         )
+    _check_types(path, config)
     if "name" not in config.get("model", {}):
         raise EdgevtError(f'{path}: [model] needs name = "levit_128s" (see `edgevt models`).')
     if not config.get("export"):
-        raise EdgevtError(f'{path}: add at least one [[export]] with target = "onnx".')
+        raise EdgevtError(f'{path}: add at least one [[export]] with target = "{DEFAULT_TARGET}".')
     base = path.resolve().parent
 
     def resolve(value: str | None) -> str | None:
@@ -54,19 +67,84 @@ def load_config(path: str | Path) -> dict[str, Any]:
 
     model = config["model"]
     model["checkpoint"] = resolve(model.get("checkpoint"))
+    if model["checkpoint"] is not None and not Path(model["checkpoint"]).exists():
+        raise EdgevtError(f"{path}: [model] checkpoint {model['checkpoint']} does not exist.")
     config["out"] = resolve(config.get("out", f"runs/{model['name']}"))
     for section in ("calibration", "eval"):
         if "data" in config.get(section, {}):
             config[section]["data"] = resolve(config[section]["data"])
     if "out" in config.get("report", {}):
         config["report"]["out"] = resolve(config["report"]["out"])
-    for export in config["export"]:  # an unknown target or precision fails before any work
-        target = get_target(export.get("target", "onnx"))
-        resolve_precisions(target, list(export.get("precisions", [])), bool(export.get("int8")))
+    for export in config["export"]:  # an unknown target, precision or option fails now
+        target = get_target(export.get("target", DEFAULT_TARGET))
+        precisions = target.resolve_precisions(export.get("precisions", []), export.get("int8"))
+        try:
+            options = target.options(_target_options(export))
+        except EdgevtError as exc:
+            raise EdgevtError(f"{path}: [[export]] target {target.spec.name}: {exc}") from None
+        target.validate(options, precisions, export.get("max_drop"))
+        if "quant_config" in export:
+            export["quant_config"] = resolve(export["quant_config"])
     calibration = config.get("calibration", {})
     if any(_wants_int8(e) for e in config["export"]) and "data" not in calibration:
         raise EdgevtError(f"{path}: int8 exports need [calibration] data = IMAGE_DIR.")
     return config
+
+
+def _check_types(path: Path, config: dict[str, Any]) -> None:
+    """Unknown keys and values of the wrong type, named with their section."""
+    for section, keys in KEYS.items():
+        value = config.get(section, [] if section in ("export", "devices") else {})
+        tables = value if isinstance(value, list) else [value]
+        if not all(isinstance(t, dict) for t in tables) or (
+            section in ("export", "devices") and not isinstance(value, list)
+        ):
+            form = f"[[{section}]] tables" if section in ("export", "devices") else f"[{section}]"
+            raise EdgevtError(f"{path}: {section} must be written as {form}.")
+        for table in tables:
+            extra = set(table) - set(keys)
+            if section == "export":  # the target's options are checked by the target
+                extra = {k for k in extra if not _is_target_option(table, k)}
+            if extra:
+                raise EdgevtError(
+                    f"{path}: unknown key(s) {', '.join(sorted(extra))} in [{section}]; known: "
+                    f"{', '.join(sorted(keys))}"
+                    + (" and the target's options (`edgevt targets`)." if section == "export"
+                       else ".")
+                )  # fmt: skip
+            for key, kind in keys.items():
+                if key in table and not _is_a(table[key], kind):
+                    raise EdgevtError(
+                        f"{path}: [{section}] {key} = {table[key]!r} has the wrong type "
+                        f"(expected {_type_name(kind)})."
+                    )
+    if "out" in config and not isinstance(config["out"], str):
+        raise EdgevtError(f"{path}: out must be a path (a string).")
+
+
+def _is_a(value: Any, kind: type | tuple[type, ...]) -> bool:
+    # TOML's true is an int to isinstance: a bool only where a bool is asked for
+    return isinstance(value, kind) and isinstance(value, bool) == (kind is bool)
+
+
+_NAMES = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false",
+          "list": "a list"}  # fmt: skip
+
+
+def _type_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(_NAMES[k.__name__] for k in kinds)
+
+
+def _is_target_option(export: dict[str, Any], key: str) -> bool:
+    import dataclasses
+
+    target = get_target(export.get("target", DEFAULT_TARGET))
+    return key in {f.name for f in dataclasses.fields(target.Options)}
+
+
+def _target_options(export: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in export.items() if k not in KEYS["export"]}
 
 
 def _key(*parts: Any) -> str:
@@ -88,99 +166,125 @@ class _State:
         write_json(self.path, {"format": "edgevt.pipeline/1", "stages": self.stages})
 
 
+class _Stages:
+    """Runs a stage unless its key is unchanged and its outputs exist (then skips it)."""
+
+    def __init__(self, out: Path, force: bool, log: Callable[[str], None]) -> None:
+        self.state, self.force, self.log = _State(out), force, log
+        self.outcome = PipelineOutcome(out)
+
+    def __call__(self, name: str, key: str, outputs: list[Path], work: Callable[[], None]):
+        if not self.force and self.state.fresh(name, key, outputs):
+            self.log(f"[skip] {name}: inputs unchanged")
+            self.outcome.skipped.append(name)
+            return
+        self.log(f"[run]  {name}")
+        work()
+        self.state.done(name, key, outputs)
+        self.outcome.ran.append(name)
+
+
 def run_pipeline(
     config_path: str | Path, force: bool = False, log: Callable[[str], None] = print
 ) -> PipelineOutcome:
-    from edgevt import api
-    from edgevt.bench import result_name
-    from edgevt.bundle import make_bundle
     from edgevt.report import collect, write_report
 
     config = load_config(config_path)
     out = Path(config["out"])
     out.mkdir(parents=True, exist_ok=True)
-    state = _State(out)
-    outcome = PipelineOutcome(out)
+    stage = _Stages(out, force, log)
     model = config["model"]
     weights = sha256(Path(model["checkpoint"])) if model.get("checkpoint") else None
     model_key = _key(model, weights)
+    calib_key = _calibrate(config, stage, model_key)
+    run_dirs = [_export(config, spec, stage, model_key, calib_key) for spec in config["export"]]
+    device_results = _bundles(config, stage, run_dirs)
+    report_dir = Path(config.get("report", {}).get("out", out / "report"))
+    log("[run]  report")
+    report = collect([d for d in run_dirs if (d / "manifest.json").is_file()], device_results)
+    title = config.get("report", {}).get("title", f"edgevt run: {model['name']}")
+    stage.outcome.report = write_report(report, report_dir, title)["html"]
+    return stage.outcome
 
-    def stage(name: str, key: str, outputs: list[Path], work: Callable[[], None]) -> None:
-        if not force and state.fresh(name, key, outputs):
-            log(f"[skip] {name}: inputs unchanged")
-            outcome.skipped.append(name)
-            return
-        log(f"[run]  {name}")
-        work()
-        state.done(name, key, outputs)
-        outcome.ran.append(name)
 
-    common = {
+def _common(config: dict[str, Any]) -> dict[str, Any]:
+    model = config["model"]
+    return {
         "checkpoint": model.get("checkpoint"),
         "pretrained": bool(model.get("pretrained", False)),
         "seed": int(model.get("seed", 0)),
     }
+
+
+def _calibrate(config: dict[str, Any], stage: _Stages, model_key: str) -> str:
+    """One table for every int8 export; returns its stage key."""
+    from edgevt import api
+
     calib = config.get("calibration", {})
-    table = out / "calib" / "calibration.json"
+    table = Path(config["out"]) / "calib" / "calibration.json"
     calib_key = _key(model_key, calib)
     if any(_wants_int8(e) for e in config["export"]):
         stage("calibrate", calib_key, [table], lambda: api.calibrate(
-            model["name"], data=calib["data"], calib_size=int(calib.get("size", 512)),
-            method=calib.get("method", "percentile"), out=table, **common,
+            config["model"]["name"], data=calib["data"], calib_size=int(calib.get("size", 512)),
+            method=calib.get("method", "percentile"), out=table, **_common(config),
         ))  # fmt: skip
+    return calib_key
 
+
+def _export(
+    config: dict[str, Any], spec: dict[str, Any], stage: _Stages, model_key: str, calib_key: str
+) -> Path:
+    """One [[export]] (and its bench): the run directory it writes."""
+    from edgevt import api
+    from edgevt.bench import result_name
+
+    out, calib = Path(config["out"]), config.get("calibration", {})
     evaluation = config.get("eval", {})
-    run_dirs = []
-    for spec in config["export"]:
-        target = get_target(spec.get("target", "onnx"))
-        precisions = resolve_precisions(
-            target, list(spec.get("precisions", [])), bool(spec.get("int8", False))
-        )
-        int8 = needs_calibration(precisions)
-        run_dir = out / (f"{target.name}-int8" if int8 else target.name)
-        run_dirs.append(run_dir)
-        key = _key(model_key, spec, evaluation, calib_key if int8 else None)
-        outputs = [run_dir / artifact_name(target, p) for p in precisions]
-        stage(f"export {run_dir.name}", key, outputs, lambda spec=spec, run_dir=run_dir, int8=int8,
-              precisions=precisions: api.export(
-                  model["name"], spec.get("target", "onnx"), out=run_dir, int8=int8,
-                  precisions=precisions[1:],
-                  calib_table=table if int8 else None, eval_data=evaluation.get("data"),
-                  limit=evaluation.get("limit"), max_drop=spec.get("max_drop"),
-                  calib=calib.get("data") if spec.get("max_drop") is not None else None,
-                  **common,
-              ))  # fmt: skip
-        bench = config.get("bench")
-        if bench is not None:
-            artifacts = outputs
-            threads = [int(t) for t in bench.get("threads", [1])]
-            results = [run_dir / "bench" / result_name(a, t, 1) for a in artifacts
-                       for t in threads]  # fmt: skip
-            stage(f"bench {run_dir.name}", _key(key, bench), results, lambda artifacts=artifacts,
-                  threads=threads, bench=bench: api.bench(
-                      artifacts, threads=threads, seconds=float(bench.get("seconds", 3.0)),
-                      iterations=int(bench.get("iterations", 20)),
-                  ))  # fmt: skip
+    target = get_target(spec.get("target", DEFAULT_TARGET))
+    precisions = target.resolve_precisions(spec.get("precisions", []), spec.get("int8"))
+    int8 = target.spec.int8_precision in precisions
+    run_dir = out / (f"{target.spec.name}-int8" if int8 else target.spec.name)
+    key = _key(model_key, spec, evaluation, calib_key if int8 else None)
+    outputs = [run_dir / artifact_name(target.spec, p) for p in precisions]
+    stage(f"export {run_dir.name}", key, outputs, lambda: api.export(
+        config["model"]["name"], target.spec.name, out=run_dir, int8=int8,
+        precisions=precisions[1:], calib_table=out / "calib" / "calibration.json" if int8 else None,
+        eval_data=evaluation.get("data"), limit=evaluation.get("limit"),
+        max_drop=spec.get("max_drop"),
+        calib=calib.get("data") if spec.get("max_drop") is not None else None,
+        quant_config=spec.get("quant_config"), options=_target_options(spec), **_common(config),
+    ))  # fmt: skip
+    bench = config.get("bench")
+    if bench is not None:
+        threads = [int(t) for t in bench.get("threads", [1])]
+        results = [run_dir / "bench" / result_name(a, t, 1) for a in outputs for t in threads]
+        stage(f"bench {run_dir.name}", _key(key, bench), results, lambda: api.bench(
+            outputs, threads=threads, seconds=float(bench.get("seconds", 3.0)),
+            iterations=int(bench.get("iterations", 20)),
+        ))  # fmt: skip
+    return run_dir
 
-    device_results: list[Path] = []
+
+def _bundles(config: dict[str, Any], stage: _Stages, run_dirs: list[Path]) -> list[Path]:
+    """A bundle per [[devices]] entry; the results any of them brought back."""
+    from edgevt.bundle import make_bundle
+
+    out, found = Path(config["out"]), []
     for device in config.get("devices", []):
         source = out / device.get("run", run_dirs[0].name)
         folder = out / "bundles" / device["name"]
-        key = _key(state.stages.get(f"export {source.name}", {}).get("key"), device)
+        key = _key(stage.state.stages.get(f"export {source.name}", {}).get("key"), device)
         stage(f"bundle {device['name']}", key, [folder / "bundle.json"], lambda device=device,
               source=source, folder=folder: make_bundle(
                   source, device["name"], folder, samples=int(device.get("samples", 8)),
                   force=True,
               ))  # fmt: skip
-        device_results += sorted((folder / "results").glob("*.json"))
-
-    report_dir = Path(config.get("report", {}).get("out", out / "report"))
-    log("[run]  report")
-    report = collect([d for d in run_dirs if (d / "manifest.json").is_file()], device_results)
-    title = config.get("report", {}).get("title", f"edgevt run: {model['name']}")
-    outcome.report = write_report(report, report_dir, title)["html"]
-    return outcome
+        found += sorted((folder / "results").glob("*.json"))
+    return found
 
 
 def _wants_int8(export: dict[str, Any]) -> bool:
-    return bool(export.get("int8")) or needs_calibration(export.get("precisions", []))
+    target = get_target(export.get("target", DEFAULT_TARGET))
+    return target.spec.int8_precision in target.resolve_precisions(
+        export.get("precisions", []), export.get("int8")
+    )

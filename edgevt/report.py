@@ -14,10 +14,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from edgevt.artifact import ArtifactInfo
 from edgevt.errors import EdgevtError
 from edgevt.io import artifact_size, atomic_path, write_json
-
-ARTIFACT_SUFFIXES = (".onnx", ".tflite", ".mlpackage")
 
 
 @dataclass
@@ -54,6 +53,7 @@ class Timing:
     threads: int
     p50_ms: float
     p90_ms: float
+    target: str = "?"  # from the artifact's own info
     speedup: float | None = None  # vs the fp32 artifact of the same run, place and threads
 
 
@@ -67,115 +67,164 @@ class Report:
 
 def _load_json(path: Path, what: str) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise EdgevtError(f"cannot read {what} {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise EdgevtError(f"{what} {path} is not a JSON object.")
+    return data
 
 
 def collect(run_dirs: list[Path], device_results: list[Path] = ()) -> Report:
-    rows: list[Row] = []
-    timings: list[Timing] = []
-    calibration, sensitivity = [], {}
-    models_by_artifact: dict[str, tuple[str, str]] = {}  # artifact file name -> (run, model)
+    report = Report([], [], [], {})
+    owners: dict[str, tuple[str, str]] = {}  # artifact file name -> (run, model)
     for run_dir in run_dirs:
-        manifest_path = run_dir / "manifest.json"
-        if not manifest_path.is_file():
-            raise EdgevtError(f"{run_dir} is not a run directory (no manifest.json).")
-        stages = _load_json(manifest_path, "manifest")["stages"]
-        run = run_dir.name
-        inputs = next(iter(stages.values()), {}).get("inputs", {})
-        model = inputs.get("model", "?")
-        weights = "random" if str(inputs.get("weights", "")).startswith("random") else "real"
-        evals = stages.get("eval", {}).get("results", {})
-        artifacts = sorted(
-            p.name for suffix in ARTIFACT_SUFFIXES for p in run_dir.glob(f"*{suffix}")
-        )
-        ref = evals.get("pytorch_fp32")
-        if ref:
-            rows.append(
-                Row(run, model, weights, "PyTorch (unfused)", "pytorch", "fp32", ref["top1"],
-                    ref["top5"], ref["n"], 1.0, 1.0)
-            )  # fmt: skip
-        for name in artifacts:
-            models_by_artifact[name] = (run, model)
-            result = evals.get(name, {})
-            vs = result.get("vs_pytorch_fp32", {})
-            runner = result.get("runner", {})
-            precision = runner.get("precision") or ("int8" if "int8" in name else "fp32")
-            rows.append(
-                Row(
-                    run, model, weights, name,
-                    _artifact_target(run_dir / name), precision,
-                    result.get("top1"), result.get("top5"), result.get("n"),
-                    vs.get("top1_agreement"), vs.get("cosine"),
-                    artifact_size(run_dir / name) / 1e6,
-                    vs.get("lost"), vs.get("won"), vs.get("p_value"),
-                )
-            )  # fmt: skip
-        for path in sorted((run_dir / "bench").glob("*.json")):
-            bench = _load_json(path, "benchmark result")
-            artifact = Path(bench["runner"].get("artifact", "?")).name
-            timings.append(
-                Timing(
-                    run, model, artifact, bench["runner"].get("precision", "?"), "host",
-                    bench["runner"].get("backend", "?"), int(bench["runner"].get("threads", 0)),
-                    bench["p50_ms"], bench["p90_ms"],
-                )
-            )  # fmt: skip
-        table = run_dir / "calibration.json"
-        if table.is_file():
-            data = _load_json(table, "calibration table")
-            source = data.get("source", {})
-            calibration.append(
-                {
-                    "run": run,
-                    "method": data.get("method", source.get("method")),
-                    "images": source.get("images"),
-                    "data": source.get("data"),
-                    "percentile": source.get("percentile"),
-                    "float_ops": stages.get("export_int8", {})
-                    .get("results", {})
-                    .get("float_ops", []),
-                }
-            )
-        if (run_dir / "sensitivity.json").is_file():
-            sensitivity[run] = _load_json(run_dir / "sensitivity.json", "sensitivity")
+        _collect_run(run_dir, report, owners)
     for path in device_results:
-        if not path.is_file():
-            raise EdgevtError(f"device results {path} do not exist.")
-        data = _load_json(path, "device results")
-        if data.get("format") != "edgevt.device-results/1":
-            raise EdgevtError(f"{path} is not a results file written by run_bundle.py.")
+        _collect_device(path, report, owners)
+    _speedups(report.timings)
+    if not report.rows and not report.timings:
+        raise EdgevtError("nothing to report: the runs hold no evaluation or benchmark results.")
+    return report
+
+
+def _artifacts(run_dir: Path) -> dict[str, ArtifactInfo]:
+    """Every artifact of a run, with what it says about itself (its model, target, precision)."""
+    from edgevt.targets import read_artifact_info, target_for_path
+
+    return {
+        p.name: read_artifact_info(p)
+        for p in sorted(run_dir.iterdir())
+        if not p.name.startswith(".") and target_for_path(p) is not None
+    }
+
+
+def _records(stages: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The typed artifact records of every stage (file name -> record), whatever the stage."""
+    out = {}
+    for stage in stages.values():
+        for record in stage.get("results", {}).get("artifacts", []) or []:
+            if isinstance(record, dict) and "file" in record:
+                out[record["file"]] = record
+    return out
+
+
+def _collect_run(run_dir: Path, report: Report, owners: dict[str, tuple[str, str]]) -> None:
+    manifest_path = run_dir / "manifest.json"
+    if not manifest_path.is_file():
+        raise EdgevtError(f"{run_dir} is not a run directory (no manifest.json).")
+    stages = _load_json(manifest_path, "manifest").get("stages")
+    if not isinstance(stages, dict) or not stages:
+        raise EdgevtError(f"{manifest_path} records no stages; re-run `edgevt export`.")
+    run = run_dir.name
+    inputs = next(iter(stages.values()), {}).get("inputs", {})
+    model = inputs.get("model", "?")
+    weights = "random" if str(inputs.get("weights", "")).startswith("random") else "real"
+    evals = stages.get("eval", {}).get("results", {})
+    ref = evals.get("pytorch_fp32")
+    if ref:
+        report.rows.append(
+            Row(run, model, weights, "PyTorch (unfused)", "pytorch", "fp32", ref["top1"],
+                ref["top5"], ref["n"], 1.0, 1.0)
+        )  # fmt: skip
+    infos = _artifacts(run_dir)
+    for name, info in infos.items():
+        owners[name] = (run, info.model)
+        result = evals.get(name, {})
+        vs = result.get("vs_pytorch_fp32", {})
+        report.rows.append(
+            Row(
+                run, info.model, weights, name, info.target, info.precision,
+                result.get("top1"), result.get("top5"), result.get("n"),
+                vs.get("top1_agreement"), vs.get("cosine"),
+                artifact_size(run_dir / name) / 1e6,
+                vs.get("lost"), vs.get("won"), vs.get("p_value"),
+            )
+        )  # fmt: skip
+    for path in sorted((run_dir / "bench").glob("*.json")):
+        report.timings.append(_host_timing(path, run, model, infos))
+    table = run_dir / "calibration.json"
+    if table.is_file():
+        report.calibration.append(_calibration(table, run, _records(stages)))
+    if (run_dir / "sensitivity.json").is_file():
+        report.sensitivity[run] = _load_json(run_dir / "sensitivity.json", "sensitivity")
+
+
+def _host_timing(path: Path, run: str, model: str, infos: dict[str, ArtifactInfo]) -> Timing:
+    bench = _load_json(path, "benchmark result")
+    try:
+        runner = bench["runner"]
+        artifact = Path(runner.get("artifact", "?")).name
+        info = infos.get(artifact)
+        return Timing(
+            run, model, artifact, info.precision if info else runner.get("precision", "?"),
+            "host", runner.get("backend", "?"), int(runner.get("threads", 0)),
+            float(bench["p50_ms"]), float(bench["p90_ms"]),
+            target=info.target if info else "pytorch",
+        )  # fmt: skip
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise EdgevtError(
+            f"benchmark result {path} lacks {exc} or has a wrong value; re-run `edgevt bench`."
+        ) from None
+
+
+def _calibration(table: Path, run: str, records: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    data = _load_json(table, "calibration table")
+    source = data.get("source", {})
+    float_ops = [
+        op
+        for r in records.values()
+        if r.get("quantization")
+        for op in r["quantization"].get("float_ops", [])
+    ]
+    return {
+        "run": run,
+        "method": data.get("method", source.get("method")),
+        "images": source.get("images"),
+        "data": source.get("data"),
+        "percentile": source.get("percentile"),
+        "float_ops": float_ops,
+    }
+
+
+def _collect_device(path: Path, report: Report, owners: dict[str, tuple[str, str]]) -> None:
+    if not path.is_file():
+        raise EdgevtError(f"device results {path} do not exist.")
+    data = _load_json(path, "device results")
+    if data.get("format") != "edgevt.device-results/1":
+        raise EdgevtError(f"{path} is not a results file written by run_bundle.py.")
+    try:
         where = _device_label(data)
         for r in data["results"]:
             if "p50_ms" not in r:  # failed its correctness check: not timed
                 continue
-            run, model = models_by_artifact.get(r["artifact"], ("device", r.get("model", "?")))
+            run, model = owners.get(r["artifact"], ("device", r.get("model", "?")))
             run = r.get("run") or run  # bundles name the run they came from
-            timings.append(
-                Timing(run, r.get("model", model), r["artifact"], r["precision"],
-                       where, r["backend"], int(r["threads"]), r["p50_ms"], r["p90_ms"])
+            target = next((x.target for x in report.rows
+                           if (x.run, x.artifact) == (run, r["artifact"])), "?")  # fmt: skip
+            report.timings.append(
+                Timing(run, r.get("model", model), r["artifact"], r["precision"], where,
+                       r["backend"], int(r["threads"]), float(r["p50_ms"]), float(r["p90_ms"]),
+                       target=target)
             )  # fmt: skip
+    except (KeyError, TypeError, ValueError) as exc:
+        raise EdgevtError(
+            f"device results {path} lack {exc} or hold a wrong value; re-run run_bundle.py."
+        ) from None
+
+
+def _speedups(timings: list[Timing]) -> None:
+    """Speed-up against the fp32 artifact of the same run, place and threads, of the same
+    target where there is one (a .tflite against model.tflite)."""
     for t in timings:
-        # speed-up against the fp32 model of the same runtime (a .tflite against model.tflite),
-        # else against the run's fp32 ONNX model
         base = sorted(
-            (
-                b for b in timings
-                if (b.run, b.where, b.threads) == (t.run, t.where, t.threads)
-                and b.precision == "fp32" and Path(b.artifact).suffix in (".onnx", _suffix(t))
-            ),
-            key=lambda b: Path(b.artifact).suffix != _suffix(t),
+            (b for b in timings
+             if (b.run, b.where, b.threads) == (t.run, t.where, t.threads)
+             and b.precision == "fp32" and b.target != "pytorch"),
+            key=lambda b: b.target != t.target,
         )  # fmt: skip
         if base:
             t.speedup = base[0].p50_ms / t.p50_ms
-    if not rows and not timings:
-        raise EdgevtError("nothing to report: the runs hold no evaluation or benchmark results.")
-    return Report(rows, timings, calibration, sensitivity)
-
-
-def _suffix(t: Timing) -> str:
-    return Path(t.artifact).suffix
 
 
 def _device_label(data: dict[str, Any]) -> str:
@@ -191,17 +240,6 @@ def _device_label(data: dict[str, Any]) -> str:
 
     same = canonical(machine) == canonical(load_profile(device).arch)
     return device if same else f"{device} (ran on {machine})"
-
-
-def _artifact_target(path: Path) -> str:
-    if path.suffix == ".tflite":
-        return "tflite"
-    if path.suffix == ".onnx":
-        from edgevt.targets.onnx import read_onnx_info
-
-        info = read_onnx_info(path)
-        return info.target if info else "onnx"
-    return path.suffix.lstrip(".")
 
 
 def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
@@ -379,6 +417,15 @@ def _calibration_lines(report: Report) -> list[str]:
     return lines
 
 
+def _target_notes(report: Report) -> str:
+    """What the targets of these rows say about their host timings (a stand-in runtime...)."""
+    from edgevt.targets import all_targets
+
+    targets = all_targets()
+    notes = {targets[r.target].report_note(r.precision) for r in report.rows if r.target in targets}
+    return " ".join(sorted(n for n in notes if n))
+
+
 def write_report(report: Report, out: Path, title: str) -> dict[str, Path]:
     """``out/report.md``, ``out/report.html`` and ``out/report.json``, each written atomically."""
     accuracy, latency = accuracy_table(report), latency_table(report)
@@ -398,13 +445,7 @@ def write_report(report: Report, out: Path, title: str) -> dict[str, Path]:
         if any(r.weights == "random" for r in report.rows)
         else ""
     )
-    trt_note = (
-        "TensorRT-target int8 models are timed on the host in ONNX Runtime with graph "
-        "optimisation off (the exact-numerics stand-in used for their accuracy): that latency "
-        "says nothing about a Jetson; time them there with the bundle's trtexec.sh."
-        if any(r.target == "tensorrt" and r.precision == "int8" for r in report.rows)
-        else ""
-    )
+    trt_note = _target_notes(report)
     md = [f"# {title}", "", "## Accuracy", "", _markdown_table(accuracy), "", flips_note, "",
           random_note, "",
           "## Latency", "", _markdown_table(latency), "", trt_note, "",

@@ -6,6 +6,7 @@ import functools
 
 import pytest
 import torch
+from torch import nn
 
 from edgevt.data.imagenet import default_data_root
 
@@ -29,3 +30,55 @@ def real_images(name: str, n: int = 4) -> torch.Tensor:
 
 def zoo_params(names: list[str]) -> list:
     return [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_MODELS else n for n in names]
+
+
+def rules(target: str):
+    """The int8 rules a registered target quantizes by."""
+    from edgevt.targets import get_target
+
+    return get_target(target).quantization_rules()
+
+
+TINY = "tiny_cnn"
+
+
+class TinyCnn(nn.Module):
+    """Conv + BatchNorm + ReLU6, a residual add, a matmul-shaped head: what every target must
+    carry, in a model that converts in seconds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(8)
+        self.act = nn.ReLU6()
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.head = nn.Linear(8, 1000)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.act(self.bn(self.conv(x)))
+        y = y + self.conv2(y)
+        return self.head(y.mean((2, 3)))
+
+
+def _build() -> nn.Module:
+    torch.manual_seed(0)
+    model = TinyCnn()
+    with torch.no_grad():  # a BatchNorm that folds to something, not the identity
+        model.bn.running_mean.uniform_(-0.2, 0.2)
+        model.bn.running_var.uniform_(0.5, 1.5)
+    return model
+
+
+def tiny_model() -> str:
+    """Register (once) and name a zoo entry for ``TinyCnn``: 32 px inputs, seconds per target."""
+    from edgevt.data.preprocess import Preprocess
+    from edgevt.models import list_models
+    from edgevt.models.registry import ModelEntry, register_model
+
+    if TINY not in list_models():
+        register_model(ModelEntry(
+            name=TINY, family="cnn", build=_build,
+            preprocess=Preprocess(input_size=32, crop_pct=0.875, interpolation="bilinear"),
+            source="tests", convert_state_dict=lambda sd, model: ("timm", sd),
+        ))  # fmt: skip
+    return TINY

@@ -60,15 +60,18 @@ def test_export_then_eval_an_artifact_with_no_further_flags(tmp_path: Path, val_
         (["eval", "levit_128s", "--data", "/nonexistent/dir"], "does not exist"),
         (["eval", "missing.onnx", "--data", "."], "does not exist"),
         (["export", "levit_999"], "unknown model"),
-        (["export", "levit_128s", "--target", "vulkan"], "unknown target"),
+        (["export", "levit_128s", "--target", "vulkan"], "invalid choice: 'vulkan'"),
+        (["export", "levit_128s", "--int8-io"], "--int8-io does not apply to --target onnx"),
+        (["export", "levit_128s", "--opset", "99"], "--opset 99"),
+        (["export"], "the following arguments are required: model"),
         (["fuse", "levit_128s", "--checkpoint", "/nonexistent.pth"], "does not exist"),
     ],
 )
 def test_errors_are_one_line_without_traceback(args, message) -> None:
     proc = run(*args, check=False)
     assert proc.returncode == 2
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("edgevt: error")]
-    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert proc.stderr.startswith("edgevt: error: ") and len(proc.stderr.splitlines()) == 1
+    assert message in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
 
 
@@ -78,3 +81,14 @@ def test_corrupt_checkpoint_error(tmp_path: Path) -> None:
     bad.write_bytes(bad.read_bytes()[:50])
     proc = run("fuse", "levit_128s", "--checkpoint", str(bad), check=False)
     assert proc.returncode == 2 and "truncated" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_readme_targets_table_is_generated_from_the_registry() -> None:
+    """The README's table is `edgevt targets --markdown`: a new target must regenerate it."""
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    found = re.search(r"<!-- targets:begin[^\n]*-->\n(.*?)<!-- targets:end -->", readme, re.S)
+    assert found, "README.md lost its targets markers"
+    table = run("targets", "--markdown").stdout
+    assert found.group(1) == table, "regenerate: edgevt targets --markdown, into README.md"

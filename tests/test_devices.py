@@ -18,7 +18,7 @@ def test_the_shipped_profiles_load_and_cover_the_devices_we_support() -> None:
         profile = load_profile(name)
         assert profile.name == name == profile.path.stem
         assert profile.threads and all(t >= 1 for t in profile.threads)
-    assert load_profile("jetson-orin-nano").backend == "tensorrt"
+    assert load_profile("jetson-orin-nano").targets[0] == "tensorrt"
     assert "CPU_AND_NE" in load_profile("iphone-15").compute_units
 
 
@@ -34,9 +34,29 @@ def test_a_profile_path_works_and_bad_profiles_are_named(tmp_path: Path) -> None
     broken.write_text("name = [")
     with pytest.raises(EdgevtError, match="not valid TOML"):
         load_profile(broken)
-    broken.write_text(text.replace("backend =", "bakend ="))
-    with pytest.raises(EdgevtError, match="missing backend; unknown key.* bakend"):
+    broken.write_text(text.replace("targets =", "tragets ="))
+    with pytest.raises(EdgevtError, match="missing targets; unknown key.* tragets"):
         load_profile(broken)
-    broken.write_text(text.replace('backend = "litert"', 'backend = "tvm"'))
-    with pytest.raises(EdgevtError, match="backend 'tvm'"):
+
+
+def test_a_profile_naming_an_unknown_target_is_refused_on_load(tmp_path: Path) -> None:
+    """It used to load and then crash `edgevt bundle` with a KeyError (an unknown artifact
+    kind); the profile is now checked against the target registry when it is read."""
+    import subprocess
+    import sys
+
+    text = (profiles_dir() / "raspberry-pi-5.toml").read_text()
+    broken = tmp_path / "tvm-board.toml"
+    broken.write_text(text.replace('targets = ["tflite", "onnx"]', 'targets = ["tvm", "onnx"]'))
+    with pytest.raises(EdgevtError, match="unknown target.*'tvm'.*known: onnx"):
         load_profile(broken)
+    proc = subprocess.run(
+        [sys.executable, "-m", "edgevt.cli", "bundle", str(tmp_path), "--device", str(broken),
+         "-o", str(tmp_path / "b")], capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2 and proc.stderr.startswith("edgevt: error:")
+    assert "'tvm'" in proc.stderr and "Traceback" not in proc.stderr
+    old = tmp_path / "old.toml"
+    old.write_text(text.replace('targets = ["tflite", "onnx"]', 'artifacts = ["mlpackage"]'))
+    with pytest.raises(EdgevtError, match="targets = "):
+        load_profile(old)

@@ -100,3 +100,41 @@ def test_html_report_renders_in_headless_chromium(report_dir: Path, tmp_path: Pa
     # The plot is drawn: its points are on screen (red on the Pareto front, blue off it).
     # (Two points may overlap when fp32 and int8 time alike; the front is drawn on top.)
     assert count(PARETO_RED) > 100 and count(PARETO_RED) + count(POINT_BLUE) > 100
+
+
+def test_report_reads_precision_target_and_float_ops_from_the_artifacts(
+    tmp_path: Path, calib_dir: Path
+) -> None:
+    """A run with no evaluation: each row's precision and target come from the file's own
+    info (a w8a8 package was labelled fp32 and "mlpackage" when guessed from its name), and the
+    ops Core ML and TFLite keep in float reach the calibration section (they were read from an
+    ONNX-only stage record)."""
+    pytest.importorskip("coremltools")
+    pytest.importorskip("ai_edge_quantizer")
+    from edgevt import api
+    from edgevt.report import collect, write_report
+    from tests.helpers import tiny_model
+
+    tiny = tiny_model()
+    config = tmp_path / "head_float.json"
+    config.write_text(json.dumps({"module_name": {"head": None}}))
+    coreml = api.export(tiny, "coreml", int8=True, calib=calib_dir, calib_size=8,
+                        quant_config=config, out=tmp_path / "coreml", progress=False)  # fmt: skip
+    tflite = api.export(tiny, "tflite", int8=True, calib=calib_dir, calib_size=8,
+                        float_ops=["FULLY_CONNECTED"], out=tmp_path / "tflite", progress=False)
+    for run in (coreml.run_dir.path, tflite.run_dir.path):  # timings make rows reportable
+        assert run / "eval.json" not in list(run.iterdir())
+    api.bench([coreml.artifact, coreml.int8.path, tflite.int8.path], seconds=0.05,
+              iterations=2, warmup=1)  # fmt: skip
+    report = collect([coreml.run_dir.path, tflite.run_dir.path])
+    rows = {(r.run, r.artifact): r for r in report.rows}
+    w8a8 = rows[("coreml", "model_w8a8.mlpackage")]
+    assert (w8a8.target, w8a8.precision) == ("coreml", "w8a8")
+    assert (rows[("tflite", "model_int8.tflite")].target, rows[("tflite", "model.tflite")]
+            .precision) == ("tflite", "fp32")  # fmt: skip
+    floats = {c["run"]: c["float_ops"] for c in report.calibration}
+    assert floats["coreml"] == ["head"] and floats["tflite"] == ["FULLY_CONNECTED"]
+    md = write_report(report, tmp_path / "report", "t")["markdown"].read_text()
+    assert "kept in float: head" in md and "kept in float: FULLY_CONNECTED" in md
+    speedups = {t.artifact: t.speedup for t in report.timings}
+    assert speedups["model.mlpackage"] == 1.0  # its own fp32 is the baseline

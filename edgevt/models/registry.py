@@ -53,9 +53,23 @@ def register_model(entry: ModelEntry) -> ModelEntry:
     return entry
 
 
+_loaded = False
+
+
 def _ensure_loaded() -> None:
-    # Importing the family modules registers their entries.
-    from edgevt.models import cvt, efficientnet, levit  # noqa: F401
+    """Import every module of ``edgevt.models``: a family module registers its entries, so a
+    new family is one new file, with no edit here."""
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    import importlib
+    import pkgutil
+
+    import edgevt.models as package
+
+    for module in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"{package.__name__}.{module.name}")
 
 
 def list_models() -> list[str]:

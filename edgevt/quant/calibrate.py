@@ -255,3 +255,9 @@ def calibration_batches(
         for images, _ in dataset.batches(preprocess, batch_size):
             yield torch.from_numpy(images)
             bar.update(len(images))
+
+
+def quantized_keys(model: nn.Module, preprocess) -> set[str]:
+    """The input keys of the model's quantizable ops (a table of another version lacks some)."""
+    size = preprocess.input_size
+    return {k for op in trace_ops(model, torch.zeros(1, 3, size, size)) for k in op.input_keys}

@@ -15,7 +15,7 @@ from torch import nn
 
 from edgevt.quant.calibrate import OpTracer, QuantOp
 from edgevt.quant.config import QuantConfig
-from edgevt.quant.onnx_qdq import TargetRules
+from edgevt.quant.rules import TargetRules
 from edgevt.quant.table import CalibrationTable
 
 

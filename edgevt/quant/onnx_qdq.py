@@ -2,9 +2,10 @@
 
 The Q/DQ insertion itself is onnxruntime's ``QDQQuantizer`` (what NVIDIA ModelOpt also builds
 on); edgevt supplies the ranges (from its own observers, through the table), which nodes to
-quantize (from the config), and each target's rules:
+quantize (from the config), and the target's ``TargetRules`` (``edgevt.quant.rules``). The two
+rule sets it is written for today:
 
-* ``onnx`` (ONNX Runtime on CPUs): uint8 asymmetric activations, int8 symmetric weights
+* ONNX Runtime on CPUs: uint8 asymmetric activations, int8 symmetric weights
   (per channel, or per tensor where the config says so, op by op) in 7 bits
   (``reduce_range``; depthwise convs keep 8), int32 biases, Q/DQ on op inputs
   plus the element-wise ops whose tensors are all calibrated (CNN residual adds, ReLU6 clips),
@@ -15,7 +16,7 @@ quantize (from the config), and each target's rules:
   still compares ORT's fused kernels against the exact QDQ simulation and says if they part.
   Quantizing Conv outputs before their ReLU6 (instead of after the clip) spends the uint8 grid
   on values the clip discards: don't.
-* ``tensorrt``: int8 symmetric everywhere (zero point 0), per-output-channel weights, Q/DQ on
+* TensorRT: int8 symmetric everywhere (zero point 0), per-output-channel weights, Q/DQ on
   the inputs of quantized ops only (TensorRT propagates and fuses them), float biases.
 
 ONNX node names carry the module scope (``/stages/stages.0/blocks/blocks.0/attn/MatMul``), which
@@ -35,41 +36,10 @@ from edgevt.artifact import METADATA_KEY, ArtifactInfo
 from edgevt.errors import EdgevtError
 from edgevt.io import atomic_path
 from edgevt.quant.config import QuantConfig
+from edgevt.quant.rules import TargetRules
 from edgevt.quant.table import CalibrationTable
 
 QUANTIZABLE_NODES = ("Conv", "Gemm", "MatMul")
-
-
-@dataclass(frozen=True)
-class TargetRules:
-    name: str
-    signed_activations: bool  # int8 symmetric (True) or uint8 asymmetric (False)
-    weight_reduce_range: bool  # 7-bit weights
-    quantize_outputs: tuple[str, ...]  # node types whose output also gets Q/DQ
-    quantize_bias: bool
-    # Element-wise nodes quantized when every tensor they touch has a calibrated range; lets
-    # ONNX Runtime keep whole CNN blocks in int8 (QLinearConv + QLinearAdd, Clip folded into Q)
-    # instead of converting layouts around each float Add.
-    calibrated_elementwise: tuple[str, ...] = ()
-    # ONNX Runtime runs a QDQ Conv in int8 (QLinearConv) only when its output is quantized
-    # too; otherwise it dequantizes the weights on every run and convolves in float, which
-    # costs time and adds rounding error for nothing. Such convs are kept in float.
-    int8_conv_needs_quantized_output: bool = False
-
-    def weight_qmax(self, depthwise: bool = False) -> int:
-        """Largest int8 weight magnitude (ORT's 7-bit range spares depthwise convs)."""
-        return 64 if self.weight_reduce_range and not depthwise else 127
-
-
-RULES = {
-    "onnx": TargetRules("onnx", False, True, (), True, ("Add", "Clip", "Relu"), True),
-    "tensorrt": TargetRules("tensorrt", True, False, (), False),
-}
-# What QAT simulates of LiteRT's full-integer int8 (never used to write QDQ ONNX): asymmetric
-# int8 activations (256 levels over [lo, hi], like uint8), full 8-bit per-channel weights, and
-# the calibrated element-wise ops in int8 too, as every tensor of a full-integer .tflite is.
-SIMULATED_RULES = {**RULES, "tflite": TargetRules("tflite", False, False, (), True,
-                                                  ("Add", "Clip", "Relu"))}  # fmt: skip
 
 
 def node_scope(node_name: str) -> str:
@@ -174,7 +144,7 @@ def plan_qdq(
         raise EdgevtError(
             "nothing this target can run in int8: the ops the config quantizes are convs between "
             "float ops, which ONNX Runtime would run in float anyway; quantize the ops around "
-            "them too (e.g. Linear layers), or export with --target tensorrt."
+            "them too (e.g. Linear layers), or export for TensorRT's rules (its own target)."
         )
     if not quantized:
         raise EdgevtError("nothing to quantize: the config keeps every op in float.")
@@ -347,9 +317,6 @@ def write_qdq_onnx(
             "float_ops": plan.kept_float,
             "not_honoured": plan.not_honoured,
             "calibration": {"method": table.method, **_brief(table.source)},
-            # ORT's fused int8 kernels are the ONNX target's numerics; for TensorRT the exact
-            # QDQ simulation (no fusion) stands in for TensorRT's int8.
-            "ort_optimization": "all" if rules.name == "onnx" else "none",
         }
     )
     del quantized.metadata_props[:]

@@ -38,7 +38,8 @@ from edgevt.errors import EdgevtError
 from edgevt.io import atomic_path
 from edgevt.quant.calibrate import OpTracer, QuantOp, weight_amax
 from edgevt.quant.config import QuantConfig
-from edgevt.quant.onnx_qdq import QuantizedTensor, TargetRules
+from edgevt.quant.onnx_qdq import QuantizedTensor
+from edgevt.quant.rules import TargetRules
 from edgevt.quant.table import CalibrationTable, TensorRange
 
 CHECKPOINT_FORMAT = "edgevt.qat-checkpoint/3"  # 2: learnable weight clips; 3: exact STE bounds

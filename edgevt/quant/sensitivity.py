@@ -22,8 +22,8 @@ from torch import nn
 from edgevt.data.imagenet import open_dataset
 from edgevt.errors import DataError
 from edgevt.quant.config import QuantConfig
-from edgevt.quant.onnx_qdq import TargetRules
 from edgevt.quant.qat import QuantSim
+from edgevt.quant.rules import TargetRules
 from edgevt.quant.table import CalibrationTable
 
 

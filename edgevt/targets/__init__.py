@@ -1,90 +1,135 @@
-"""The declarative table of targets that the CLI, the docs and `open_runner` all read.
+"""The target registry that the CLI, ``edgevt targets``, ``open_runner``, bundles, the report and
+the docs all read.
 
-A target is one module with an exporter and a runner. Targets that need an optional extra
-are listed with what to install, so a missing backend is reported, never a crash.
+Targets register themselves with ``@register_target`` (see ``edgevt.targets.base``); the
+built-in ones are imported on first use. A target that needs an optional extra is listed with
+what to install, so a missing backend is reported, never a crash.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import importlib
+import os
+import pkgutil
+from importlib import metadata
 from pathlib import Path
 
+from edgevt.artifact import ArtifactInfo
 from edgevt.errors import EdgevtError
+from edgevt.targets.base import Target, TargetSpec, artifact_name
+
+__all__ = [
+    "Target",
+    "TargetSpec",
+    "DEFAULT_TARGET",
+    "all_targets",
+    "artifact_name",
+    "get_target",
+    "read_artifact_info",
+    "register_target",
+    "target_for_path",
+]
+
+DEFAULT_TARGET = "onnx"  # the core dependency's target: what `edgevt export` writes by default
+_REGISTRY: dict[str, Target] = {}
+# Listing order of `edgevt targets` (plug-ins follow); the core target first, so that it is the
+# one a shared suffix (.onnx) looks up first.
+_ORDER = {"onnx": 0, "tensorrt": 1, "tflite": 2, "coreml": 3}
+_loaded = False
 
 
-@dataclass(frozen=True)
-class TargetSpec:
-    name: str
-    suffix: str
-    description: str
-    precisions: tuple[str, ...]
-    extra: str | None = None  # pip extra that installs its runtime; None = core dependency
-    needs_gpu: bool = False
+def register_target(cls: type[Target]) -> type[Target]:
+    """Class decorator: make a ``Target`` subclass known by its ``spec.name``."""
+    _REGISTRY[cls.spec.name] = cls()
+    return cls
 
 
-TARGETS: dict[str, TargetSpec] = {
-    "onnx": TargetSpec(
-        "onnx",
-        ".onnx",
-        "ONNX (opset 17+, dynamic batch), run by ONNX Runtime; int8 as QDQ",
-        ("fp32", "int8"),
-    ),
-    "tflite": TargetSpec(
-        "tflite",
-        ".tflite",
-        "TFLite/LiteRT (ARM CPUs, Android) via litert-torch; int8 from the CalibrationTable",
-        ("fp32", "fp16", "w8", "int8"),
-        extra="tflite",
-    ),
-    "coreml": TargetSpec(
-        "coreml",
-        ".mlpackage",
-        "Core ML ML Program (Apple); on Linux validated and run by edgevt's MIL interpreter",
-        ("fp32", "fp16", "w8", "w8a8"),
-        extra="coreml",
-    ),
-    "tensorrt": TargetSpec(
-        "tensorrt",
-        ".onnx",
-        "TensorRT (Jetson): QDQ ONNX + trtexec script + calib cache; engine where TRT runs",
-        ("fp32", "fp16", "int8"),
-        extra="tensorrt",
-        needs_gpu=True,
-    ),
-}
+def _load_builtins() -> None:
+    """Import every module and package under ``edgevt/targets/`` (each target registers itself
+    there, so a new one needs no edit here; heavy imports happen inside their functions), then
+    plug-ins: the modules named by the ``edgevt.targets`` entry point group of installed
+    packages and by ``$EDGEVT_TARGET_MODULES`` (comma-separated)."""
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
+    plugins = [e.value for e in metadata.entry_points(group="edgevt.targets")]
+    plugins += [m for m in os.environ.get("EDGEVT_TARGET_MODULES", "").split(",") if m.strip()]
+    for name in plugins:
+        try:
+            importlib.import_module(name.strip())
+        except ImportError as exc:
+            raise EdgevtError(f"cannot import the target plug-in {name!r}: {exc}") from exc
 
 
-def get_target(name: str) -> TargetSpec:
-    if name not in TARGETS:
-        raise EdgevtError(f"unknown target {name!r}; available here: {', '.join(TARGETS)}.")
-    return TARGETS[name]
+def all_targets() -> dict[str, Target]:
+    """Every registered target: the built-in ones first, then plug-ins as they registered."""
+    _load_builtins()
+    names = sorted(_REGISTRY, key=lambda n: _ORDER.get(n, len(_ORDER)))  # a stable sort
+    return {n: _REGISTRY[n] for n in names}
 
 
-def target_for_artifact(path: Path) -> TargetSpec | None:
-    return next((t for t in TARGETS.values() if path.name.endswith(t.suffix)), None)
+def get_target(name: str) -> Target:
+    targets = all_targets()
+    if name not in targets:
+        raise EdgevtError(f"unknown target {name!r}; available here: {', '.join(targets)}.")
+    return targets[name]
 
 
-def artifact_name(spec: TargetSpec, precision: str) -> str:
-    """``model.onnx``, ``model_int8.onnx``, ``model_fp16.tflite``: one name scheme for all."""
-    return f"model{spec.suffix}" if precision == "fp32" else f"model_{precision}{spec.suffix}"
+def target_for_path(path: Path) -> Target | None:
+    """The target whose files end like ``path`` (the first registered, for a shared suffix:
+    the file's own ArtifactInfo then says which target wrote it)."""
+    return next(
+        (t for t in all_targets().values() if any(path.name.endswith(s) for s in t.spec.suffixes)),
+        None,
+    )
 
 
-CALIBRATED_PRECISIONS = ("int8", "w8a8")  # int8 activations: these need a CalibrationTable
-
-
-def needs_calibration(precisions: list[str]) -> bool:
-    return any(p in CALIBRATED_PRECISIONS for p in precisions)
-
-
-def resolve_precisions(spec: TargetSpec, precisions: list[str] | None, int8: bool) -> list[str]:
-    """fp32 first (every target exports it: it is what the others are checked against)."""
-    wanted = ["fp32", *(precisions or []), *(["int8"] if int8 else [])]
-    if spec.name == "coreml":  # Core ML calls full int8 W8A8; --int8 means it there too
-        wanted = ["w8a8" if p == "int8" else p for p in wanted]
-    unknown = [p for p in wanted if p not in spec.precisions]
-    if unknown:
+def read_artifact_info(path: str | Path) -> ArtifactInfo:
+    """The ArtifactInfo an exported file carries: the one way edgevt learns its model, target
+    and precision."""
+    path = Path(path)
+    target = target_for_path(path)
+    if target is None:
+        known = sorted({s for t in all_targets().values() for s in t.spec.suffixes})
+        raise EdgevtError(f"{path}: unknown artifact type (known: {', '.join(known)}, fused .pt).")
+    if not path.exists():
+        raise EdgevtError(f"{path} does not exist.")
+    info = target.read_info(path)
+    if info is None:
         raise EdgevtError(
-            f"target {spec.name} does not offer {', '.join(unknown)}; it offers "
-            f"{', '.join(spec.precisions)}."
+            f"{path} carries no edgevt metadata (preprocessing, classes, precision); re-export "
+            "it with `edgevt export`."
         )
-    return list(dict.fromkeys(wanted))
+    return info
+
+
+def artifact_target(path: str | Path) -> Target:
+    """The registered target that wrote ``path``, by the info the file carries."""
+    return get_target(read_artifact_info(path).target)
+
+
+def calibrated(precisions: list[str]) -> bool:
+    """Whether any of these precisions has int8 activations (needs a CalibrationTable)."""
+    return any(
+        p == t.spec.int8_precision for t in all_targets().values() for p in precisions
+    )
+
+
+def markdown_table() -> str:
+    """The targets table of the README (``edgevt targets --markdown``)."""
+    lines = [
+        "| target | files | precisions | install | runs on | what it is |",
+        "|---|---|---|---|---|---|",
+    ]
+    for t in all_targets().values():
+        s = t.spec
+        install = f"`pip install edgevt[{s.extra}]`" if s.extra else "core"
+        where = "GPU" if s.needs_gpu else "macOS" if s.needs_macos else "CPU"
+        lines.append(
+            f"| `{s.name}` | `{'`, `'.join(s.suffixes)}` | {', '.join(s.precisions)} | {install} "
+            f"| {where} | {s.description} |"
+        )
+    return "\n".join(lines)

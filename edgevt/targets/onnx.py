@@ -1,19 +1,32 @@
-"""ONNX export (fp32, opset >= 17, dynamic batch) and the ONNX Runtime runner."""
+"""The ``onnx`` target: fp32 ONNX (opset >= 17, dynamic batch) and int8 QDQ for ONNX Runtime,
+with the ONNX Runtime runner that every ONNX file (TensorRT's QDQ graph too) runs in here."""
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import torch
-from torch import nn
 
 from edgevt.artifact import METADATA_KEY, ArtifactInfo
 from edgevt.errors import EdgevtError
 from edgevt.io import atomic_path
-from edgevt.targets.base import Runner
+from edgevt.quant.rules import TargetRules
+from edgevt.targets import register_target
+from edgevt.targets.base import (
+    Artifact,
+    ExportContext,
+    Quantization,
+    Runner,
+    Target,
+    TargetOptions,
+    TargetSpec,
+)
+
+if TYPE_CHECKING:
+    from torch import nn
 
 DEFAULT_OPSET = 17
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
@@ -25,6 +38,7 @@ def export_onnx(
     """Export ``model`` (eval, fused) to ``path`` with a dynamic batch axis and ``info`` embedded
     as metadata; the file is checked with ``onnx.checker`` before it replaces ``path``."""
     import onnx
+    import torch
 
     if opset < 17:
         raise EdgevtError(f"opset {opset} is too old: LayerNorm needs opset 17 or newer.")
@@ -58,7 +72,12 @@ def export_onnx(
 def read_onnx_info(path: str | Path) -> ArtifactInfo | None:
     import onnx
 
-    proto = onnx.load(str(path), load_external_data=False)
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf raises DecodeError and others on a damaged file
+        raise EdgevtError(
+            f"{path} is not a readable ONNX model (corrupt or truncated?): {exc}; re-export it."
+        ) from exc
     for prop in proto.metadata_props:
         if prop.key == METADATA_KEY:
             return ArtifactInfo.from_json(prop.value)
@@ -126,3 +145,125 @@ class OnnxRuntimeRunner(Runner):
             "threads": self.threads or "default",
             "graph_optimization": self.optimization,
         }
+
+
+# ONNX Runtime on CPUs: uint8 asymmetric activations, 7-bit int8 weights (depthwise keep 8; why:
+# edgevt.quant.onnx_qdq), int32 biases, calibrated element-wise ops in int8 too.
+ORT_RULES = TargetRules(
+    name="onnx",
+    signed_activations=False,
+    weight_reduce_range=True,
+    quantize_bias=True,
+    calibrated_elementwise=("Add", "Clip", "Relu"),
+    int8_conv_needs_quantized_output=True,
+)
+MAX_OPSET = 21  # the newest opset the pinned torch exporter and ONNX Runtime both take
+
+
+@dataclass(frozen=True)
+class OnnxOptions(TargetOptions):
+    opset: int = DEFAULT_OPSET
+
+
+@register_target
+class OnnxTarget(Target):
+    spec = TargetSpec(
+        name="onnx",
+        description="ONNX (opset 17+, dynamic batch), run by ONNX Runtime; int8 as QDQ",
+        suffixes=(".onnx",),
+        precisions=("fp32", "int8"),
+        device_runtime="onnxruntime",
+    )
+    Options = OnnxOptions
+    supports_max_drop = True
+    version_packages = ("onnx", "onnxruntime")
+    cli_options = (
+        ("opset", {"type": int, "metavar": "N",
+                   "help": f"ONNX opset, {DEFAULT_OPSET}..{MAX_OPSET} (default {DEFAULT_OPSET})"}),
+    )  # fmt: skip
+    #: what ONNX Runtime runs the int8 graph with: its fused kernels ("all") are this target's
+    #: numerics; TensorRT's stand-in runs the exact QDQ graph ("none").
+    ort_optimization: ClassVar[str] = "all"
+
+    def quantization_rules(self) -> TargetRules:
+        return ORT_RULES
+
+    def validate(self, options, precisions, max_drop) -> None:
+        super().validate(options, precisions, max_drop)
+        if not DEFAULT_OPSET <= options.opset <= MAX_OPSET:
+            raise EdgevtError(
+                f"--opset {options.opset}: edgevt exports opset {DEFAULT_OPSET} to {MAX_OPSET} "
+                "(LayerNorm needs 17)."
+            )
+
+    def export(self, ctx: ExportContext, options: OnnxOptions) -> list[Artifact]:
+        fp32 = export_onnx(ctx.model, ctx.info, ctx.path(self.spec, "fp32"), opset=options.opset)
+        artifacts = [Artifact(fp32, "fp32")]
+        if "int8" in ctx.precisions:
+            artifacts.append(self.export_int8(ctx, fp32)[0])
+        return artifacts
+
+    def export_int8(self, ctx: ExportContext, fp32: Path) -> tuple[Artifact, Any]:
+        """The QDQ model from the fp32 one, the table and the config (``--max-drop`` first
+        chooses which sensitive ops stay in float)."""
+        from edgevt.io import write_json
+        from edgevt.quant.config import QuantConfig
+        from edgevt.quant.onnx_qdq import write_qdq_onnx
+
+        config = ctx.config or QuantConfig()
+        rules = self.quantization_rules()
+        details: dict[str, Any] = {}
+        files = {"calibration": ctx.run / "calibration.json"}
+        if ctx.max_drop is not None:
+            from edgevt.quant.sensitivity import choose_float_layers
+
+            sensitivity = choose_float_layers(
+                ctx.model, ctx.table, config, rules, ctx.calib or ctx.table.source.get("data"),
+                ctx.info.preprocess, ctx.max_drop, fp32_onnx=fp32, progress=ctx.progress,
+            )  # fmt: skip
+            config = config.keep_float(sensitivity.kept_float)
+            details["sensitivity"] = sensitivity.to_dict()
+            files["sensitivity"] = write_json(ctx.run / "sensitivity.json", details["sensitivity"])
+        files["config"] = write_json(ctx.run / "quant_config.json", config.to_dict())
+        qdq = ctx.path(self.spec, "int8")
+        info = ctx.info_for("int8", ort_optimization=self.ort_optimization)
+        plan = write_qdq_onnx(fp32, qdq, ctx.table, config, rules, info)
+        quant = Quantization(
+            len(plan.quantized), plan.kept_float, plan.not_honoured,
+            f"{len(plan.quantized)} ops int8"
+            + (f", {len(plan.kept_float)} kept in float" if plan.kept_float else ""),
+        )  # fmt: skip
+        if "sensitivity" in details:
+            s = details["sensitivity"]
+            quant.summary += (
+                f"; --max-drop: all-int8 {s['drop_all_int8']:.2f} pt -> {s['drop_chosen']:.2f} pt "
+                f"({s['measure']}, {s['images']} calibration images)"
+            )
+        return Artifact(qdq, "int8", quant, files, details=details), plan
+
+    def check(self, artifact: Artifact, images: np.ndarray, reference: np.ndarray) -> dict:
+        from edgevt.validate.evaluate import compare_logits
+
+        with OnnxRuntimeRunner(artifact.path) as runner:
+            kernels = runner.infer(images)
+        check = compare_logits(reference, kernels)
+        if artifact.precision != "int8" or self.ort_optimization != "all":
+            return check
+        # ORT's int8 kernels vs the exact QDQ numerics (the saturation check)
+        with OnnxRuntimeRunner(artifact.path, optimization="none") as runner:
+            exact = compare_logits(runner.infer(images), kernels)
+        check["kernels_vs_exact_cosine"] = exact["cosine"]
+        if exact["cosine"] < 0.999:
+            artifact.notes.append(
+                f"warning: ONNX Runtime's int8 kernels depart from the exact QDQ numerics here "
+                f"(cosine {exact['cosine']:.4f}; u8s8 kernels saturate on x86 CPUs without "
+                "VNNI, and ORT's extended graph fusions round differently); accuracy measured "
+                "with `edgevt eval` is what this machine gives."
+            )
+        return check
+
+    def runner(self, path: Path, threads: int | None = None) -> Runner:
+        return OnnxRuntimeRunner(path, threads=threads)
+
+    def read_info(self, path: Path) -> ArtifactInfo | None:
+        return read_onnx_info(path)

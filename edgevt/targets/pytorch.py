@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from edgevt.artifact import ArtifactInfo
 from edgevt.targets.base import Runner
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 class TorchRunner(Runner):
@@ -20,14 +21,20 @@ class TorchRunner(Runner):
         self.threads = threads
 
     def _activate(self) -> None:
+        import torch
+
         if self.threads:
             torch.set_num_threads(self.threads)
 
-    @torch.inference_mode()
     def _infer(self, batch: np.ndarray) -> np.ndarray:
-        return self.model(torch.from_numpy(batch)).float().numpy()
+        import torch
+
+        with torch.inference_mode():
+            return self.model(torch.from_numpy(batch)).float().numpy()
 
     def describe(self) -> dict[str, Any]:
+        import torch
+
         return {
             "backend": "pytorch",
             "torch": torch.__version__,

@@ -1,4 +1,5 @@
-"""TensorRT: explicit-quantization QDQ ONNX, its rule check, trtexec commands, legacy cache.
+"""The ``tensorrt`` target: explicit-quantization QDQ ONNX, its rule check, the trtexec script,
+the legacy calibration cache, and the engine where TensorRT runs.
 
 TensorRT's runtime cannot be installed on the machines edgevt is developed on, so the export
 writes what a Jetson needs to build the engine itself; ``build_engine`` is the small piece
@@ -15,7 +16,14 @@ from typing import Any
 
 import numpy as np
 
+from edgevt.artifact import ArtifactInfo
+from edgevt.errors import EdgevtError
 from edgevt.io import atomic_path
+from edgevt.quant.rules import TargetRules
+from edgevt.targets import register_target
+from edgevt.targets.base import Artifact, ExportContext, TargetSpec
+from edgevt.targets.onnx import INPUT_NAME as INPUT
+from edgevt.targets.onnx import OnnxTarget
 
 # The legacy cache header names the TensorRT version that may read it: 8.5.2 is JetPack 5.1,
 # 8.6.2 JetPack 6.0; TensorRT 10 still reads such caches (deprecated), 11 does not.
@@ -132,38 +140,52 @@ def write_calibration_cache(
     return Path(path)
 
 
-def trtexec_commands(
-    qdq_onnx: str, fp32_onnx: str, cache: str | None, input_name: str, size: int, max_batch: int = 8
+def trtexec_script(
+    models: list[tuple[str, bool]],
+    size: int,
+    *,
+    folder: str = "",
+    results: str = "",
+    max_batch: int = 1,
+    cache: str | None = None,
+    written_by: str = "edgevt",
 ) -> str:
-    """A shell script with the trtexec lines that build and time the engines on the device."""
-    shapes = (
-        f"--minShapes={input_name}:1x3x{size}x{size} --optShapes={input_name}:1x3x{size}x{size} "
-        f"--maxShapes={input_name}:{max_batch}x3x{size}x{size}"
-    )
+    """The one trtexec script edgevt writes (export kit and Jetson bundle alike): per ONNX
+    model ``(file name, is_int8)``, build its engine on the device and time it. QDQ models
+    carry their own int8 scales (explicit quantization); fp32 models build in fp16."""
     q = shlex.quote
+    shapes = f"--shapes={INPUT}:1x3x{size}x{size}"
+    if max_batch > 1:  # a dynamic-batch engine: its build profile
+        shapes += (
+            f" --minShapes={INPUT}:1x3x{size}x{size} --optShapes={INPUT}:1x3x{size}x{size} "
+            f"--maxShapes={INPUT}:{max_batch}x3x{size}x{size}"
+        )
     lines = [
-        "#!/bin/sh",
-        "# Build and time the engines on the Jetson (trtexec ships with JetPack:",
-        "# /usr/src/tensorrt/bin/trtexec). Written by `edgevt export --target tensorrt`.",
-        "set -e",
-        'TRTEXEC="${TRTEXEC:-trtexec}"',
-        "",
-        "# int8, explicit quantization (TensorRT 8.6+; Q/DQ placement decides int8 layers)",
-        f'"$TRTEXEC" --onnx={q(qdq_onnx)} --int8 --fp16 {shapes} '
-        f"--saveEngine={q(Path(qdq_onnx).with_suffix('.engine').name)} --useCudaGraph "
-        "--separateProfileRun --exportTimes=times_int8.json",
-        "",
-        "# fp16 reference from the fp32 model",
-        f'"$TRTEXEC" --onnx={q(fp32_onnx)} --fp16 {shapes} '
-        f"--saveEngine=model_fp16.engine --useCudaGraph --separateProfileRun "
-        "--exportTimes=times_fp16.json",
+        "#!/usr/bin/env bash",
+        "# Build and time a TensorRT engine from each ONNX model, on the Jetson itself (engines",
+        "# are specific to the GPU and TensorRT version that built them; trtexec ships with",
+        f"# JetPack: /usr/src/tensorrt/bin/trtexec). Written by {written_by}.",
+        "set -euo pipefail",
+        'TRTEXEC="${TRTEXEC:-/usr/src/tensorrt/bin/trtexec}"',
+        'cd "$(dirname "$0")"',
     ]
+    if results:
+        lines.append(f"mkdir -p {q(results)}")
+    for name, int8 in models:
+        stem = Path(name).stem
+        engine = f"{stem}.engine" if int8 else f"{stem}_fp16.engine"
+        flags = "--int8 --fp16" if int8 else "--fp16"
+        lines.append(
+            f'"$TRTEXEC" --onnx={q(folder + name)} {flags} {shapes} '
+            f"--saveEngine={q(folder + engine)} --exportTimes={q(f'{results}{stem}-times.json')}"
+        )
     if cache:
+        fp32 = next((n for n, int8 in models if not int8), "model.onnx")
         lines += [
             "",
             "# older JetPack (TensorRT <= 8.5): implicit int8 from the legacy calibration cache;",
             "# its first line names the TensorRT version (8.5.2 = JetPack 5.1): edit to match.",
-            f'# "$TRTEXEC" --onnx={q(fp32_onnx)} --int8 --fp16 --calib={q(cache)} {shapes} '
+            f'# "$TRTEXEC" --onnx={q(folder + fp32)} --int8 --fp16 --calib={q(cache)} {shapes} '
             "--saveEngine=model_int8_implicit.engine",
         ]
     return "\n".join(lines) + "\n"
@@ -223,3 +245,112 @@ def build_engine(
     with atomic_path(engine_path) as tmp:
         tmp.write_bytes(bytes(serialized))
     return Path(engine_path)
+
+
+# TensorRT: int8 symmetric everywhere (zero point 0), per-output-channel weights, Q/DQ on the
+# inputs of quantized ops only (TensorRT propagates and fuses them), float biases.
+TENSORRT_RULES = TargetRules(name="tensorrt", signed_activations=True)
+
+
+@register_target
+class TensorrtTarget(OnnxTarget):
+    spec = TargetSpec(
+        name="tensorrt",
+        description="TensorRT (Jetson): QDQ ONNX + trtexec script + calib cache; engine where "
+        "TRT runs",
+        suffixes=(".onnx",),
+        precisions=("fp32", "int8"),
+        extra="tensorrt",
+        needs_gpu=True,
+        device_runtime="TensorRT (trtexec)",
+    )
+    ort_optimization = "none"  # the exact QDQ graph stands in for TensorRT's int8 numerics
+    cli_options = ()  # --opset comes with the onnx target's group
+
+    def quantization_rules(self) -> TargetRules:
+        return TENSORRT_RULES
+
+    def available(self) -> str | None:
+        return None  # writes the QDQ graph and kit anywhere; the engine is built on the device
+
+    def precision_hint(self, unknown: list[str]) -> str:
+        return (
+            " TensorRT's fp16 engine is built on the device from model.onnx (see the trtexec "
+            "script of an int8 export)."
+        )
+
+    def export(self, ctx: ExportContext, options) -> list[Artifact]:
+        from edgevt.targets.onnx import export_onnx
+
+        fp32 = export_onnx(ctx.model, ctx.info, ctx.path(self.spec, "fp32"), opset=options.opset)
+        artifacts = [Artifact(fp32, "fp32")]
+        if "int8" in ctx.precisions:
+            int8, plan = self.export_int8(ctx, fp32)
+            self._kit(int8, fp32, plan, ctx.info.preprocess.input_size)
+            artifacts.append(int8)
+        return artifacts
+
+    def _kit(self, int8: Artifact, fp32: Path, plan: Any, size: int) -> None:
+        """Check TensorRT's Q/DQ rules, write the legacy cache and trtexec script, build the
+        engine where TensorRT runs."""
+        import onnx
+
+        problems = check_tensorrt_qdq(onnx.load(str(int8.path)))
+        if problems:
+            raise EdgevtError(
+                f"{int8.path} breaks {len(problems)} TensorRT Q/DQ rule(s), first: {problems[0]}"
+            )
+        # plan.ranges is keyed by the fp32 graph's tensor names: what implicit int8 calibrates
+        cache = write_calibration_cache(plan.ranges, int8.path.with_name("calib.cache"))
+        script = int8.path.with_name("trtexec.sh")
+        text = trtexec_script(
+            [(int8.path.name, True), (fp32.name, False)], size, max_batch=8, cache=cache.name,
+            written_by="`edgevt export --target tensorrt`",
+        )  # fmt: skip
+        with atomic_path(script) as tmp:
+            tmp.write_text(text)
+        script.chmod(0o755)
+        int8.files.update({"calib_cache": cache, "trtexec": script})
+        int8.details["tensorrt_rules"] = "ok"
+        int8.notes.append(
+            f"tensorrt: Q/DQ rules ok; {script} builds the engines, {cache} serves TensorRT <= 8.5"
+        )
+        why_not = tensorrt_available()
+        if why_not is None:
+            engine = build_engine(int8.path, int8.path.with_suffix(".engine"), INPUT, size)
+            int8.files["engine"] = engine
+            int8.notes.append(f"  {engine}")
+        else:
+            int8.notes.append(
+                f"  engine to be built on the device ({why_not}): run trtexec.sh there; "
+                "ONNX Runtime ran the same QDQ graph as the stand-in for TensorRT's int8 numerics"
+            )
+
+    def bundle_files(self, folder: Path, models: dict[str, ArtifactInfo], size: int) -> list[str]:
+        onnx_models = [(n, i.precision == "int8") for n, i in models.items() if n.endswith(".onnx")]
+        text = trtexec_script(onnx_models, size, folder="models/", results="results/",
+                              written_by="`edgevt bundle`")  # fmt: skip
+        with atomic_path(folder / "trtexec.sh") as tmp:
+            tmp.write_text(text)
+            tmp.chmod(0o755)
+        return ["trtexec.sh"]
+
+    def report_note(self, precision: str) -> str:
+        if precision != "int8":
+            return ""
+        return (
+            "TensorRT-target int8 models are timed on the host in ONNX Runtime with graph "
+            "optimisation off (the exact-numerics stand-in used for their accuracy): that latency "
+            "says nothing about a Jetson; time them there with the bundle's trtexec.sh."
+        )
+
+    def bundle_readme(self) -> str:
+        return """
+Engines are built on the Jetson. With TensorRT's Python API the runner can time an `.engine`;
+the simplest route is `trtexec`, which builds and times each model in one go:
+
+```bash
+./trtexec.sh            # writes models/*.engine and results/*-times.json
+python3 run_bundle.py --models model_int8.engine
+```
+"""

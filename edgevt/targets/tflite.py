@@ -28,13 +28,26 @@ import numpy as np
 from edgevt.artifact import METADATA_KEY, ArtifactInfo
 from edgevt.errors import EdgevtError
 from edgevt.io import atomic_path
-from edgevt.targets.base import Runner
+from edgevt.quant.rules import TargetRules
+from edgevt.targets import register_target
+from edgevt.targets.base import (
+    Artifact,
+    ExportContext,
+    Quantization,
+    Runner,
+    Target,
+    TargetOptions,
+    TargetSpec,
+)
 
 PRECISIONS = ("fp32", "fp16", "w8", "int8")
 INSTALL = "pip install 'edgevt[tflite]' (litert-torch, ai-edge-quantizer, ai-edge-litert)"
 # images ai-edge-quantizer runs to range the tensors the table has no entry for (LayerNorm,
 # Softmax, residual adds...); min/max over these.
 GAP_CALIBRATION_IMAGES = 64
+
+
+REQUIRES = ("litert_torch", "ai_edge_quantizer", "ai_edge_litert")
 
 
 def require(module: str = "litert_torch") -> None:
@@ -171,21 +184,12 @@ def quantize(
     if precision not in PRECISIONS[1:]:
         raise EdgevtError(f"tflite precision {precision!r}: choose from {', '.join(PRECISIONS)}.")
     require("ai_edge_quantizer")
-    from ai_edge_quantizer import qtyping, quantizer, recipe
+    from ai_edge_quantizer import quantizer, recipe
     from ai_edge_quantizer.algorithm_manager import AlgorithmName
     from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fu
 
     fp32 = Path(fp32)
-    float_ops = tuple(op.upper() for op in float_ops)
-    if float_ops and precision != "int8":
-        raise EdgevtError("--float-ops applies to tflite int8 only.")
-    known = {e.value for e in qtyping.TFLOperationName} - {"*", "INPUT", "OUTPUT"}
-    unknown = [op for op in float_ops if op not in known]
-    if unknown:
-        raise EdgevtError(
-            f"--float-ops: unknown TFLite op type(s) {', '.join(unknown)}; known: "
-            f"{', '.join(sorted(known))}."
-        )
+    float_ops = _known_float_ops(float_ops, precision)
     report = TfliteQuantReport(Path(out), precision)
     info = dataclasses.replace(  # a copy: the caller's info stays as it was
         info,
@@ -196,6 +200,7 @@ def quantize(
     # The metadata goes in before quantizing: the quantizer carries it over, and re-packing
     # its output (large buffers stored after the flatbuffer) is its job, not ours.
     source = bytes(_with_metadata(fp32.read_bytes(), info))
+    plan = mapping = None
     if precision == "fp16":
         qt = quantizer.Quantizer(source)
         qt.add_weight_only_config(".*", "*", 16, algorithm_key=AlgorithmName.FLOAT_CASTING)
@@ -204,63 +209,102 @@ def quantize(
         qt = quantizer.Quantizer(source, recipe.weight_only_wi8_afp32())
         qsvs = None
     else:
-        if table is None or images is None or len(images) == 0:
-            raise EdgevtError("tflite int8 needs a CalibrationTable and calibration images.")
-        from edgevt.quant import tflite_ranges
-
-        model_t = fu.read_model(fp32)
-        if config is None:  # full integer: every op the quantizer supports
-            qt = quantizer.Quantizer(source, recipe.static_wi8_ai8())
-        else:  # only the compute ops the config names; the rest stays float between Q/DQ
-            qt = quantizer.Quantizer(source)
-            chosen = tflite_ranges.choose_ops(model_t, config, modules or [])
-            if not chosen:
-                raise EdgevtError("the quantization config keeps every op in float.")
-            for op in chosen:
-                granularity = "CHANNELWISE" if op.per_channel else "TENSORWISE"
-                qt.add_static_config(
-                    "^" + re.escape(op.scope) + "$", op.op_type, 8, 8,
-                    weight_granularity=getattr(qtyping.QuantGranularity, granularity),
-                )  # fmt: skip
-            report.config_ops = len(chosen)
-        if not int8_io:  # keep the graph's input/output float32: the quantizer adds Q/DQ ops
-            for io_op in ("INPUT", "OUTPUT"):
-                qt.update_quantization_recipe(".*", io_op, algorithm_key=AlgorithmName.NO_QUANTIZE)
-        for op_type in float_ops:
-            qt.update_quantization_recipe(".*", op_type, algorithm_key=AlgorithmName.NO_QUANTIZE)
-        signature = _signature(fp32)
-        with _quiet():
-            calibrated = qt.calibrate(
-                {signature[0]: [{signature[1]: x[None]} for x in images]},
-                num_threads=os.cpu_count(),
-            )
-        mapping = tflite_ranges.map_table(model_t, table, modules or [])
-        if config is not None:  # only the chosen ops' tensors are quantized at all
-            names = {op.name for op in chosen}
-            mapping.tensor_of_key = {
-                k: t for k, t in mapping.tensor_of_key.items() if k.split(":")[0] in names
-            }
-        if float_ops:  # a tensor that only float ops touch stays float: nothing to honour
-            kept = tflite_ranges.tensors_of_ops(model_t, exclude=float_ops)
-            mapping.tensor_of_key = {
-                k: t for k, t in mapping.tensor_of_key.items() if t in kept
-            }
-            report.float_ops = list(float_ops)
-        plan = tflite_ranges.apply_table(model_t, calibrated, mapping)
+        qt, plan, mapping = _full_integer(
+            fp32, source, table, images, modules or [], int8_io, config, float_ops, report
+        )
         qsvs = plan.qsvs
-        report.table_keys = len(table.activations)
-        report.honoured = len(plan.honoured)
-        report.not_honoured = plan.not_honoured
-        report.unmatched_ops = mapping.unmatched_ops
     with _quiet():
         result = qt.quantize(qsvs, enable_progress_report=False)
     buffer = bytes(result.quantized_model)
     if precision == "int8":
+        from edgevt.quant import tflite_ranges
+
         report.scale_problems = tflite_ranges.check_scales(
             fu.read_model(buffer), plan.honoured, mapping.range_of_key
         )
     _write(Path(out), buffer)
     return report
+
+
+def _known_float_ops(float_ops: tuple[str, ...], precision: str) -> tuple[str, ...]:
+    from ai_edge_quantizer import qtyping
+
+    float_ops = tuple(op.upper() for op in float_ops)
+    if float_ops and precision != "int8":
+        raise EdgevtError("--float-ops applies to tflite int8 only.")
+    known = {e.value for e in qtyping.TFLOperationName} - {"*", "INPUT", "OUTPUT"}
+    unknown = [op for op in float_ops if op not in known]
+    if unknown:
+        raise EdgevtError(
+            f"--float-ops: unknown TFLite op type(s) {', '.join(unknown)}; known: "
+            f"{', '.join(sorted(known))}."
+        )
+    return float_ops
+
+
+def _full_integer(
+    fp32: Path,
+    source: bytes,
+    table: Any,
+    images: np.ndarray | None,
+    modules: list[str],
+    int8_io: bool,
+    config: Any,
+    float_ops: tuple[str, ...],
+    report: TfliteQuantReport,
+) -> tuple[Any, Any, Any]:
+    """The quantizer set up for int8, calibrated, with the table's ranges put in place of its
+    own: (quantizer, the ranges plan, the key -> tensor mapping)."""
+    from ai_edge_quantizer import qtyping, quantizer, recipe
+    from ai_edge_quantizer.algorithm_manager import AlgorithmName
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fu
+
+    from edgevt.quant import tflite_ranges
+
+    if table is None or images is None or len(images) == 0:
+        raise EdgevtError("tflite int8 needs a CalibrationTable and calibration images.")
+    model_t = fu.read_model(fp32)
+    if config is None:  # full integer: every op the quantizer supports
+        qt = quantizer.Quantizer(source, recipe.static_wi8_ai8())
+    else:  # only the compute ops the config names; the rest stays float between Q/DQ
+        qt = quantizer.Quantizer(source)
+        chosen = tflite_ranges.choose_ops(model_t, config, modules)
+        if not chosen:
+            raise EdgevtError("the quantization config keeps every op in float.")
+        for op in chosen:
+            granularity = "CHANNELWISE" if op.per_channel else "TENSORWISE"
+            qt.add_static_config(
+                "^" + re.escape(op.scope) + "$", op.op_type, 8, 8,
+                weight_granularity=getattr(qtyping.QuantGranularity, granularity),
+            )  # fmt: skip
+        report.config_ops = len(chosen)
+    if not int8_io:  # keep the graph's input/output float32: the quantizer adds Q/DQ ops
+        for io_op in ("INPUT", "OUTPUT"):
+            qt.update_quantization_recipe(".*", io_op, algorithm_key=AlgorithmName.NO_QUANTIZE)
+    for op_type in float_ops:
+        qt.update_quantization_recipe(".*", op_type, algorithm_key=AlgorithmName.NO_QUANTIZE)
+    signature = _signature(fp32)
+    with _quiet():
+        calibrated = qt.calibrate(
+            {signature[0]: [{signature[1]: x[None]} for x in images]},
+            num_threads=os.cpu_count(),
+        )
+    mapping = tflite_ranges.map_table(model_t, table, modules)
+    if config is not None:  # only the chosen ops' tensors are quantized at all
+        names = {op.name for op in chosen}
+        mapping.tensor_of_key = {
+            k: t for k, t in mapping.tensor_of_key.items() if k.split(":")[0] in names
+        }
+    if float_ops:  # a tensor that only float ops touch stays float: nothing to honour
+        kept = tflite_ranges.tensors_of_ops(model_t, exclude=float_ops)
+        mapping.tensor_of_key = {k: t for k, t in mapping.tensor_of_key.items() if t in kept}
+        report.float_ops = list(float_ops)
+    plan = tflite_ranges.apply_table(model_t, calibrated, mapping)
+    report.table_keys = len(table.activations)
+    report.honoured = len(plan.honoured)
+    report.not_honoured = plan.not_honoured
+    report.unmatched_ops = mapping.unmatched_ops
+    return qt, plan, mapping
 
 
 def _signature(path: Path) -> tuple[str, str]:
@@ -334,3 +378,118 @@ class LiteRTRunner(Runner):
             "threads": self.threads or "default",
             "delegate": "xnnpack",
         }
+
+
+# What LiteRT's full-integer int8 does, in the terms the simulations use: asymmetric int8
+# activations (256 levels over [lo, hi], like uint8), full 8-bit per-channel weights, and the
+# calibrated element-wise ops in int8 too, as every tensor of a full-integer .tflite is.
+LITERT_RULES = TargetRules(
+    name="tflite",
+    signed_activations=False,
+    quantize_bias=True,
+    calibrated_elementwise=("Add", "Clip", "Relu"),
+)
+
+
+@dataclass(frozen=True)
+class TfliteOptions(TargetOptions):
+    int8_io: bool = False
+    float_ops: tuple[str, ...] = ()
+
+
+@register_target
+class TfliteTarget(Target):
+    spec = TargetSpec(
+        name="tflite",
+        description="TFLite/LiteRT (ARM CPUs, Android) via litert-torch; int8 from the "
+        "CalibrationTable",
+        suffixes=(".tflite",),
+        precisions=PRECISIONS,
+        extra="tflite",
+        device_runtime="ai-edge-litert (or tflite-runtime)",
+    )
+    Options = TfliteOptions
+    requires = REQUIRES
+    version_packages = ("litert-torch", "ai-edge-quantizer", "ai-edge-litert")
+    cli_options = (
+        ("int8_io", {"action": "store_true",
+                     "help": "int8 input/output tensors (default: float32 in and out)"}),
+        ("float_ops", {"nargs": "+", "metavar": "OP",
+                       "help": "TFLite op types to keep in float in the int8 file, e.g. "
+                       "HARD_SWISH BATCH_MATMUL (int8 kernels that are slower than float on "
+                       "CPUs without int8 dot products; benchmarks/tflite_op_profile.py "
+                       "measures which)"}),
+    )  # fmt: skip
+
+    def quantization_rules(self) -> TargetRules:
+        return LITERT_RULES
+
+    def validate(self, options: TfliteOptions, precisions, max_drop) -> None:
+        super().validate(options, precisions, max_drop)
+        for flag, value in (("--float-ops", options.float_ops), ("--int8-io", options.int8_io)):
+            if value and "int8" not in precisions:
+                raise EdgevtError(f"{flag} applies to --precision int8 only (the full-int8 file).")
+
+    def export(self, ctx: ExportContext, options: TfliteOptions) -> list[Artifact]:
+        """fp32 through litert-torch, then fp16 / w8 / int8 from it with ai-edge-quantizer.
+        int8 is full-integer unless the quant config names the ops to quantize."""
+        fp32 = ctx.path(self.spec, "fp32")
+        with ctx.stage(f"converting {ctx.info.model} to TFLite (litert-torch)"):
+            convert_fp32(ctx.model, ctx.images[:1], ctx.info, fp32)
+        artifacts = [Artifact(fp32, "fp32")]
+        gap_images = self._gap_images(ctx) if "int8" in ctx.precisions else None
+        modules = [name for name, _ in ctx.model.named_modules()]
+        for precision in ctx.precisions[1:]:
+            path = ctx.path(self.spec, precision)
+            int8 = precision == "int8"
+            with ctx.stage(f"quantizing to {precision} (ai-edge-quantizer)"):
+                report = quantize(
+                    fp32, path, precision, ctx.info, table=ctx.table if int8 else None,
+                    modules=modules, images=gap_images if int8 else None,
+                    int8_io=options.int8_io, config=ctx.config,
+                    float_ops=options.float_ops if int8 else (),
+                )  # fmt: skip
+            artifacts.append(Artifact(path, precision, _quantization(report) if int8 else None,
+                                      details=report.to_dict()))  # fmt: skip
+        if ctx.config is not None:
+            from edgevt.io import write_json
+
+            config = write_json(ctx.run / "quant_config.json", ctx.config.to_dict())
+            artifacts[-1].files["config"] = config
+        return artifacts
+
+    def _gap_images(self, ctx: ExportContext) -> np.ndarray:
+        """Images to range what the table has no entry for (LayerNorm, Softmax outputs): the
+        table's own calibration images."""
+        import torch
+
+        from edgevt.quant.calibrate import calibration_batches
+
+        folder = ctx.calib or ctx.table.source.get("data")
+        if folder is None or not Path(folder).is_dir():
+            raise EdgevtError(
+                "tflite int8 ranges the tensors the table has no entry for (LayerNorm, Softmax "
+                f"outputs) on the table's calibration images, but {folder} is not a folder; "
+                "pass --calib DIR."
+            )
+        n = min(ctx.calib_size, GAP_CALIBRATION_IMAGES)
+        batches = calibration_batches(ctx.info.preprocess, folder, n, progress=False)
+        return torch.cat(list(batches)).numpy()
+
+    def runner(self, path: Path, threads: int | None = None) -> Runner:
+        return LiteRTRunner(path, threads=threads)
+
+    def read_info(self, path: Path) -> ArtifactInfo | None:
+        require("ai_edge_litert")
+        return read_tflite_info(path)
+
+
+def _quantization(report: TfliteQuantReport) -> Quantization:
+    q = report.to_dict()
+    scope = "full int8" if q["config_ops"] is None else f"{q['config_ops']} ops int8"
+    if q["float_ops"]:
+        scope += f" but {' '.join(q['float_ops'])} in float"
+    return Quantization(
+        q["honoured"], q["float_ops"], q["not_honoured"] + q["scale_problems"],
+        f"{scope}, {q['honoured']} table ranges honoured",
+    )  # fmt: skip

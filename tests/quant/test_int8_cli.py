@@ -69,7 +69,7 @@ def test_tensorrt_int8_export_evaluates_and_obeys_rules(
     )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.splitlines()[-1])
-    assert result["int8"]["tensorrt_rules"] == "ok"
+    assert result["int8"]["details"]["tensorrt_rules"] == "ok"
     assert result["int8"]["check"]["cosine"] > 0.99
     for name in ("model.onnx", "model_int8.onnx", "calib.cache", "trtexec.sh", "calibration.json"):
         assert (out / name).is_file(), name
@@ -77,7 +77,11 @@ def test_tensorrt_int8_export_evaluates_and_obeys_rules(
     assert "engine to be built on the device" in proc.stdout
     assert run("check", str(out / "model_int8.onnx")).returncode == 0
     manifest = json.loads((out / "manifest.json").read_text())
-    assert {"fuse", "export", "export_int8"} <= set(manifest["stages"])
+    assert {"fuse", "export"} <= set(manifest["stages"])
+    records = manifest["stages"]["export"]["results"]["artifacts"]
+    assert [(r["target"], r["precision"]) for r in records] == [
+        ("tensorrt", "fp32"), ("tensorrt", "int8")]  # fmt: skip
+    assert set(records[1]["files"]) >= {"calib_cache", "trtexec"}
 
     evaluated = run(
         "eval", str(out / "model_int8.onnx"), "--data", str(val_dir), "--limit", "64", "--json"

@@ -21,7 +21,7 @@ from edgevt import api
 from edgevt.errors import EdgevtError
 from edgevt.quant.calibrate import calibrate_model
 from edgevt.quant.config import QuantConfig
-from edgevt.quant.onnx_qdq import RULES, quantized_tensors, write_qdq_onnx
+from edgevt.quant.onnx_qdq import quantized_tensors, write_qdq_onnx
 from edgevt.quant.qat import (
     QatSettings,
     QuantSim,
@@ -33,6 +33,7 @@ from edgevt.quant.qat import (
 )
 from edgevt.targets.onnx import OnnxRuntimeRunner
 from edgevt.validate.evaluate import compare_logits
+from tests.helpers import rules
 from tests.quant.test_int8_cli import (
     EDGEVT,
     LITE0,
@@ -49,14 +50,14 @@ PER_TENSOR = QuantConfig.from_dict(
 
 
 def sim_for(model, table, fp32: Path, target: str, config=EVERY_OP) -> QuantSim:
-    return QuantSim.for_export(model, fp32, table, config, RULES[target])
+    return QuantSim.for_export(model, fp32, table, config, rules(target))
 
 
 @pytest.mark.parametrize("target", ["onnx", "tensorrt"])
 def test_step0_is_the_exported_ptq_graph(tiny, tmp_path, target) -> None:  # noqa: F811
     model, images, table, info, fp32 = tiny
     out = tmp_path / "int8.onnx"
-    write_qdq_onnx(fp32, out, table, EVERY_OP, RULES[target], info)
+    write_qdq_onnx(fp32, out, table, EVERY_OP, rules(target), info)
     with OnnxRuntimeRunner(out, optimization="none") as runner:
         exact = runner.infer(images[:16].numpy())
     sim = sim_for(model, table, fp32, target)
@@ -111,7 +112,7 @@ def test_learned_weight_clips_and_ranges_export_to_the_simulated_graph(
     from edgevt.targets.onnx import export_onnx
 
     export_onnx(trained, info, tmp_path / "fp32.onnx")
-    write_qdq_onnx(tmp_path / "fp32.onnx", out, learned, config, RULES["onnx"], info)
+    write_qdq_onnx(tmp_path / "fp32.onnx", out, learned, config, rules("onnx"), info)
     with OnnxRuntimeRunner(out, optimization="none") as runner:
         exact = runner.infer(images[:16].numpy())
     assert compare_logits(simulated.numpy(), exact)["cosine"] > 0.9999
@@ -156,7 +157,7 @@ def test_each_weight_exports_with_its_configured_granularity_as_simulated(
     table, info, fp32 = calibrated_export(model, images, tmp_path)
     out = tmp_path / "int8.onnx"
     config = QuantConfig.from_dict(GRANULARITY[granularity])
-    write_qdq_onnx(fp32, out, table, config, RULES["onnx"], info)
+    write_qdq_onnx(fp32, out, table, config, rules("onnx"), info)
     proto = onnx.load(str(out))
     init = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
     scales, qmax = {}, {}
@@ -181,14 +182,13 @@ def test_each_weight_exports_with_its_configured_granularity_as_simulated(
 def test_tflite_simulation_has_full_8bit_weights(tiny) -> None:  # noqa: F811
     """QAT for LiteRT trains through 8-bit weights (ORT's simulation: 7-bit), so it is the
     closer of the two to fp32, and the same tensors are quantized."""
-    from edgevt.quant.onnx_qdq import SIMULATED_RULES
 
     model, images, table, _, fp32 = tiny
     # ORT keeps the float-output stem convs in float on its own (no int8 kernel for them);
     # TFLite quantizes them. Keep them float for both to compare the same tensors.
     config = EVERY_OP.keep_float(["stem.0", "stem.2"])
     ort = sim_for(model, table, fp32, "onnx", config)
-    lite = QuantSim.for_export(model, fp32, table, config, SIMULATED_RULES["tflite"])
+    lite = QuantSim.for_export(model, fp32, table, config, rules("tflite"))
     assert {n: q for n, (q, _) in lite.weight_ops.items()} == dict.fromkeys(lite.weight_ops, 127)
     assert len(lite.tensors) == len(ort.tensors)
     with torch.no_grad():
@@ -367,7 +367,7 @@ def test_batches_are_epochs_fixed_by_seed_and_step() -> None:
 def test_calibrated_ranges_meet_export_for_the_same_tensor(tiny) -> None:  # noqa: F811
     model, images, _, _, fp32 = tiny
     table = calibrate_model(model, images.split(32), model_name="tiny", weights="random")
-    tensors = quantized_tensors(onnx.load(str(fp32)), table, EVERY_OP, RULES["onnx"])
+    tensors = quantized_tensors(onnx.load(str(fp32)), table, EVERY_OP, rules("onnx"))
     keys = [k for t in tensors for k in t.keys]
     assert len(keys) == len(set(keys))  # each key lives on one tensor
     assert all(t.min <= t.max for t in tensors)
@@ -428,7 +428,8 @@ def test_killed_run_resumes_to_the_uninterrupted_result_and_exports(
     assert proc.returncode == 0, proc.stderr
     manifest = json.loads((tmp_path / "export" / "manifest.json").read_text())
     assert "QAT (8 steps" in json.dumps(manifest["stages"]["fuse"])
-    assert np.isfinite(manifest["stages"]["export_int8"]["results"]["check"]["cosine"])
+    int8 = manifest["stages"]["export"]["results"]["artifacts"][1]
+    assert int8["precision"] == "int8" and np.isfinite(int8["check"]["cosine"])
 
 
 def test_per_tensor_weights_with_an_absolute_rate_get_advice(

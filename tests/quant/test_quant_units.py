@@ -19,11 +19,12 @@ from edgevt.quant.calibrate import calibrate_model, trace_ops
 from edgevt.quant.config import QuantConfig
 from edgevt.quant.fakequant import FakeQuantModel
 from edgevt.quant.observers import RangeObserver, entropy_amax, mse_amax
-from edgevt.quant.onnx_qdq import RULES, node_scope, write_qdq_onnx
+from edgevt.quant.onnx_qdq import node_scope, write_qdq_onnx
 from edgevt.quant.table import CalibrationTable, diff_tables
 from edgevt.targets.onnx import OnnxRuntimeRunner, export_onnx
 from edgevt.targets.tensorrt import check_tensorrt_qdq, write_calibration_cache
 from edgevt.validate.evaluate import compare_logits
+from tests.helpers import rules
 
 
 class Attention(nn.Module):
@@ -157,7 +158,7 @@ def test_qdq_export_matches_fake_quant_and_obeys_rules(tiny, tmp_path, target) -
     model, images, table, info, fp32 = tiny
     config = QuantConfig.from_dict({"op_type": {"matmul": {}}})  # quantize every op kind
     out = tmp_path / f"int8-{target}.onnx"
-    plan = write_qdq_onnx(fp32, out, table, config, RULES[target], info)
+    plan = write_qdq_onnx(fp32, out, table, config, rules(target), info)
     # ORT has no int8 kernel for a Conv whose output stays float (the stem's feed a Hardswish
     # and a reshape): the export keeps those in float; TensorRT's rules quantize every op.
     floated = ["stem.0", "stem.2"] if target == "onnx" else []
@@ -177,7 +178,7 @@ def test_qdq_export_matches_fake_quant_and_obeys_rules(tiny, tmp_path, target) -
         ort_logits = runner.infer(images[:16].numpy())
     with torch.no_grad():
         simulated = config.keep_float(plan.kept_float)
-        fq = FakeQuantModel(model, table, simulated, RULES[target])(images[:16]).numpy()
+        fq = FakeQuantModel(model, table, simulated, rules(target))(images[:16]).numpy()
         ref = model(images[:16]).numpy()
     assert compare_logits(fq, ort_logits)["cosine"] > 0.9999
     assert np.abs(fq - ort_logits).max() < 0.05 * np.abs(ref).max()
@@ -220,7 +221,7 @@ def test_onnx_runtime_keeps_convs_without_int8_kernel_in_float(tmp_path, target)
     images = torch.randn(32, 3, 32, 32)
     table, info, fp32 = calibrated_export(model, images, tmp_path)
     out = tmp_path / "int8.onnx"
-    plan = write_qdq_onnx(fp32, out, table, QuantConfig(), RULES[target], info)
+    plan = write_qdq_onnx(fp32, out, table, QuantConfig(), rules(target), info)
     if target == "onnx":
         assert plan.kept_float == ["side"]  # image in, Hardswish out: nothing int8 around it
         assert any(n.startswith("side: no int8 kernel") for n in plan.not_honoured)
@@ -234,9 +235,9 @@ def test_onnx_runtime_keeps_convs_without_int8_kernel_in_float(tmp_path, target)
     only_side = QuantConfig.from_dict({"global": None, "module_name": {"side": {}}})
     if target == "onnx":
         with pytest.raises(EdgevtError, match="nothing this target can run in int8"):
-            write_qdq_onnx(fp32, out, table, only_side, RULES[target], info)
+            write_qdq_onnx(fp32, out, table, only_side, rules(target), info)
     else:
-        assert write_qdq_onnx(fp32, out, table, only_side, RULES[target], info).quantized == [
+        assert write_qdq_onnx(fp32, out, table, only_side, rules(target), info).quantized == [
             "side"
         ]
 
@@ -244,7 +245,7 @@ def test_onnx_runtime_keeps_convs_without_int8_kernel_in_float(tmp_path, target)
 def test_tensorrt_check_catches_a_bad_axis_and_one_sided_quantization(tiny, tmp_path) -> None:
     _, _, table, info, fp32 = tiny
     out = tmp_path / "trt.onnx"
-    write_qdq_onnx(fp32, out, table, QuantConfig(), RULES["tensorrt"], info)
+    write_qdq_onnx(fp32, out, table, QuantConfig(), rules("tensorrt"), info)
     proto = onnx.load(str(out))
     conv_dq = next(
         n
@@ -282,13 +283,13 @@ def test_max_drop_keeps_the_fewest_sensitive_ops_in_float(tiny, tmp_path, calib_
     )
     config = QuantConfig.from_dict({"op_type": {"matmul": {}}})
     loose = choose_float_layers(
-        model, table, config, RULES["onnx"], flat, pp, 100.0, fp32_onnx=fp32, progress=False
+        model, table, config, rules("onnx"), flat, pp, 100.0, fp32_onnx=fp32, progress=False
     )
     assert loose.kept_float == [] and loose.measure == "top-1 disagreement with fp32"
     # 7 ops, less the 2 stem convs that ORT runs in float anyway (no int8 output)
     assert [op for op, _ in loose.ranking] and len(loose.ranking) == 5
     strict = choose_float_layers(
-        model, table, config, RULES["onnx"], flat, pp, 0.0, fp32_onnx=fp32, progress=False
+        model, table, config, rules("onnx"), flat, pp, 0.0, fp32_onnx=fp32, progress=False
     )
     assert strict.drop_chosen == 0.0
     if strict.drop_all_int8 > 0:

@@ -13,25 +13,21 @@ from torch import nn
 
 ct = pytest.importorskip("coremltools", reason="pip install edgevt[coreml]")
 
-from edgevt.api import _info, calibrate, fuse  # noqa: E402
+from edgevt.api import calibrate, fuse  # noqa: E402
 from edgevt.artifact import ArtifactInfo  # noqa: E402
 from edgevt.data.imagenet import imagenet_synsets, sample_batch  # noqa: E402
 from edgevt.data.preprocess import Preprocess  # noqa: E402
 from edgevt.errors import EdgevtError  # noqa: E402
+from edgevt.fused import model_info as _info  # noqa: E402
 from edgevt.models import list_models  # noqa: E402
 from edgevt.quant.calibrate import calibrate_model, trace_ops  # noqa: E402
 from edgevt.quant.config import QuantConfig  # noqa: E402
 from edgevt.quant.fakequant import FakeQuantModel, fake_quant_weight  # noqa: E402
-from edgevt.targets import mil_interpreter  # noqa: E402
-from edgevt.targets.coreml import (  # noqa: E402
-    COREML_RULES,
-    CoreMLRunner,
-    census,
-    deployment_target,
-    export_coreml,
-    read_coreml_info,
-)
-from edgevt.targets.mil_interpreter import MilProgram  # noqa: E402
+from edgevt.targets.coreml import COREML_RULES, mil_interpreter  # noqa: E402
+from edgevt.targets.coreml.census import census  # noqa: E402
+from edgevt.targets.coreml.convert import deployment_target, export_coreml  # noqa: E402
+from edgevt.targets.coreml.mil_interpreter import MilProgram  # noqa: E402
+from edgevt.targets.coreml.runner import CoreMLRunner, read_coreml_info  # noqa: E402
 
 
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -25,7 +25,10 @@ def test_export_eval_bench_coreml(tmp_path: Path, calib_dir: Path, val_dir: Path
     assert proc.returncode == 0, proc.stderr
     assert "model_w8a8.mlpackage" in proc.stdout and "ops int8" in proc.stdout
     manifest = json.loads((out / "manifest.json").read_text())
-    checks = manifest["stages"]["export"]["results"]["checks"]
+    records = manifest["stages"]["export"]["results"]["artifacts"]
+    checks = {r["file"]: r["check"] for r in records}
+    assert {r["file"]: r["precision"] for r in records} == {
+        "model.mlpackage": "fp32", "model_w8a8.mlpackage": "w8a8"}  # fmt: skip
     assert checks["model.mlpackage"]["cosine"] > 0.99999  # the fp32 bar
     assert checks["model.mlpackage"]["runtime"] in ("coreml", "mil-reference-interpreter")
     evals = json.loads((out / "eval.json").read_text())
@@ -44,5 +47,5 @@ def test_coreml_errors_are_clear(tmp_path: Path, calib_dir: Path) -> None:
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "iOS17" in proc.stderr
     proc = _cli("export", "levit_128s", "--target", "onnx", "--deployment-target", "iOS17")
-    assert proc.returncode != 0 and "coreml only" in proc.stderr
+    assert proc.returncode != 0 and "does not apply to --target onnx" in proc.stderr
     assert not (tmp_path / "x" / "model.mlpackage").exists()  # refused before any work

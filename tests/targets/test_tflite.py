@@ -40,7 +40,7 @@ def levit_tflite(tmp_path_factory, calib_dir: Path) -> api.ExportOutcome:
 
 
 def test_fp32_and_fp16_reproduce_pytorch(levit_tflite: api.ExportOutcome) -> None:
-    checks = levit_tflite.artifacts
+    checks = levit_tflite.checks
     assert checks["model.tflite"]["cosine"] > 0.99999
     assert checks["model_fp16.tflite"]["cosine"] > 0.9999
     # weight-only int8 stays close; full int8 of a random LeViT is the hard case (see README)
@@ -63,7 +63,7 @@ def test_int8_carries_the_table_scales(levit_tflite: api.ExportOutcome) -> None:
     """Every honoured key's tensor has exactly the scale its table range gives; the ones not
     honoured say why (softmax outputs, tensors that must share one scale)."""
     run = levit_tflite.run_dir.path
-    q = levit_tflite.quantization["int8"]
+    q = levit_tflite.get("int8").details
     assert q["scale_problems"] == [] and q["unmatched_ops"] == []
     assert q["honoured"] >= 0.6 * q["table_keys"]
     assert all("softmax" in n.lower() or "one int8 scale" in n for n in q["not_honoured"])

@@ -12,6 +12,7 @@ pytest.importorskip("litert_torch", reason="tflite extra not installed: pip inst
 pytest.importorskip("ai_edge_quantizer", reason="pip install edgevt[tflite]")
 
 from edgevt import api  # noqa: E402
+from edgevt.fused import model_info  # noqa: E402
 from edgevt.models import list_models  # noqa: E402
 from edgevt.targets import tflite  # noqa: E402
 from tests.helpers import real_images, zoo_params  # noqa: E402
@@ -26,7 +27,7 @@ def test_zoo_model_converts(name: str, tmp_path: Path) -> None:
     fused = api.fuse(name)
     images = real_images(name, 2)
     reference = fused.model(images).detach().numpy()
-    info = api._info(fused.loaded, "tflite", True)
+    info = model_info(fused.loaded, "tflite", True)
     fp32 = tflite.convert_fp32(fused.model, images[:1], info, tmp_path / "model.tflite")
     outputs = {"fp32": fp32}
     if name == "cvt_w24":

@@ -60,4 +60,6 @@ def test_manifest_records_inputs_versions_and_hashes(lite0_onnx) -> None:
     assert len(export["inputs"]["checkpoint_sha256"]) == 64
     assert export["artifacts"]["model"]["path"] == "model.onnx"
     assert manifest["versions"]["onnxruntime"]
-    assert export["results"]["cosine"] > 0.99999
+    fp32 = export["results"]["artifacts"][0]
+    assert fp32["file"] == "model.onnx" and fp32["precision"] == "fp32"
+    assert fp32["check"]["cosine"] > 0.99999

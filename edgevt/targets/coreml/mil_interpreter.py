@@ -80,7 +80,7 @@ CAST_DTYPES = {
 def unsupported(what: str) -> EdgevtError:
     return EdgevtError(
         f"the MIL reference interpreter does not implement {what}; run the package with Core ML "
-        "on macOS (CoreMLRunner does), or add it to edgevt/targets/mil_interpreter.py."
+        "on macOS (CoreMLRunner does), or add it to edgevt/targets/coreml/mil_interpreter.py."
     )
 
 

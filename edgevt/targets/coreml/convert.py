@@ -31,7 +31,6 @@ import contextlib
 import dataclasses
 import os
 import shutil
-import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -43,44 +42,21 @@ import torch
 from torch import nn
 
 from edgevt.artifact import METADATA_KEY, ArtifactInfo
-from edgevt.errors import BackendMissingError, EdgevtError
-from edgevt.io import artifact_size
+from edgevt.errors import EdgevtError
 from edgevt.quant.config import OpQuant, QuantConfig
-from edgevt.quant.onnx_qdq import TargetRules
 from edgevt.quant.table import CalibrationTable
-from edgevt.targets.base import Runner
+from edgevt.targets.coreml.census import COMPUTE_OPS, census, float_ops_not_asked
+from edgevt.targets.coreml.runner import coremltools as _coremltools
+from edgevt.targets.coreml.runner import quiet as _quiet
 
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
 PRECISIONS = ("fp32", "fp16", "w8", "w8a8")
 # The oldest deployment target that can hold each precision (ML Programs start at iOS15;
 # constexpr weight dequantization at iOS16; quantize/dequantize activations at iOS17).
 MIN_TARGET = {"fp32": "iOS15", "fp16": "iOS15", "w8": "iOS16", "w8a8": "iOS17"}
-COMPUTE_OPS = ("conv", "linear", "matmul")
-QUANT_WEIGHT_OPS = ("constexpr_affine_dequantize", "constexpr_blockwise_shift_scale")
 # How close (relative L2 of sorted values) a MIL operand must be to a PyTorch tensor to take
 # its table key; an fp16 program differs from the fp32 PyTorch model by ~1e-3.
 MATCH_TOLERANCE = 0.05
-BACKENDS = ("coreml", "mil-reference-interpreter")
-# Core ML's int8 rules in the terms FakeQuantModel simulates: symmetric int8 activations (zero
-# point 0, scale amax/127), 8-bit symmetric per-channel weights, float biases, op inputs only.
-COREML_RULES = TargetRules("coreml", True, False, (), False)
-COMPUTE_UNITS = ("ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE")
-
-
-def require() -> None:
-    """Raise one clear error if coremltools is missing."""
-    _coremltools()
-
-
-def _coremltools():
-    try:
-        with _quiet():  # it logs a warning per missing macOS-only extension at import
-            import coremltools as ct
-    except ImportError as exc:
-        raise BackendMissingError(
-            "the Core ML target needs coremltools: pip install 'edgevt[coreml]'."
-        ) from exc
-    return ct
 
 
 @dataclass
@@ -280,23 +256,6 @@ def _convert(ct, model: nn.Module, example: torch.Tensor, compute: str, target: 
         raise EdgevtError(f"coremltools could not convert the model: {exc}") from exc
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Silence coremltools' progress bars (one per pass, on stderr) and warnings (it warns
-    that torch versions after 2.7 are untested) while it converts or compresses."""
-    import io
-    import logging
-
-    logger = logging.getLogger("coremltools")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stderr(io.StringIO()):
-            yield
-    finally:
-        logger.setLevel(level)
-
-
 def _quant_ops(model: nn.Module, example: torch.Tensor, table: CalibrationTable | None):
     """{op name: op type} of the model's quantizable ops (from the table when it lists them)."""
     if table is not None and table.source.get("ops"):
@@ -388,7 +347,7 @@ def _matmul_operands(mlmodel, model, example):
     attention maps of different blocks of a random-init CvT; the order can. An operand whose
     pair does not check out takes the closest tensor of any matmul, with a note.
     """
-    from edgevt.targets.mil_interpreter import MilProgram
+    from edgevt.targets.coreml.mil_interpreter import MilProgram
 
     mil = []
     for op in _compute_ops(mlmodel._mil_program):
@@ -587,227 +546,3 @@ def _atomic_dir(path: Path) -> Iterator[Path]:
             raise
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
-
-
-# ------------------------------------------------------------------------------ census
-
-
-def _spec_ops(path: str | Path):
-    from edgevt.targets.mil_interpreter import load_spec
-
-    spec, _ = load_spec(path)
-    if spec.WhichOneof("Type") != "mlProgram":
-        raise EdgevtError(f"{path} is not an ML Program package.")
-    func = spec.mlProgram.functions["main"]
-    return spec, list(func.block_specializations[func.opset].operations)
-
-
-def census(path: str | Path) -> dict[str, Any]:
-    """What a package's program computes and how: op counts and, per conv/linear/matmul,
-    whether its weight is int8 (a constexpr dequantization op) and whether each activation
-    input arrives through a quantize -> dequantize pair.
-
-    Keys: ``ops`` (op type -> count), ``compute_ops``, ``int8_weights``, ``float_weights``
-    (op names), ``int8_activations``, ``float_activations`` (``op.input``), ``int8_ops``
-    (all inputs int8), ``float_ops`` (op names with any float input), ``activation_scales``
-    (``op.input`` -> scale of its dequantize).
-    """
-    _, ops = _spec_ops(path)
-    producer: dict[str, Any] = {}
-    counts: dict[str, int] = {}
-    for op in ops:
-        counts[op.type] = counts.get(op.type, 0) + 1
-        for o in op.outputs:
-            producer[o.name] = op
-    result: dict[str, Any] = {
-        "ops": counts,
-        "compute_ops": 0,
-        "int8_weights": 0,
-        "float_weights": [],
-        "int8_activations": 0,
-        "float_activations": [],
-        "int8_ops": 0,
-        "float_ops": [],
-        "activation_scales": {},
-    }
-    for op in ops:
-        if op.type not in COMPUTE_OPS:
-            continue
-        name = op.outputs[0].name
-        result["compute_ops"] += 1
-        all_int8 = True
-        for key in ("x", "y", "weight"):
-            source = _input_op(op, key, producer)
-            if source is _MISSING:
-                continue
-            if source is None or source.type == "const" or source.type.startswith("constexpr_"):
-                if source is not None and source.type in QUANT_WEIGHT_OPS:
-                    result["int8_weights"] += 1
-                else:
-                    result["float_weights"].append(name)
-                    all_int8 = False
-                continue
-            if source.type == "dequantize" and _input_type(source, "input", producer) == "quantize":
-                result["int8_activations"] += 1
-                scale = _const_arg(source, "scale", producer)
-                if scale is not None and np.size(scale) == 1:
-                    result["activation_scales"][f"{name}.{key}"] = float(np.asarray(scale))
-            else:
-                result["float_activations"].append(f"{name}.{key}")
-                all_int8 = False
-        if all_int8:
-            result["int8_ops"] += 1
-        else:
-            result["float_ops"].append(name)
-    return result
-
-
-_MISSING = object()
-
-
-def _input_op(op, key: str, producer: dict[str, Any]):
-    """The op producing input ``key`` (None for an immediate value), or _MISSING."""
-    if key not in op.inputs:
-        return _MISSING
-    binding = op.inputs[key].arguments[0]
-    if binding.WhichOneof("binding") == "value":
-        return None
-    return producer.get(binding.name)
-
-
-def _input_type(op, key: str, producer: dict[str, Any]) -> str | None:
-    source = _input_op(op, key, producer)
-    return None if source is None or source is _MISSING else source.type
-
-
-def _const_arg(op, key: str, producer: dict[str, Any]):
-    from edgevt.targets.mil_interpreter import BlobReader, decode_value
-
-    if key not in op.inputs:
-        return None
-    binding = op.inputs[key].arguments[0]
-    if binding.WhichOneof("binding") == "value":
-        return decode_value(binding.value, BlobReader(None))
-    source = producer.get(binding.name)
-    if source is not None and source.type == "const":
-        val = source.attributes["val"]
-        if val.WhichOneof("value") == "immediateValue":
-            return decode_value(val, BlobReader(None))
-    return None
-
-
-def float_ops_not_asked(counted: dict[str, Any], precision: str) -> list[str]:
-    """MIL compute ops that ``precision`` quantizes but that ``counted`` (a census) shows in
-    float: a float weight (w8, w8a8) or a float activation input (w8a8)."""
-    if precision == "w8":
-        return sorted(set(counted["float_weights"]))
-    if precision == "w8a8":
-        return sorted(set(counted["float_ops"]))
-    return []
-
-
-# ------------------------------------------------------------------------------ runner
-
-
-def read_coreml_info(path: str | Path) -> ArtifactInfo | None:
-    """The ArtifactInfo a package carries (None if it was not written by edgevt)."""
-    from edgevt.targets.mil_interpreter import load_spec
-
-    spec, _ = load_spec(path)
-    text = spec.description.metadata.userDefined.get(METADATA_KEY)
-    return ArtifactInfo.from_json(text) if text else None
-
-
-class CoreMLRunner(Runner):
-    """Apple's Core ML runtime on macOS, else the MIL reference interpreter (NumPy).
-
-    Args:
-        threads: interpreter threads (torch's); None = default. Core ML picks its own.
-        compute_units: ALL, CPU_ONLY, CPU_AND_GPU or CPU_AND_NE (Core ML only).
-        backend: "coreml" or "mil-reference-interpreter"; None = Core ML on macOS, the
-            interpreter elsewhere.
-    """
-
-    batch = 16  # images per interpreter pass (bounds memory for CvT's large attention maps)
-
-    def __init__(
-        self,
-        path: str | Path,
-        threads: int | None = None,
-        info: ArtifactInfo | None = None,
-        compute_units: str = "ALL",
-        backend: str | None = None,
-    ) -> None:
-        super().__init__()
-        self.path = Path(path)
-        self.threads = threads
-        if compute_units not in COMPUTE_UNITS:
-            raise EdgevtError(
-                f"unknown compute units {compute_units!r}; choose from {', '.join(COMPUTE_UNITS)}."
-            )
-        self.compute_units = compute_units
-        if backend is None:
-            backend = "coreml" if sys.platform == "darwin" else "mil-reference-interpreter"
-        if backend not in BACKENDS:
-            raise EdgevtError(f"unknown Core ML backend {backend!r}; choose from {BACKENDS}.")
-        if backend == "coreml" and sys.platform != "darwin":
-            raise EdgevtError(
-                "Apple's Core ML runtime runs only on macOS; use backend "
-                "'mil-reference-interpreter' here, or run the package on a Mac."
-            )
-        self.backend = backend
-        found = info or read_coreml_info(self.path)
-        if found is None:
-            raise EdgevtError(
-                f"{self.path} carries no edgevt metadata (preprocessing, classes); re-export it "
-                "with `edgevt export --target coreml`."
-            )
-        self.info = found
-        self._model: Any = None
-
-    def _activate(self) -> None:
-        ct = _coremltools()
-        if self.backend == "coreml":
-            self._model = ct.models.MLModel(
-                str(self.path), compute_units=getattr(ct.ComputeUnit, self.compute_units)
-            )
-            return
-        from edgevt.targets.mil_interpreter import MilProgram
-
-        if self.threads:
-            torch.set_num_threads(self.threads)
-        self._model = MilProgram(self.path)
-
-    def _infer(self, batch: np.ndarray) -> np.ndarray:
-        if self.backend == "coreml":
-            outs = [
-                self._model.predict({INPUT_NAME: batch[i : i + 1]})[OUTPUT_NAME]
-                for i in range(len(batch))
-            ]
-        else:
-            outs = [
-                self._model.run({INPUT_NAME: batch[i : i + self.batch]})[OUTPUT_NAME]
-                for i in range(0, len(batch), self.batch)
-            ]
-        return np.concatenate([np.asarray(o, np.float32).reshape(-1, o.shape[-1]) for o in outs])
-
-    def _deactivate(self) -> None:
-        self._model = None
-
-    def describe(self) -> dict[str, Any]:
-        ct = _coremltools()
-        coreml = self.info.extra.get("coreml", {})
-        out = {
-            "backend": self.backend,
-            "coremltools": ct.__version__,
-            "artifact": str(self.path),
-            "size_bytes": artifact_size(self.path),
-            "model": self.info.model,
-            "precision": self.info.precision,
-            "deployment_target": coreml.get("deployment_target"),
-        }
-        if self.backend == "coreml":
-            out.update({"threads": "default", "compute_units": self.compute_units})
-        else:
-            out["threads"] = self.threads or torch.get_num_threads()
-        return out

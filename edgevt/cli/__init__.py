@@ -1,0 +1,83 @@
+"""`edgevt` command line: a thin shell over ``edgevt.api``, one module per command (or per
+family of small commands).
+
+Imports of torch and the backends happen inside the commands, so ``edgevt --help`` is quick
+and works with no backend installed. Errors the user can fix print one line, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+EPILOG = """\
+examples:
+  edgevt models
+  edgevt export efficientnet_lite0 --pretrained --target onnx -o runs/lite0 \\
+      --eval-data ../shared/data/imagenet-val1000
+  edgevt eval runs/lite0/model.onnx --data ../shared/data/imagenet-val1000 --json
+  edgevt fuse levit_128s --checkpoint LeViT-128S.pth -o runs/levit
+  edgevt calibrate efficientnet_lite0 --pretrained --data ../shared/data/imagenet-sample1000 \\
+      -o calib/efficientnet_lite0.json
+  edgevt export efficientnet_lite0 --pretrained --int8 --calib-table calib/efficientnet_lite0.json
+  edgevt export levit_128s --checkpoint w.pth --target tensorrt --int8 --calib DIR
+
+Without --checkpoint a model gets random (non-degenerate) weights: fine for checking
+numerics and speed, meaningless for accuracy.
+"""
+
+
+class Parser(argparse.ArgumentParser):
+    """Usage errors in the one-line format every other error has."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"edgevt: error: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from edgevt import __version__
+    from edgevt.cli import bench, deliver, eval, export, fuse, info, qat
+
+    parser = Parser(
+        prog="edgevt",
+        description="Take a trained vision transformer to an edge device, and "
+        "prove what it costs in accuracy and gains in speed.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"edgevt {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    info.add_parsers(sub)
+    fuse.add_parsers(sub)
+    qat.add_parser(sub)
+    export.add_parsers(sub)
+    eval.add_parser(sub)
+    bench.add_parser(sub)
+    deliver.add_parsers(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], None] | None = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return 0
+    from edgevt.errors import EdgevtError
+
+    try:
+        func(args)
+    except EdgevtError as exc:
+        print(f"edgevt: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "edgevt: interrupted; finished artifacts are intact, nothing half-written.",
+            file=sys.stderr,
+        )
+        return 130
+    return 0

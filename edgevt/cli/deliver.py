@@ -1,0 +1,93 @@
+"""`edgevt bundle`, `edgevt report`, `edgevt run`: what leaves this machine."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser(
+        "run",
+        help="the whole pipeline from a TOML config: calibrate, export, eval, bench, report",
+        description="Run calibrate -> export every target -> eval -> bench -> bundles -> report "
+        "as CONFIG.toml says (examples in configs/). Stages whose inputs did not change are "
+        "skipped; an interrupted run resumes where it stopped.",
+    )
+    p.add_argument("config", metavar="CONFIG.toml")
+    p.add_argument("--force", action="store_true", help="re-run every stage")
+    p.set_defaults(func=run)
+
+    p = sub.add_parser(
+        "bundle",
+        help="write a self-contained folder that checks and times a run's artifacts on a device",
+        description="Copy RUN_DIR's artifacts that DEVICE runs, real sample images with the "
+        "logits this host computed for them, a standalone runner (numpy + the device runtime) "
+        "and a README with the exact ssh/adb commands into -o DIR. Run it on the device; feed "
+        "its results JSON to `edgevt report`.",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory from `edgevt export`")
+    p.add_argument(
+        "--device", required=True, help="profile name (see `edgevt devices`) or a .toml path"
+    )
+    p.add_argument("-o", "--out", required=True, metavar="DIR", help="the bundle folder")
+    p.add_argument("--samples", type=int, default=8, help="sample images to check (default 8)")
+    p.add_argument("--data", metavar="DIR", help="sample images (default: imagenet-val1000)")
+    p.add_argument("--force", action="store_true", help="replace a non-empty -o folder")
+    p.set_defaults(func=bundle)
+
+    p = sub.add_parser(
+        "report",
+        help="accuracy/latency report (Markdown + self-contained HTML) from run directories",
+        description="Collect evaluation results, host benchmarks (bench/*.json), calibration "
+        "settings and sensitivity from RUN_DIRs, and device results from bundles, into "
+        "-o DIR/report.md, report.html (inline plots) and report.json.",
+    )
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument(
+        "--device-results",
+        nargs="+",
+        default=[],
+        metavar="JSON",
+        help="results files that run_bundle.py wrote on devices",
+    )
+    p.add_argument("-o", "--out", required=True, metavar="DIR", help="e.g. reports/levit_128s")
+    p.add_argument("--title", help="page title (default: from the runs)")
+    p.set_defaults(func=report)
+
+
+def report(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from edgevt.report import collect, write_report
+
+    found = collect([Path(d) for d in args.run_dirs], [Path(f) for f in args.device_results])
+    models = sorted({r.model for r in found.rows} | {t.model for t in found.timings})
+    title = args.title or f"edgevt report: {', '.join(models)}"
+    paths = write_report(found, Path(args.out), title)
+    print(
+        f"report: {len(found.rows)} accuracy rows, {len(found.timings)} timings -> "
+        + ", ".join(str(p) for p in paths.values())
+    )
+
+
+def run(args: argparse.Namespace) -> None:
+    from edgevt.pipeline import run_pipeline
+
+    outcome = run_pipeline(args.config, force=args.force)
+    print(
+        f"run directory: {outcome.out} (ran {len(outcome.ran)} stage(s), skipped "
+        f"{len(outcome.skipped)}); report: {outcome.report}"
+    )
+
+
+def bundle(args: argparse.Namespace) -> None:
+    from edgevt.bundle import make_bundle
+
+    made = make_bundle(
+        args.run_dir, args.device, args.out, samples=args.samples, data=args.data,
+        force=args.force,
+    )  # fmt: skip
+    print(
+        f"bundle for {made.device.name}: {made.path} ({', '.join(made.models)}; "
+        f"{made.samples} sample images). Next: see {made.path / 'README.md'}"
+    )
