@@ -170,6 +170,7 @@ def export(
         options / target_options: the target's own options (``opset``, ``float_ops``,
             ``int8_io``, ``deployment_target``...; see ``edgevt targets``); None = default.
     """
+    get_entry(model)  # an unknown model fails before anything is written
     plugin = get_target(target)
     wanted = plugin.resolve_precisions(precisions, int8)
     opts = plugin.options(options if options is not None else target_options)

@@ -44,3 +44,19 @@ def lite0_int8_run(tmp_path_factory, calib_dir: Path, val_dir: Path) -> Path:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     return out
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """`gpu` and `macos` tests skip, with the reason, where there is no GPU / no macOS."""
+    import sys
+
+    has_gpu = False
+    if any("gpu" in item.keywords for item in items):
+        import torch
+
+        has_gpu = torch.cuda.is_available()
+    for item in items:
+        if "gpu" in item.keywords and not has_gpu:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU (and TensorRT)"))
+        if "macos" in item.keywords and sys.platform != "darwin":
+            item.add_marker(pytest.mark.skip(reason="needs macOS (Apple's Core ML runtime)"))

@@ -10,6 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
+import edgevt
+from edgevt import api
+
 EDGEVT = [sys.executable, "-m", "edgevt.cli"]
 
 
@@ -55,16 +58,29 @@ def test_export_then_eval_an_artifact_with_no_further_flags(tmp_path: Path, val_
 
 
 @pytest.mark.parametrize(
+    "call,message",
+    [
+        (lambda: edgevt.evaluate("levit_128s", "/nonexistent/dir"), "does not exist"),
+        (lambda: edgevt.evaluate("missing.onnx", "."), "does not exist"),
+        (lambda: edgevt.export("levit_999"), "unknown model"),
+        (lambda: edgevt.export("levit_128s", int8_io=True), "--int8-io does not apply"),
+        (lambda: edgevt.export("levit_128s", opset=99), "--opset 99"),
+        (lambda: edgevt.export("levit_128s", "vulkan"), "unknown target 'vulkan'"),
+        (lambda: api.fuse("levit_128s", "/nonexistent.pth"), "does not exist"),
+        (lambda: edgevt.open_runner("model.onnx", threads=0), "--threads 0"),
+    ],
+)
+def test_bad_input_is_an_edgevt_error(call, message) -> None:
+    with pytest.raises(edgevt.EdgevtError, match=message):
+        call()
+
+
+@pytest.mark.parametrize(
     "args,message",
     [
-        (["eval", "levit_128s", "--data", "/nonexistent/dir"], "does not exist"),
-        (["eval", "missing.onnx", "--data", "."], "does not exist"),
-        (["export", "levit_999"], "unknown model"),
-        (["export", "levit_128s", "--target", "vulkan"], "invalid choice: 'vulkan'"),
-        (["export", "levit_128s", "--int8-io"], "--int8-io does not apply to --target onnx"),
-        (["export", "levit_128s", "--opset", "99"], "--opset 99"),
+        (["eval", "missing.onnx", "--data", "."], "does not exist"),  # raised by the API
+        (["export", "levit_128s", "--target", "vulkan"], "invalid choice: 'vulkan'"),  # argparse
         (["export"], "the following arguments are required: model"),
-        (["fuse", "levit_128s", "--checkpoint", "/nonexistent.pth"], "does not exist"),
     ],
 )
 def test_errors_are_one_line_without_traceback(args, message) -> None:
@@ -79,8 +95,8 @@ def test_corrupt_checkpoint_error(tmp_path: Path) -> None:
     bad = tmp_path / "bad.pth"
     torch.save({"w": torch.zeros(10)}, bad)
     bad.write_bytes(bad.read_bytes()[:50])
-    proc = run("fuse", "levit_128s", "--checkpoint", str(bad), check=False)
-    assert proc.returncode == 2 and "truncated" in proc.stderr and "Traceback" not in proc.stderr
+    with pytest.raises(edgevt.EdgevtError, match="truncated"):
+        api.fuse("levit_128s", bad)
 
 
 def test_readme_targets_table_is_generated_from_the_registry() -> None:

@@ -27,7 +27,9 @@ def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
     ],
     ids=["plain", "wrapped-state_dict", "dataparallel-in-model"],
 )
-@pytest.mark.parametrize("name", ["levit_128s", "efficientnet_lite0", "cvt_13"])
+@pytest.mark.parametrize(
+    "name", ["levit_128s", "efficientnet_lite0", pytest.param("cvt_13", marks=pytest.mark.slow)]
+)
 def test_timm_style_pth_round_trip(name, wrap, tmp_path) -> None:
     source = load_model(name, seed=3).model
     path = tmp_path / "weights.pth"

@@ -34,21 +34,24 @@ def lite0_table(tmp_path_factory, calib_dir: Path) -> Path:
 
 
 def test_bad_int8_input_gives_one_clear_error(tmp_path: Path, lite0_table: Path) -> None:
-    one_line_error(run("export", *LITE0, "--int8"), "--int8 needs calibration data")
-    one_line_error(
-        run("export", *LITE0, "--int8", "--calib", str(tmp_path / "nowhere")), "does not exist"
-    )
+    from edgevt import api
+    from edgevt.errors import EdgevtError
+
+    out = tmp_path / "run"
+    with pytest.raises(EdgevtError, match="--int8 needs calibration data"):
+        api.export("efficientnet_lite0", pretrained=True, int8=True, out=out)
+    with pytest.raises(EdgevtError, match="does not exist"):
+        api.export("efficientnet_lite0", pretrained=True, int8=True, calib=tmp_path / "no", out=out)
+    assert not out.exists()  # refused before any work
     (tmp_path / "empty").mkdir()
-    one_line_error(
-        run("calibrate", *LITE0, "--data", str(tmp_path / "empty"), "-o", str(tmp_path / "t")),
-        "no images",
-    )
-    one_line_error(
-        run("export", "levit_128s", "--int8", "--calib-table", str(lite0_table)),
-        "made for 'efficientnet_lite0', not 'levit_128s'",
-    )
+    with pytest.raises(EdgevtError, match="no images"):
+        api.calibrate("efficientnet_lite0", pretrained=True, data=tmp_path / "empty")
+    with pytest.raises(EdgevtError, match="made for 'efficientnet_lite0', not 'levit_128s'"):
+        api.export("levit_128s", int8=True, calib_table=lite0_table, out=out)
+    with pytest.raises(EdgevtError, match="unknown calibration method 'kl'"):
+        api.calibrate("efficientnet_lite0", pretrained=True, data=tmp_path, method="kl")
     bad = run("calibrate", *LITE0, "--data", str(tmp_path), "--method", "kl", "-o", "x.json")
-    assert bad.returncode == 2 and "invalid choice: 'kl'" in bad.stderr
+    assert bad.returncode == 2 and "invalid choice: 'kl'" in bad.stderr  # the CLI's one line
 
 
 def test_tensorrt_int8_export_evaluates_and_obeys_rules(
@@ -92,9 +95,11 @@ def test_tensorrt_int8_export_evaluates_and_obeys_rules(
 
 
 def test_onnx_runtime_int8_is_not_tensorrt_shaped(tmp_path: Path, lite0_table: Path) -> None:
+    from edgevt import api
+
     out = tmp_path / "ort"
-    proc = run("export", *LITE0, "--int8", "--calib-table", str(lite0_table), "-o", str(out))
-    assert proc.returncode == 0, proc.stderr
+    api.export("efficientnet_lite0", pretrained=True, int8=True, calib_table=lite0_table, out=out,
+               progress=False)  # fmt: skip
     checked = run("check", str(out / "model_int8.onnx"))
     assert checked.returncode == 1
     assert "zero point is uint8" in checked.stdout
@@ -104,11 +109,8 @@ def test_onnx_runtime_int8_is_not_tensorrt_shaped(tmp_path: Path, lite0_table: P
     config = tmp_path / "no_add.json"
     config.write_text(json.dumps({"op_type": {"add": None}}))
     out = tmp_path / "no_add"
-    proc = run(
-        "export", *LITE0, "--int8", "--calib-table", str(lite0_table),
-        "--quant-config", str(config), "-o", str(out),
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
+    api.export("efficientnet_lite0", pretrained=True, int8=True, calib_table=lite0_table, out=out,
+               quant_config=config, progress=False)  # fmt: skip
     assert quantized_adds(out / "model_int8.onnx") == 0
 
 

@@ -414,18 +414,15 @@ def test_killed_run_resumes_to_the_uninterrupted_result_and_exports(
     assert ta == tb
     base = json.loads(lite0_table.read_text())["activations"]
     assert ta != base  # the ranges were learned
-    # different settings refuse to resume: one clear line
-    one_line_error(
-        run("qat", *LITE0, "--data", str(calib_dir), "--calib-table", str(lite0_table),
-            *QAT_SMALL[:-4], "--steps", "9", "--save-every", "1", "-o", str(whole)),
-        "other settings (steps differ)",
-    )  # fmt: skip
-    one_line_error(run("export", "levit_128s", "--checkpoint", str(whole / "fused.pt")),
-                   "is a fused efficientnet_lite0, not levit_128s")  # fmt: skip
+    # different settings refuse to resume: one clear error
+    with pytest.raises(EdgevtError, match=r"other settings \(steps differ\)"):
+        api.qat("efficientnet_lite0", pretrained=True, data=calib_dir, calib_table=lite0_table,
+                images=24, batch=4, steps=9, save_every=1, out=whole, progress=False)
+    with pytest.raises(EdgevtError, match="is a fused efficientnet_lite0, not levit_128s"):
+        api.export("levit_128s", checkpoint=whole / "fused.pt", out=tmp_path / "x")
     # the result exports like PTQ: its fused.pt as --checkpoint, its table as --calib-table
-    proc = run("export", "efficientnet_lite0", "--checkpoint", str(whole / "fused.pt"), "--int8",
-               "--calib-table", str(whole / "calibration.json"), "-o", str(tmp_path / "export"))
-    assert proc.returncode == 0, proc.stderr
+    api.export("efficientnet_lite0", checkpoint=whole / "fused.pt", int8=True,
+               calib_table=whole / "calibration.json", out=tmp_path / "export", progress=False)
     manifest = json.loads((tmp_path / "export" / "manifest.json").read_text())
     assert "QAT (8 steps" in json.dumps(manifest["stages"]["fuse"])
     int8 = manifest["stages"]["export"]["results"]["artifacts"][1]
@@ -452,22 +449,25 @@ def test_bad_qat_input_gives_one_clear_error(
 ) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
-    common = ["--calib-table", str(lite0_table), "-o", str(tmp_path / "r")]
-    one_line_error(run("qat", *LITE0, "--data", str(empty), *common), "no images found")
-    one_line_error(run("qat", "levit_128s", "--data", str(calib_dir), *common),
-                   "made for 'efficientnet_lite0'")  # fmt: skip
-    one_line_error(
-        run("qat", *LITE0, "--data", str(calib_dir), "--calib-table", str(tmp_path / "no.json"),
-            "-o", str(tmp_path / "r")),
-        "does not exist",
-    )  # fmt: skip
-    one_line_error(run("qat", *LITE0, "--data", str(calib_dir), *common, "--batch", "0"),
-                   "--batch must be at least 1")  # fmt: skip
-    one_line_error(run("qat", *LITE0, "--data", str(calib_dir), *common, "--clip-lr", "-1"),
-                   "--clip-lr not negative")  # fmt: skip
-    one_line_error(run("qat", *LITE0, "--data", str(calib_dir), *common, "--crop-scale", "0"),
-                   "--crop-scale must be between")  # fmt: skip
-    one_line_error(run("qat", *LITE0, "--data", str(calib_dir), *common, "--lr-unit", "relative"),
+    out = tmp_path / "r"
+    lite0 = {"model": "efficientnet_lite0", "pretrained": True, "out": out}
+    for kwargs, message in [
+        ({"data": empty, "calib_table": lite0_table}, "no images found"),
+        ({"data": calib_dir, "calib_table": lite0_table, "model": "levit_128s",
+          "pretrained": False}, "made for 'efficientnet_lite0'"),
+        ({"data": calib_dir, "calib_table": tmp_path / "no.json"}, "does not exist"),
+        ({"data": calib_dir, "calib_table": lite0_table, "batch": 0}, "--batch must be at least"),
+        ({"data": calib_dir, "calib_table": lite0_table, "clip_lr": -1}, "--clip-lr not negative"),
+        ({"data": calib_dir, "calib_table": lite0_table, "crop_scale": 0}, "--crop-scale must be"),
+        ({"data": calib_dir, "calib_table": lite0_table, "lr_unit": "rel"}, "use absolute or step"),
+        ({"data": calib_dir, "calib_table": lite0_table, "device": "tpu9"}, "use cpu or cuda"),
+        ({"data": calib_dir, "calib_table": lite0_table, "target": "vulkan"}, "QAT simulates"),
+    ]:  # fmt: skip
+        with pytest.raises(EdgevtError, match=message):
+            api.qat(**{**lite0, **kwargs})
+    assert not out.exists()  # every one refused before any work
+    one_line_error(run("qat", *LITE0, "--data", str(calib_dir), "--calib-table",
+                       str(lite0_table), "-o", str(out), "--lr-unit", "relative"),
                    "invalid choice: 'relative'")  # fmt: skip
 
 

@@ -15,13 +15,16 @@ from edgevt import api  # noqa: E402
 from edgevt.fused import model_info  # noqa: E402
 from edgevt.models import list_models  # noqa: E402
 from edgevt.targets import tflite  # noqa: E402
-from tests.helpers import real_images, zoo_params  # noqa: E402
+from tests.helpers import real_images  # noqa: E402
 
 ALREADY_COVERED = {"levit_128s"}  # test_tflite.py converts it at every precision
+DEFAULT_SUITE = {"efficientnet_lite0"}  # the others convert in the slow suite (-m slow)
 
 
 @pytest.mark.parametrize(
-    "name", zoo_params([n for n in list_models() if n not in ALREADY_COVERED])
+    "name",
+    [n if n in DEFAULT_SUITE else pytest.param(n, marks=pytest.mark.slow)
+     for n in list_models() if n not in ALREADY_COVERED],
 )
 def test_zoo_model_converts(name: str, tmp_path: Path) -> None:
     fused = api.fuse(name)
