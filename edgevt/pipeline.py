@@ -137,10 +137,13 @@ def _type_name(kind: type | tuple[type, ...]) -> str:
 
 
 def _is_target_option(export: dict[str, Any], key: str) -> bool:
+    """An option of some target: the export's own target then says whether it takes it."""
     import dataclasses
 
-    target = get_target(export.get("target", DEFAULT_TARGET))
-    return key in {f.name for f in dataclasses.fields(target.Options)}
+    from edgevt.targets import all_targets
+
+    return any(key in {f.name for f in dataclasses.fields(t.Options)}
+               for t in all_targets().values())  # fmt: skip
 
 
 def _target_options(export: dict[str, Any]) -> dict[str, Any]:

@@ -217,7 +217,7 @@ def _simulation(fused, table: CalibrationTable, config: QuantConfig, rules, prog
     """The QuantSim of exactly the tensors the target's int8 graph quantizes."""
     import tempfile
 
-    from edgevt.quant.qat import QuantSim
+    from edgevt.quant.simulate import QuantSim
     from edgevt.targets.onnx import export_onnx
 
     info = model_info(fused.loaded, DEFAULT_TARGET, True)

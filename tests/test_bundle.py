@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from edgevt.bundle import make_bundle
+from edgevt.errors import EdgevtError
+
 EDGEVT = [sys.executable, "-m", "edgevt.cli"]
 # The bundle runner must work with numpy and a runtime only: make edgevt and torch unimportable.
 STANDALONE = (
@@ -58,9 +61,7 @@ def test_bundle_fails_a_wrong_expectation(lite0_run: Path, tmp_path: Path) -> No
     """The check is real: logits that do not match the bundled expectations fail the run."""
     import numpy as np
 
-    bundle = tmp_path / "pi5"
-    assert run("bundle", str(lite0_run), "--device", "x86-host", "-o", str(bundle),
-               "--samples", "2").returncode == 0  # fmt: skip
+    bundle = make_bundle(lite0_run, "x86-host", tmp_path / "pi5", samples=2).path
     samples = dict(np.load(bundle / "samples.npz"))
     samples["expected_model"] = -samples["expected_model"]
     np.savez(bundle / "samples.npz", **samples)
@@ -72,23 +73,23 @@ def test_bundle_fails_a_wrong_expectation(lite0_run: Path, tmp_path: Path) -> No
     assert "model.onnx: check FAILED" in ran.stdout
 
 
-def test_bundle_errors_are_one_clear_line(lite0_run: Path, tmp_path: Path) -> None:
-    proc = run("bundle", str(lite0_run), "--device", "iphone-15", "-o", str(tmp_path / "b"))
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "no artifact iphone-15 runs (.mlpackage)" in proc.stderr
-    assert "--target coreml" in proc.stderr
-    proc = run("bundle", str(tmp_path / "nope"), "--device", "x86-host", "-o", str(tmp_path / "b"))
-    assert proc.returncode == 2 and "does not exist" in proc.stderr
-    proc = run("bundle", str(lite0_run), "--device", "rpi", "-o", str(tmp_path / "b"))
-    assert proc.returncode == 2 and "unknown device 'rpi'" in proc.stderr
-    assert not (tmp_path / "b").exists()
+def test_bundle_errors_are_clear(lite0_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "b"
+    with pytest.raises(EdgevtError, match=r"no artifact iphone-15 runs \(.mlpackage\).*--target "
+                       "coreml"):  # fmt: skip
+        make_bundle(lite0_run, "iphone-15", out)
+    with pytest.raises(EdgevtError, match="does not exist"):
+        make_bundle(tmp_path / "nope", "x86-host", out)
+    with pytest.raises(EdgevtError, match="unknown device 'rpi'"):
+        make_bundle(lite0_run, "rpi", out)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(EdgevtError, match="is a file, not a folder"):
+        make_bundle(lite0_run, "x86-host", tmp_path / "file")
+    assert not out.exists()
 
 
 def test_jetson_bundle_builds_engines_on_the_device(lite0_run: Path, tmp_path: Path) -> None:
-    bundle = tmp_path / "orin"
-    proc = run("bundle", str(lite0_run), "--device", "jetson-orin-nano", "-o", str(bundle),
-               "--samples", "1")  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
+    bundle = make_bundle(lite0_run, "jetson-orin-nano", tmp_path / "orin", samples=1).path
     script = (bundle / "trtexec.sh").read_text()
     assert "--onnx=models/model_int8.onnx --int8 --fp16 --shapes=images:1x3x224x224" in script
     assert "--onnx=models/model.onnx --fp16 " in script

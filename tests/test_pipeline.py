@@ -101,3 +101,37 @@ def test_example_configs_load() -> None:
     for path in sorted((Path(__file__).parent.parent / "configs").glob("*.toml")):
         config = load_config(path)
         assert config["model"]["name"] in path.stem
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ('[[export]]\nmax_dorp = 0.3\n', r"unknown key\(s\) max_dorp in \[export\]"),
+        ('[[export]]\nchekpoint = "w.pth"\n', r"unknown key\(s\) chekpoint in \[export\]"),
+        ('[eval]\nlimit = "200"\n[[export]]\n', r"\[eval\] limit = '200' has the wrong type"),
+        ("[[export]]\nint8 = 1\n", r"\[export\] int8 = 1 has the wrong type \(expected true"),
+        ('[[export]]\nfloat_ops = ["SOFTMAX"]\n', "--float-ops does not apply to --target onnx"),
+        ('[[export]]\ntarget = "tflite"\nfloat_ops = "SOFTMAX"\n', "--float-ops takes a list"),
+        ('[[export]]\nopset = 99\n', "--opset 99"),
+    ],
+)
+def test_a_typo_or_a_wrong_type_is_named(tmp_path: Path, text: str, message: str) -> None:
+    """A misspelt key used to be ignored (`chekpoint` ran with random weights)."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[model]\nname = "levit_128s"\n' + text)
+    with pytest.raises(EdgevtError, match=message):
+        load_config(bad)
+    bad.write_text('export = "onnx"\n[model]\nname = "levit_128s"\n')
+    with pytest.raises(EdgevtError, match=r"export must be written as \[\[export\]\] tables"):
+        load_config(bad)
+
+
+def test_every_export_option_can_be_written_in_a_config(tmp_path: Path) -> None:
+    good = tmp_path / "good.toml"
+    good.write_text('[model]\nname = "levit_128s"\n[calibration]\ndata = "."\n'
+                    '[[export]]\ntarget = "tflite"\nprecisions = ["int8"]\n'
+                    'float_ops = ["SOFTMAX"]\nint8_io = true\n'
+                    '[[export]]\ntarget = "coreml"\ndeployment_target = "iOS17"\n'
+                    '[[export]]\nopset = 18\n')  # fmt: skip
+    exports = load_config(good)["export"]
+    assert exports[0]["float_ops"] == ["SOFTMAX"] and exports[2]["opset"] == 18

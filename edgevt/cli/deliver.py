@@ -30,7 +30,7 @@ def add_parsers(sub) -> None:
         "--device", required=True, help="profile name (see `edgevt devices`) or a .toml path"
     )
     p.add_argument("-o", "--out", required=True, metavar="DIR", help="the bundle folder")
-    p.add_argument("--samples", type=int, default=8, help="sample images to check (default 8)")
+    p.add_argument("--samples", type=int, help="sample images to check (default 8)")
     p.add_argument("--data", metavar="DIR", help="sample images (default: imagenet-val1000)")
     p.add_argument("--force", action="store_true", help="replace a non-empty -o folder")
     p.set_defaults(func=bundle)
@@ -82,11 +82,10 @@ def run(args: argparse.Namespace) -> None:
 
 def bundle(args: argparse.Namespace) -> None:
     from edgevt.bundle import make_bundle
+    from edgevt.cli.common import given
 
-    made = make_bundle(
-        args.run_dir, args.device, args.out, samples=args.samples, data=args.data,
-        force=args.force,
-    )  # fmt: skip
+    made = make_bundle(args.run_dir, args.device, args.out, data=args.data, force=args.force,
+                       **given(args, "samples"))  # fmt: skip
     print(
         f"bundle for {made.device.name}: {made.path} ({', '.join(made.models)}; "
         f"{made.samples} sample images). Next: see {made.path / 'README.md'}"

@@ -21,7 +21,7 @@ def add_parsers(sub) -> None:
         "top-1/top-5 of each. Everything lands in one run directory with a manifest.",
     )
     p.add_argument("model", help="zoo name (see `edgevt models`)")
-    p.add_argument("--target", default=DEFAULT_TARGET, choices=list(targets),
+    p.add_argument("--target", choices=list(targets),
                    help=f"export target (default {DEFAULT_TARGET}; see `edgevt targets`)")
     add_weights(p)
     p.add_argument("-o", "--out", metavar="RUN_DIR", help="run directory (default runs/MODEL)")
@@ -79,16 +79,18 @@ def _target_options(args: argparse.Namespace) -> dict:
 
 def export(args: argparse.Namespace) -> None:
     from edgevt import api
+    from edgevt.targets import DEFAULT_TARGET
 
     out = api.export(
-        args.model, args.target, out=args.out, data=args.data, eval_data=args.eval_data,
-        limit=args.limit, int8=args.int8, calib=args.calib, calib_table=args.calib_table,
-        quant_config=args.quant_config, max_drop=args.max_drop,
+        args.model, args.target or DEFAULT_TARGET, out=args.out, data=args.data,
+        eval_data=args.eval_data, limit=args.limit, int8=args.int8, calib=args.calib,
+        calib_table=args.calib_table, quant_config=args.quant_config, max_drop=args.max_drop,
         precisions=[p for arg in args.precision for p in arg.split(",") if p],
         **given(args, "checkpoint", "pretrained", "seed", "calib_size", "method"),
         **_target_options(args),
     )  # fmt: skip
     note_random(out.weights)
+    target = args.target or DEFAULT_TARGET
     r = out.fuse_report
     print(f"fused: {r.batchnorm_before} BatchNorm folded, max |logit diff| {r.max_abs_diff:.3g}")
     print(
@@ -105,8 +107,8 @@ def export(args: argparse.Namespace) -> None:
         print_json({
             "artifact": str(out.artifact), "run_dir": str(out.run_dir.path), "fuse": r.to_dict(),
             "check": out.check, "eval": out.evals,
-            "artifacts": [a.record(args.target) for a in out.artifacts],
-            "int8": None if int8 is None else int8.record(args.target),
+            "artifacts": [a.record(target) for a in out.artifacts],
+            "int8": None if int8 is None else int8.record(target),
         })  # fmt: skip
 
 

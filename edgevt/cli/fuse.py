@@ -67,10 +67,10 @@ def calibrate(args: argparse.Namespace) -> None:
         **given(args, *WEIGHTS, "calib_size", "method"),
     )  # fmt: skip
     note_random(table.weights)
-    ops = table.source["ops"]
+    ops = table.ops
     print(
-        f"calibrated {args.model} ({table.method}) on {table.source['images']} images in "
-        f"{table.source['seconds']} s: {len(table.activations)} activation ranges over "
+        f"calibrated {args.model} ({table.method}) on {table.images} images in "
+        f"{table.seconds} s: {len(table.activations)} activation ranges over "
         f"{len(ops)} ops ({sum(t == 'matmul' for t in ops.values())} matmul products)"
     )
     print(f"wrote {args.out}")

@@ -106,7 +106,7 @@ def plan_qdq(
     proto: Any, table: CalibrationTable, config: QuantConfig, float_nodes: tuple[str, ...] = ()
 ) -> QdqPlan:
     """What to quantize; ``float_nodes`` (ONNX node names) stay float whatever the config."""
-    ops: dict[str, str] = table.source.get("ops", {})
+    ops: dict[str, str] = table.ops
     if not ops:
         raise EdgevtError(
             "the calibration table lists no ops; recreate it with `edgevt calibrate`."
@@ -359,7 +359,7 @@ def quantized_tensors(proto: Any, table: CalibrationTable, config: QuantConfig,
     producer = {out: n.op_type for n in qdq.graph.node for out in n.output}
     qdq_nodes = {n.name: n for n in qdq.graph.node}
     q_inputs = {n.input[0] for n in qdq.graph.node if n.op_type == "QuantizeLinear"}
-    mapping = map_nodes(proto.graph, table.source.get("ops", {}))
+    mapping = map_nodes(proto.graph, table.ops)
     keys: dict[str, list[str]] = defaultdict(list)
     for node_name, pairs in mapping.inputs.items():
         node = qdq_nodes.get(node_name)

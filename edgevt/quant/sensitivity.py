@@ -1,6 +1,6 @@
 """Accuracy-budgeted mixed precision: keep the fewest, most sensitive ops in float.
 
-1. Rank: quantize one op at a time (``qat.QuantSim``: exactly the tensors the exported QDQ
+1. Rank: quantize one op at a time (``simulate.QuantSim``: exactly the tensors the exported QDQ
    graph quantizes, int8 residual adds included) and measure the KL divergence of the logits
    from fp32 on a few calibration images.
 2. Choose: the smallest k such that keeping the k most sensitive ops in float brings the top-1
@@ -22,8 +22,8 @@ from torch import nn
 from edgevt.data.imagenet import open_dataset
 from edgevt.errors import DataError
 from edgevt.quant.config import QuantConfig
-from edgevt.quant.qat import QuantSim
 from edgevt.quant.rules import TargetRules
+from edgevt.quant.simulate import QuantSim
 from edgevt.quant.table import CalibrationTable
 
 

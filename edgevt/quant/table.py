@@ -49,6 +49,25 @@ class CalibrationTable:
     weight_amax: dict[str, list[float]] = field(default_factory=dict)
     source: dict[str, Any] = field(default_factory=dict)  # data, checkpoint hash, versions...
 
+    # What code relies on, typed (the file keeps them in ``source``, with the provenance).
+    @property
+    def ops(self) -> dict[str, str]:
+        """The calibrated quantizable ops: op name -> ``Conv2d`` / ``Linear`` / ``matmul``."""
+        return dict(self.source.get("ops", {}))
+
+    @property
+    def data(self) -> Path | None:
+        """The folder of images it was calibrated on (None if not recorded)."""
+        return Path(self.source["data"]) if self.source.get("data") else None
+
+    @property
+    def images(self) -> int | None:
+        return self.source.get("images")
+
+    @property
+    def seconds(self) -> float | None:
+        return self.source.get("seconds")
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": FORMAT,

@@ -218,7 +218,7 @@ class OnnxTarget(Target):
             from edgevt.quant.sensitivity import choose_float_layers
 
             sensitivity = choose_float_layers(
-                ctx.model, ctx.table, config, rules, ctx.calib or ctx.table.source.get("data"),
+                ctx.model, ctx.table, config, rules, ctx.calib or ctx.table.data,
                 ctx.info.preprocess, ctx.max_drop, fp32_onnx=fp32, progress=ctx.progress,
             )  # fmt: skip
             config = config.keep_float(sensitivity.kept_float)

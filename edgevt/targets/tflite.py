@@ -465,7 +465,7 @@ class TfliteTarget(Target):
 
         from edgevt.quant.calibrate import calibration_batches
 
-        folder = ctx.calib or ctx.table.source.get("data")
+        folder = ctx.calib or ctx.table.data
         if folder is None or not Path(folder).is_dir():
             raise EdgevtError(
                 "tflite int8 ranges the tensors the table has no entry for (LayerNorm, Softmax "

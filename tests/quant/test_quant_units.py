@@ -17,9 +17,9 @@ from edgevt.data.preprocess import Preprocess
 from edgevt.errors import EdgevtError
 from edgevt.quant.calibrate import calibrate_model, trace_ops
 from edgevt.quant.config import QuantConfig
-from edgevt.quant.fakequant import FakeQuantModel
 from edgevt.quant.observers import RangeObserver, entropy_amax, mse_amax
 from edgevt.quant.onnx_qdq import node_scope, write_qdq_onnx
+from edgevt.quant.simulate import FakeQuantModel
 from edgevt.quant.table import CalibrationTable, diff_tables
 from edgevt.targets.onnx import OnnxRuntimeRunner, export_onnx
 from edgevt.targets.tensorrt import check_tensorrt_qdq, write_calibration_cache

@@ -22,7 +22,7 @@ from edgevt.fused import model_info as _info  # noqa: E402
 from edgevt.models import list_models  # noqa: E402
 from edgevt.quant.calibrate import calibrate_model, trace_ops  # noqa: E402
 from edgevt.quant.config import QuantConfig  # noqa: E402
-from edgevt.quant.fakequant import FakeQuantModel, fake_quant_weight  # noqa: E402
+from edgevt.quant.simulate import FakeQuantModel, fake_quant_weight  # noqa: E402
 from edgevt.targets.coreml import COREML_RULES, mil_interpreter  # noqa: E402
 from edgevt.targets.coreml.census import census  # noqa: E402
 from edgevt.targets.coreml.convert import deployment_target, export_coreml  # noqa: E402

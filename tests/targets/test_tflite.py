@@ -115,11 +115,8 @@ def test_eval_bench_and_pi_bundle_on_tflite(
     levit_tflite: api.ExportOutcome, val_dir: Path, tmp_path: Path
 ) -> None:
     run = levit_tflite.run_dir.path
-    proc = _cli("eval", str(run / "model_fp16.tflite"), "--data", str(val_dir), "--limit", "8",
-                "--json")  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result["n"] == 8 and 0.0 <= result["top1"] <= 100.0
+    result = api.evaluate(run / "model_fp16.tflite", val_dir, limit=8, progress=False)
+    assert result.n == 8 and 0.0 <= result.top1 <= 100.0
 
     proc = _cli("bench", str(run / "model.tflite"), str(run / "model_int8.tflite"),
                 "--threads", "1", "--seconds", "0.5", "--warmup", "1")  # fmt: skip
@@ -127,10 +124,9 @@ def test_eval_bench_and_pi_bundle_on_tflite(
     assert "model_int8.tflite" in proc.stdout and "p50" in proc.stdout
     assert len(list((run / "bench").glob("*.json"))) == 2
 
-    bundle = tmp_path / "pi5"
-    proc = _cli("bundle", str(run), "--device", "raspberry-pi-5", "-o", str(bundle),
-                "--samples", "2")  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
+    from edgevt.bundle import make_bundle
+
+    bundle = make_bundle(run, "raspberry-pi-5", tmp_path / "pi5", samples=2).path
     assert (bundle / "models" / "model_int8.tflite").is_file()
     proc = subprocess.run(
         [sys.executable, str(bundle / "run_bundle.py"), "--threads", "1", "--seconds", "0.3",
@@ -151,9 +147,8 @@ def test_clear_errors(levit_tflite: api.ExportOutcome, tmp_path: Path) -> None:
         api.export("levit_128s", "tflite", max_drop=0.3, int8=True, calib=".", out=tmp_path)
     corrupt = tmp_path / "broken.tflite"
     corrupt.write_bytes(b"not a flatbuffer at all" * 10)
-    proc = _cli("eval", str(corrupt), "--data", ".", "--limit", "1")
-    assert proc.returncode != 0 and "Traceback" not in proc.stderr
-    assert "broken.tflite" in proc.stderr
+    with pytest.raises(EdgevtError, match="broken.tflite"):
+        api.evaluate(corrupt, ".", limit=1)
 
 
 def test_quant_config_picks_the_int8_ops(levit_tflite: api.ExportOutcome, tmp_path) -> None:

@@ -258,8 +258,8 @@ def _convert(ct, model: nn.Module, example: torch.Tensor, compute: str, target: 
 
 def _quant_ops(model: nn.Module, example: torch.Tensor, table: CalibrationTable | None):
     """{op name: op type} of the model's quantizable ops (from the table when it lists them)."""
-    if table is not None and table.source.get("ops"):
-        return dict(table.source["ops"])
+    if table is not None and table.ops:
+        return table.ops
     from edgevt.quant.calibrate import trace_ops
 
     return {op.name: op.op_type for op in trace_ops(model, example)}
