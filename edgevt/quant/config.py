@@ -98,6 +98,11 @@ class QuantConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], origin: str = "config") -> QuantConfig:
+        if not isinstance(data, dict):
+            raise EdgevtError(
+                f"{origin}: a quantization config is a JSON object (global / op_type / "
+                f"module_name), not a {type(data).__name__}."
+            )
         unknown = set(data) - {"global", "op_type", "module_name"}
         if unknown:
             raise EdgevtError(

@@ -11,6 +11,7 @@ because the observed min/max travel with the clipped range.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,14 +85,22 @@ class CalibrationTable:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], origin: str = "table") -> CalibrationTable:
+        if not isinstance(data, dict):
+            raise EdgevtError(
+                f"{origin} is not an edgevt calibration table (a JSON {type(data).__name__}, "
+                "not an object); write one with `edgevt calibrate`."
+            )
         if data.get("format") != FORMAT:
             raise EdgevtError(
                 f"{origin} is not an edgevt calibration table (format {data.get('format')!r}, "
                 f"expected {FORMAT!r}); write one with `edgevt calibrate`."
             )
         try:
-            acts = {k: TensorRange(**v) for k, v in data["activations"].items()}
-            return cls(
+            acts = {
+                k: TensorRange(**{f: None if x is None else float(x) for f, x in v.items()})
+                for k, v in data["activations"].items()
+            }
+            table = cls(
                 model=data["model"],
                 weights=data.get("weights", ""),
                 method=data["method"],
@@ -99,8 +108,36 @@ class CalibrationTable:
                 weight_amax={k: [float(x) for x in v] for k, v in data["weight_amax"].items()},
                 source=data.get("source", {}),
             )
-        except (KeyError, TypeError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise EdgevtError(f"{origin} is a damaged calibration table: {exc!r}") from exc
+        table.validate(origin)
+        return table
+
+    def validate(self, origin: str = "table") -> None:
+        """Refuse ranges no target can turn into a working int8 model (they used to export a
+        model with NaN logits, or one unrelated to fp32, and exit 0)."""
+        for key, r in self.activations.items():
+            if not (math.isfinite(r.min) and math.isfinite(r.max)):
+                raise EdgevtError(
+                    f"{origin}: the range of {key} is not finite ({r.min}, {r.max}); "
+                    "calibrate again or fix that entry."
+                )
+            if r.min > r.max:
+                raise EdgevtError(
+                    f"{origin}: the range of {key} is inverted (min {r.min} > max {r.max}); "
+                    "calibrate again or fix that entry."
+                )
+        if self.activations and all(r.min == r.max == 0 for r in self.activations.values()):
+            raise EdgevtError(
+                f"{origin}: every activation range is zero: the table was measured on blank "
+                "inputs or edited by hand; calibrate again on real images."
+            )
+        for key, amax in self.weight_amax.items():
+            if any(not math.isfinite(a) or a < 0 for a in amax):
+                raise EdgevtError(
+                    f"{origin}: weight amax of {key} holds a negative or non-finite value; "
+                    "calibrate again or fix that entry."
+                )
 
     @classmethod
     def load(cls, path: str | Path) -> CalibrationTable:
