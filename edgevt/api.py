@@ -306,7 +306,7 @@ def _evaluate_run(
         "eval",
         {**model_inputs(loaded), "data": str(eval_data), "limit": limit},
         artifacts={"eval": run / "eval.json"},
-        results=evals,
+        results={"evaluations": evals},  # a typed record: the report reads it from any stage
     )
     return evals
 

@@ -61,8 +61,8 @@ def load_profile(name_or_path: str | Path) -> DeviceProfile:
     unknown = set(data) - (set(DeviceProfile.__dataclass_fields__) - {"path"})
     if "artifacts" in unknown or "backend" in unknown:
         raise EdgevtError(
-            f"device profile {path}: 'artifacts' and 'backend' are now one key, targets = "
-            '["tflite", "onnx"]: the export targets whose files the device runs, preferred first.'
+            f"device profile {path}: 'artifacts' and 'backend' are now one key, targets: the "
+            "export targets whose files the device runs, preferred first (`edgevt targets`)."
         )
     if missing or unknown:
         raise EdgevtError(
@@ -86,7 +86,7 @@ def _check_targets(path: Path, targets: object) -> None:
 
     known = all_targets()
     if not isinstance(targets, list) or not targets:
-        raise EdgevtError(f"{path}: targets must be a list of export targets, e.g. [\"tflite\"].")
+        raise EdgevtError(f"{path}: targets must be a list of export targets (`edgevt targets`).")
     unknown = [t for t in targets if t not in known]
     if unknown:
         raise EdgevtError(

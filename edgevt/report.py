@@ -99,6 +99,16 @@ def _artifacts(run_dir: Path) -> dict[str, ArtifactInfo]:
     }
 
 
+def _evaluations(stages: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every stage's evaluation results (file name or ``pytorch_fp32`` -> scores)."""
+    out: dict[str, dict[str, Any]] = {}
+    for stage in stages.values():
+        found = stage.get("results", {}).get("evaluations") if isinstance(stage, dict) else None
+        if isinstance(found, dict):
+            out.update(found)
+    return out
+
+
 def _records(stages: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The typed artifact records of every stage (file name -> record), whatever the stage."""
     out = {}
@@ -120,7 +130,7 @@ def _collect_run(run_dir: Path, report: Report, owners: dict[str, tuple[str, str
     inputs = next(iter(stages.values()), {}).get("inputs", {})
     model = inputs.get("model", "?")
     weights = "random" if str(inputs.get("weights", "")).startswith("random") else "real"
-    evals = stages.get("eval", {}).get("results", {})
+    evals = _evaluations(stages)
     ref = evals.get("pytorch_fp32")
     if ref:
         report.rows.append(

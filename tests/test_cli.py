@@ -108,3 +108,11 @@ def test_readme_targets_table_is_generated_from_the_registry() -> None:
     assert found, "README.md lost its targets markers"
     table = run("targets", "--markdown").stdout
     assert found.group(1) == table, "regenerate: edgevt targets --markdown, into README.md"
+
+
+def test_calibrate_writes_a_table_and_says_what_it_measured(tmp_path: Path, calib_dir) -> None:
+    out = tmp_path / "levit.json"
+    proc = run("calibrate", "levit_128s", "--data", str(calib_dir), "--calib-size", "4",
+               "-o", str(out), "--json")  # fmt: skip
+    assert "calibrated levit_128s (percentile) on 4 images" in proc.stdout
+    assert json.loads(proc.stdout.splitlines()[-1])["table"] == str(out) and out.is_file()

@@ -72,6 +72,7 @@ def targets(args: argparse.Namespace) -> None:
             "name": s.name, "suffixes": list(s.suffixes), "precisions": list(s.precisions),
             "extra": s.extra, "needs_gpu": s.needs_gpu, "needs_macos": s.needs_macos,
             "options": [f.name for f in dataclasses.fields(t.Options)],
+            "max_drop": t.supports_max_drop,
             "available": t.available() or "yes", "description": s.description,
         })  # fmt: skip
     if args.json:

@@ -66,10 +66,9 @@ def _ensure_loaded() -> None:
     import importlib
     import pkgutil
 
-    import edgevt.models as package
-
-    for module in pkgutil.iter_modules(package.__path__):
-        importlib.import_module(f"{package.__name__}.{module.name}")
+    package = __name__.rpartition(".")[0]  # edgevt.models, found by path: no import cycle
+    for module in pkgutil.iter_modules([str(Path(__file__).parent)]):
+        importlib.import_module(f"{package}.{module.name}")
 
 
 def list_models() -> list[str]:

@@ -284,13 +284,10 @@ class Target(abc.ABC):
     def validate(self, options: TargetOptions, precisions: list[str], max_drop: float | None):
         """Refuse a request this target cannot honour, before any work is done."""
         if max_drop is not None and not self.supports_max_drop:
-            from edgevt.targets import all_targets
-
-            honour = [n for n, t in all_targets().items() if t.supports_max_drop]
             raise EdgevtError(
                 f"--max-drop is not yet honoured by the {self.spec.name} target; choose the float "
-                f"ops with --quant-config, or use --target {' / '.join(honour)} for the "
-                "accuracy-budgeted search."
+                "ops with --quant-config, or export with a target that runs the accuracy-budgeted "
+                "search (`edgevt targets --json`: max_drop)."
             )
 
     supports_max_drop: ClassVar[bool] = False

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgevt.data.imagenet import ImageDataset
 from edgevt.errors import DataError
-from edgevt.targets.base import Runner
+
+if TYPE_CHECKING:  # the runners import this module's compare_logits
+    from edgevt.targets.base import Runner
 
 
 @dataclass

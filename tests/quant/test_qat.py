@@ -37,7 +37,6 @@ from tests.helpers import rules
 from tests.quant.test_int8_cli import (
     EDGEVT,
     LITE0,
-    lite0_table,  # noqa: F401  (fixture)
     one_line_error,
     run,
 )
@@ -383,7 +382,7 @@ def qat_cmd(calib_dir: Path, table: Path, out: Path) -> list[str]:
 
 
 def test_killed_run_resumes_to_the_uninterrupted_result_and_exports(
-    tmp_path: Path, calib_dir: Path, lite0_table: Path  # noqa: F811
+    tmp_path: Path, calib_dir: Path, lite0_table: Path
 ) -> None:
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     proc = subprocess.run(qat_cmd(calib_dir, lite0_table, whole), capture_output=True,
@@ -430,7 +429,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result_and_exports(
 
 
 def test_per_tensor_weights_with_an_absolute_rate_get_advice(
-    tmp_path: Path, calib_dir: Path, lite0_table: Path  # noqa: F811
+    tmp_path: Path, calib_dir: Path, lite0_table: Path
 ) -> None:
     """Per-tensor weights have int8 steps an absolute --lr barely moves (README: 36 % of the
     loss recovered against 66-86 % with --lr-unit step): the run says so, then trains."""
@@ -445,7 +444,7 @@ def test_per_tensor_weights_with_an_absolute_rate_get_advice(
 
 
 def test_bad_qat_input_gives_one_clear_error(
-    tmp_path: Path, calib_dir: Path, lite0_table: Path  # noqa: F811
+    tmp_path: Path, calib_dir: Path, lite0_table: Path
 ) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
