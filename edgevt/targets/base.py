@@ -181,7 +181,7 @@ class Artifact:
     check: dict[str, Any] = field(default_factory=dict)  # vs the fused model, set by the API
 
     def record(self, target: str) -> dict[str, Any]:
-        """The typed record the manifest keeps (what report and bundle read)."""
+        """The typed record the manifest keeps (what the report reads)."""
         return {
             "file": self.path.name,
             "target": target,
@@ -245,6 +245,10 @@ class Target(abc.ABC):
     requires: ClassVar[tuple[str, ...]] = ()
     #: options with a CLI flag: (option, argparse kwargs); the CLI adds them as a group.
     cli_options: ClassVar[tuple[tuple[str, dict[str, Any]], ...]] = ()
+    #: whether ``--max-drop`` (the accuracy-budgeted float-op search) runs for this target.
+    supports_max_drop: ClassVar[bool] = False
+    #: distributions whose versions the manifest records for its files.
+    version_packages: ClassVar[tuple[str, ...]] = ()
 
     def available(self) -> str | None:
         """None when this target can export and run here, else the one-line reason
@@ -290,8 +294,6 @@ class Target(abc.ABC):
                 "search (`edgevt targets --json`: max_drop)."
             )
 
-    supports_max_drop: ClassVar[bool] = False
-
     def quantization_rules(self) -> TargetRules | None:
         """The int8 rules this target quantizes by (what QAT and ``--max-drop`` simulate)."""
         return None
@@ -324,8 +326,6 @@ class Target(abc.ABC):
             with contextlib.suppress(metadata.PackageNotFoundError):
                 out[dist] = metadata.version(dist)
         return out
-
-    version_packages: ClassVar[tuple[str, ...]] = ()
 
     def bundle_files(
         self, folder: Path, models: dict[str, ArtifactInfo], input_size: int
