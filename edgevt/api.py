@@ -173,9 +173,9 @@ def export(
     get_entry(model)  # an unknown model fails before anything is written
     plugin = get_target(target)
     wanted = plugin.resolve_precisions(precisions, int8)
-    opts = plugin.options(options if options is not None else target_options)
     if options is not None and target_options:
         raise EdgevtError("pass the target's options as options= or as keywords, not both.")
+    opts = plugin.options(options if options is not None else target_options)
     plugin.validate(opts, wanted, max_drop)
     plugin.require()
     int8 = plugin.spec.int8_precision in wanted

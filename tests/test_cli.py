@@ -91,6 +91,25 @@ def test_errors_are_one_line_without_traceback(args, message) -> None:
     assert "Traceback" not in proc.stderr
 
 
+def test_a_truncated_onnx_file_is_named_corrupt(tmp_path: Path) -> None:
+    from tests.helpers import tiny_model
+
+    whole = api.export(tiny_model(), out=tmp_path / "run", progress=False).artifact
+    cut = tmp_path / "cut.onnx"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 3])
+    with pytest.raises(edgevt.EdgevtError, match="cut.onnx is not a readable ONNX model"):
+        edgevt.evaluate(cut, ".")
+
+
+def test_a_plugin_that_does_not_import_is_one_line() -> None:
+    import os
+
+    env = {**os.environ, "EDGEVT_TARGET_MODULES": "no_such_edgevt_plugin"}
+    proc = subprocess.run([*EDGEVT, "targets"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("edgevt: error: cannot import the target plug-in")
+
+
 def test_corrupt_checkpoint_error(tmp_path: Path) -> None:
     bad = tmp_path / "bad.pth"
     torch.save({"w": torch.zeros(10)}, bad)

@@ -122,9 +122,11 @@ def test_report_reads_precision_target_and_float_ops_from_the_artifacts(
                         quant_config=config, out=tmp_path / "coreml", progress=False)  # fmt: skip
     tflite = api.export(tiny, "tflite", int8=True, calib=calib_dir, calib_size=8,
                         float_ops=["FULLY_CONNECTED"], out=tmp_path / "tflite", progress=False)
+    trt = api.export(tiny, "tensorrt", int8=True, calib=calib_dir, calib_size=8,
+                     out=tmp_path / "trt", progress=False)  # fmt: skip
     for run in (coreml.run_dir.path, tflite.run_dir.path):
         assert not (run / "eval.json").exists() and not (run / "bench").exists()
-    report = collect([coreml.run_dir.path, tflite.run_dir.path])
+    report = collect([coreml.run_dir.path, tflite.run_dir.path, trt.run_dir.path])
     rows = {(r.run, r.artifact): r for r in report.rows}
     w8a8 = rows[("coreml", "model_w8a8.mlpackage")]
     assert (w8a8.target, w8a8.precision) == ("coreml", "w8a8")
@@ -134,3 +136,6 @@ def test_report_reads_precision_target_and_float_ops_from_the_artifacts(
     assert floats["coreml"] == ["head"] and floats["tflite"] == ["FULLY_CONNECTED"]
     md = write_report(report, tmp_path / "report", "t")["markdown"].read_text()
     assert "kept in float: head" in md and "kept in float: FULLY_CONNECTED" in md
+    # the target says what its host timing is (TensorRT's: an ONNX Runtime stand-in)
+    assert rows[("trt", "model_int8.onnx")].target == "tensorrt"
+    assert "TensorRT-target int8 models are timed on the host" in md

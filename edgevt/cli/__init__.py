@@ -61,14 +61,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    from edgevt.errors import EdgevtError
+
+    try:  # building the parser reads the target registry, plug-ins included
+        parser = build_parser()
+    except EdgevtError as exc:
+        print(f"edgevt: error: {exc}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], None] | None = getattr(args, "func", None)
     if func is None:
         parser.print_help()
         return 0
-    from edgevt.errors import EdgevtError
-
     try:
         func(args)
     except EdgevtError as exc:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from edgevt.artifact import ArtifactInfo
 from edgevt.errors import EdgevtError
-from edgevt.targets.base import Target, TargetSpec, artifact_name
+from edgevt.targets.base import Target, TargetSpec, artifact_name, require_info
 
 __all__ = [
     "Target",
@@ -97,25 +97,12 @@ def read_artifact_info(path: str | Path) -> ArtifactInfo:
         raise EdgevtError(f"{path}: unknown artifact type (known: {', '.join(known)}, fused .pt).")
     if not path.exists():
         raise EdgevtError(f"{path} does not exist.")
-    info = target.read_info(path)
-    if info is None:
-        raise EdgevtError(
-            f"{path} carries no edgevt metadata (preprocessing, classes, precision); re-export "
-            "it with `edgevt export`."
-        )
-    return info
+    return require_info(target.read_info(path), path)
 
 
 def artifact_target(path: str | Path) -> Target:
     """The registered target that wrote ``path``, by the info the file carries."""
     return get_target(read_artifact_info(path).target)
-
-
-def calibrated(precisions: list[str]) -> bool:
-    """Whether any of these precisions has int8 activations (needs a CalibrationTable)."""
-    return any(
-        p == t.spec.int8_precision for t in all_targets().values() for p in precisions
-    )
 
 
 def markdown_table() -> str:

@@ -231,6 +231,16 @@ def artifact_name(spec: TargetSpec, precision: str) -> str:
     return f"model{spec.suffix}" if precision == "fp32" else f"model_{precision}{spec.suffix}"
 
 
+def require_info(info: ArtifactInfo | None, path: Path) -> ArtifactInfo:
+    """The info a file carries, or the one error every runner and reader gives without it."""
+    if info is None:
+        raise EdgevtError(
+            f"{path} carries no edgevt metadata (model, preprocessing, classes, precision); "
+            "re-export it with `edgevt export`."
+        )
+    return info
+
+
 def missing_modules(*modules: str) -> list[str]:
     return [m for m in modules if importlib.util.find_spec(m) is None]
 

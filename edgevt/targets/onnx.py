@@ -23,6 +23,7 @@ from edgevt.targets.base import (
     Target,
     TargetOptions,
     TargetSpec,
+    require_info,
 )
 
 if TYPE_CHECKING:
@@ -98,14 +99,8 @@ class OnnxRuntimeRunner(Runner):
         super().__init__()
         self.path = Path(path)
         self.threads = threads
-        found = info or read_onnx_info(self.path)
-        if found is None:
-            raise EdgevtError(
-                f"{self.path} carries no edgevt metadata (preprocessing, classes); re-export it "
-                "with `edgevt export`, or pass --model ZOO_NAME to use that model's preprocessing."
-            )
-        self.info = found
-        self.optimization = optimization or found.extra.get("ort_optimization", "all")
+        self.info = require_info(info or read_onnx_info(self.path), self.path)
+        self.optimization = optimization or self.info.extra.get("ort_optimization", "all")
         self.session = None
 
     def _activate(self) -> None:

@@ -279,16 +279,11 @@ class TensorrtTarget(OnnxTarget):
             "script of an int8 export)."
         )
 
-    def export(self, ctx: ExportContext, options) -> list[Artifact]:
-        from edgevt.targets.onnx import export_onnx
-
-        fp32 = export_onnx(ctx.model, ctx.info, ctx.path(self.spec, "fp32"), opset=options.opset)
-        artifacts = [Artifact(fp32, "fp32")]
-        if "int8" in ctx.precisions:
-            int8, plan = self.export_int8(ctx, fp32)
-            self._kit(int8, fp32, plan, ctx.info.preprocess.input_size)
-            artifacts.append(int8)
-        return artifacts
+    def export_int8(self, ctx: ExportContext, fp32: Path) -> tuple[Artifact, Any]:
+        """The ONNX target's QDQ model under TensorRT's rules, plus what the Jetson needs."""
+        int8, plan = super().export_int8(ctx, fp32)
+        self._kit(int8, fp32, plan, ctx.info.preprocess.input_size)
+        return int8, plan
 
     def _kit(self, int8: Artifact, fp32: Path, plan: Any, size: int) -> None:
         """Check TensorRT's Q/DQ rules, write the legacy cache and trtexec script, build the

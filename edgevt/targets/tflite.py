@@ -38,6 +38,7 @@ from edgevt.targets.base import (
     Target,
     TargetOptions,
     TargetSpec,
+    require_info,
 )
 
 PRECISIONS = ("fp32", "fp16", "w8", "int8")
@@ -327,13 +328,7 @@ class LiteRTRunner(Runner):
         require("ai_edge_litert")
         self.path = Path(path)
         self.threads = threads
-        found = info or read_tflite_info(self.path)
-        if found is None:
-            raise EdgevtError(
-                f"{self.path} carries no edgevt metadata (preprocessing, classes); re-export it "
-                "with `edgevt export --target tflite`."
-            )
-        self.info = found
+        self.info = require_info(info or read_tflite_info(self.path), self.path)
         self.interpreter = None
 
     def _activate(self) -> None:

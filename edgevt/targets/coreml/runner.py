@@ -13,7 +13,7 @@ import numpy as np
 from edgevt.artifact import METADATA_KEY, ArtifactInfo
 from edgevt.errors import BackendMissingError, EdgevtError
 from edgevt.io import artifact_size
-from edgevt.targets.base import Runner
+from edgevt.targets.base import Runner, require_info
 
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
 BACKENDS = ("coreml", "mil-reference-interpreter")
@@ -96,13 +96,7 @@ class CoreMLRunner(Runner):
                 "'mil-reference-interpreter' here, or run the package on a Mac."
             )
         self.backend = backend
-        found = info or read_coreml_info(self.path)
-        if found is None:
-            raise EdgevtError(
-                f"{self.path} carries no edgevt metadata (preprocessing, classes); re-export it "
-                "with `edgevt export --target coreml`."
-            )
-        self.info = found
+        self.info = require_info(info or read_coreml_info(self.path), self.path)
         self._model: Any = None
 
     def _activate(self) -> None:
