@@ -29,10 +29,11 @@ from edgevt.fused import (
     load_fused,
     model_info,
     model_inputs,
+    no_images_message,
     save_fused,
 )
 from edgevt.io import write_json
-from edgevt.models import LoadedModel, get_entry
+from edgevt.models import LoadedModel, get_entry, resolve_checkpoint
 from edgevt.qat_stage import QatOutcome, qat
 from edgevt.quant.table import CalibrationTable
 from edgevt.run import RunDir, library_versions
@@ -49,6 +50,9 @@ __all__ = [
 ]  # fmt: skip
 
 DEFAULT_CALIB_SIZE = 512
+# Below this cosine to the fused fp32 logits an artifact is broken, not merely noisy: int8 of
+# random-weight LeViT, the noisiest case measured, keeps 0.96 (reports/random_weight_floor.md).
+COSINE_FLOOR = 0.9
 
 
 def calibrate(
@@ -150,6 +154,7 @@ def export(
     quant_config: str | Path | None = None,
     max_drop: float | None = None,
     options: TargetOptions | dict[str, Any] | None = None,
+    accept_degraded: bool = False,
     **target_options: Any,
 ) -> ExportOutcome:
     """Fuse, export to ``target`` and check every artifact against the fused PyTorch model.
@@ -167,10 +172,12 @@ def export(
             percentile 99.99).
         quant_config: JSON QuantConfig (None = the target's default).
         max_drop: accuracy budget in top-1 points; sensitive layers stay in float to meet it.
+        accept_degraded: keep an artifact whose logits are NaN or below ``COSINE_FLOOR``
+            cosine to the fused model (by default that export is an error and the file goes).
         options / target_options: the target's own options (``opset``, ``float_ops``,
             ``int8_io``, ``deployment_target``...; see ``edgevt targets``); None = default.
     """
-    get_entry(model)  # an unknown model fails before anything is written
+    resolve_checkpoint(model, checkpoint, pretrained)  # bad weights fail before any write
     plugin = get_target(target)
     wanted = plugin.resolve_precisions(precisions, int8)
     if options is not None and target_options:
@@ -180,6 +187,10 @@ def export(
     plugin.require()
     int8 = plugin.spec.int8_precision in wanted
     calib_size = DEFAULT_CALIB_SIZE if calib_size is None else calib_size
+    if data is not None and not Path(data).is_dir():
+        raise EdgevtError(no_images_message("--data", data))
+    if eval_data is not None:  # unlabelled or missing evaluation data fails before any work
+        open_dataset(eval_data).subset(limit)
     table = _requested_table(model, int8, calib, calib_table, max_drop)
     config = None
     if quant_config is not None:
@@ -187,23 +198,26 @@ def export(
 
         config = QuantConfig.load(quant_config)
     run = RunDir(out or Path("runs") / model)
-    fused = fuse(model, checkpoint, pretrained=pretrained, data=data, out=run.path, seed=seed)
-    if int8:
-        table = _table_for(fused, table, calib, calib_size, method, progress)
-        table.save(run / "calibration.json")
-    images, described = check_images(fused.loaded.entry.preprocess, data)
-    ctx = ExportContext(
-        fused.model, model_info(fused.loaded, plugin.spec.name, True), run, wanted, images,
-        table, config, Path(calib) if calib else None, calib_size, max_drop, progress,
-    )  # fmt: skip
-    artifacts = plugin.export(ctx, opts)
-    _check(plugin, artifacts, fused.model, images)
-    _record_export(plugin, run, fused, artifacts, opts, table, described, max_drop)
-    outcome = ExportOutcome(artifacts[0].path, run, fused.report, fused.loaded.weights, artifacts)
-    if eval_data is not None:
-        outcome.evals = _evaluate_run(
-            fused.loaded, [a.path for a in artifacts], run, eval_data, limit, progress
+    with run.locked():  # one writer at a time; stale temp files of killed runs go
+        fused = fuse(model, checkpoint, pretrained=pretrained, data=data, out=run.path, seed=seed)
+        if int8:
+            table = _table_for(fused, table, calib, calib_size, method, progress)
+            table.save(run / "calibration.json")
+        images, described = check_images(fused.loaded.entry.preprocess, data)
+        ctx = ExportContext(
+            fused.model, model_info(fused.loaded, plugin.spec.name, True), run, wanted, images,
+            table, config, Path(calib) if calib else None, calib_size, max_drop, progress,
+        )  # fmt: skip
+        artifacts = plugin.export(ctx, opts)
+        _check(plugin, artifacts, fused.model, images, accept_degraded)
+        _record_export(plugin, run, fused, artifacts, opts, table, described, max_drop)
+        outcome = ExportOutcome(
+            artifacts[0].path, run, fused.report, fused.loaded.weights, artifacts
         )
+        if eval_data is not None:
+            outcome.evals = _evaluate_run(
+                fused.loaded, [a.path for a in artifacts], run, eval_data, limit, progress
+            )
     return outcome
 
 
@@ -255,12 +269,40 @@ def _table_for(
     return table
 
 
-def _check(plugin: Target, artifacts: list[Artifact], model: torch.nn.Module, images) -> None:
-    """The one check loop: every artifact against the fused model's logits."""
+def _check(
+    plugin: Target, artifacts: list[Artifact], model: torch.nn.Module, images, accept_degraded
+) -> None:
+    """The one check loop: every artifact against the fused model's logits. A grossly broken
+    one (NaN, cosine below the floor) is removed and is an error: never a silent success."""
     with torch.no_grad():
         reference = model(images).numpy()
     for artifact in artifacts:
         artifact.check = plugin.check(artifact, images.numpy(), reference)
+        cosine = artifact.check["cosine"]
+        if accept_degraded or cosine >= COSINE_FLOOR:  # NaN compares False: refused too
+            continue
+        for path in [artifact.path, *artifact.files.values()]:
+            _remove(path)
+        cause = (
+            "the calibration table or quant config is likely broken: recalibrate "
+            "(`edgevt calibrate`) or check --quant-config"
+            if artifact.quantization is not None
+            else "please report this model"
+        )
+        raise EdgevtError(
+            f"{artifact.path.name} departs grossly from the fused fp32 model (cosine "
+            f"{cosine:.4f}, floor {COSINE_FLOOR}), so it was not kept — {cause}; "
+            "--accept-degraded keeps such a file anyway."
+        )
+
+
+def _remove(path: Path) -> None:
+    import shutil
+
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _record_export(

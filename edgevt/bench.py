@@ -214,13 +214,14 @@ def bench_artifacts(
     for run_dir, summary in summaries.items():  # one manifest update per run directory
         if out is None and (run_dir / "manifest.json").is_file():
             run = RunDir(run_dir)
-            recorded = run.manifest["stages"].get("bench", {}).get("results", {})
-            run.record(
-                "bench",
-                {"artifacts": sorted(p.name for p in artifacts if p.parent == run_dir)},
-                {"warmup": warmup, "seconds": seconds, "iterations": iterations},
-                results={**recorded, **summary},
-            )
+            with run.locked():
+                recorded = run.manifest["stages"].get("bench", {}).get("results", {})
+                run.record(
+                    "bench",
+                    {"artifacts": sorted(p.name for p in artifacts if p.parent == run_dir)},
+                    {"warmup": warmup, "seconds": seconds, "iterations": iterations},
+                    results={**recorded, **summary},
+                )
     return results
 
 

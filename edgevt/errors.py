@@ -5,6 +5,8 @@ checkpoint for another model, a data folder without images. The message says wha
 and how to fix it; the CLI prints it on one line and exits non-zero.
 """
 
+import errno
+
 
 class EdgevtError(Exception):
     """A problem with the user's input or environment, explained in the message."""
@@ -24,3 +26,46 @@ class BackendMissingError(EdgevtError):
 
 class FusionError(EdgevtError):
     """A fusion rewrite that changed the model's numerics or left BatchNorm behind."""
+
+
+# errno -> how to fix it, for file-system failures a user can cause (a full disk, a read-only
+# folder) but that reach us as OSError from torch, onnx or the standard library.
+_OS_FIXES = {
+    errno.ENOSPC: "the disk is full; free space or write to another folder (-o)",
+    errno.EDQUOT: "the disk quota is used up; free space or write to another folder (-o)",
+    errno.EFBIG: "the file is larger than this process may write (ulimit -f); raise the limit",
+    errno.EROFS: "the folder is on a read-only file system; write to another folder (-o)",
+    errno.EACCES: "permission denied; write to a folder you own (-o) or fix its permissions",
+    errno.EPERM: "permission denied; write to a folder you own (-o) or fix its permissions",
+    errno.EEXIST: "a file of that name is in the way; remove it or choose another path",
+    errno.ENOTDIR: "a part of the path is a file, not a folder; choose another path",
+    errno.EISDIR: "it is a folder where a file was expected; choose a file path",
+    errno.ENOENT: "it does not exist; check the path",
+    errno.ENAMETOOLONG: "the path is too long; choose a shorter one",
+}
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for a file-system failure: what failed, on which path, and how to fix it."""
+    where = exc.filename if exc.filename is not None else "a file"
+    what = exc.strerror or type(exc).__name__
+    fix = _OS_FIXES.get(exc.errno, "check the path and the disk")
+    return f"cannot write or read {where}: {what} — {fix}."
+
+
+def as_edgevt_error(exc: BaseException) -> EdgevtError | None:
+    """The user-fixable error an exception from a library stands for, or None (a bug)."""
+    if isinstance(exc, EdgevtError):
+        return exc
+    if isinstance(exc, OSError) and exc.errno in _OS_FIXES:
+        return EdgevtError(describe_os_error(exc))
+    if isinstance(exc, MemoryError):
+        return EdgevtError("out of memory; use a smaller --batch-size / --calib-size or --limit.")
+    text = str(exc)
+    # torch.save reports a full disk as a RuntimeError of its zip writer, without an errno
+    if isinstance(exc, RuntimeError) and ("PytorchStreamWriter" in text or "write failed" in text):
+        return EdgevtError(
+            "writing a PyTorch file failed (is the disk full?) — free space or write to "
+            "another folder (-o)."
+        )
+    return None

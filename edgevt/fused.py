@@ -35,11 +35,20 @@ def check_images(
     images, described = sample_batch(preprocess, data or default_calibration_dir(), n)
     if images is None:
         if data is not None:
-            raise EdgevtError(f"--data {data} is not a folder of images.")
+            raise EdgevtError(no_images_message("--data", data))
         gen = torch.Generator().manual_seed(0)
         size = preprocess.input_size
         return torch.randn(n, 3, size, size, generator=gen), f"{n} random inputs ({described})"
     return torch.from_numpy(images), described
+
+
+def no_images_message(flag: str, data: str | Path) -> str:
+    path = Path(data)
+    if not path.exists():
+        return f"{flag} {data} does not exist; check the path."
+    if not path.is_dir():
+        return f"{flag} {data} is a file, not a folder of images."
+    return f"{flag} {data} holds no images (.jpg/.jpeg/.png...)."
 
 
 def model_inputs(loaded: LoadedModel) -> dict[str, Any]:
@@ -108,7 +117,12 @@ def load_fused(path: str | Path) -> tuple[nn.Module, ArtifactInfo]:
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise EdgevtError(f"cannot read {path} as an edgevt fused model: {exc}") from exc
+        # not torch's advice to pass weights_only=False: that would run code from the file
+        reason = str(exc).split("WeightsUnpickler error:")[-1].split(". Check")[0].strip()
+        raise EdgevtError(
+            f"cannot read {path} as an edgevt fused model (corrupt, truncated or another kind "
+            f"of file: {reason[:160]}); write it again with `edgevt fuse`."
+        ) from exc
     if not isinstance(saved, dict) or "edgevt_fused" not in saved:
         raise EdgevtError(f"{path} is not an edgevt fused model (written by `edgevt fuse`).")
     entry = get_entry(saved["edgevt_fused"])
@@ -159,13 +173,14 @@ def fuse(
     run = None
     if out is not None:
         run = RunDir(out)
-        save_fused(run / FUSED_FILE, loaded.entry.name, loaded.weights, fused)
-        write_json(run / "fuse.json", report.to_dict())
-        run.record(
-            "fuse",
-            model_inputs(loaded),
-            {"verify_inputs": described},
-            {"fused": run / FUSED_FILE, "report": run / "fuse.json"},
-            report.to_dict(),
-        )
+        with run.locked():
+            save_fused(run / FUSED_FILE, loaded.entry.name, loaded.weights, fused)
+            write_json(run / "fuse.json", report.to_dict())
+            run.record(
+                "fuse",
+                model_inputs(loaded),
+                {"verify_inputs": described},
+                {"fused": run / FUSED_FILE, "report": run / "fuse.json"},
+                report.to_dict(),
+            )
     return FuseOutcome(fused, report, loaded, run)

@@ -21,6 +21,7 @@ from typing import Any
 
 from edgevt.errors import EdgevtError
 from edgevt.io import read_toml, sha256, write_json
+from edgevt.run import run_lock
 from edgevt.targets import DEFAULT_TARGET, artifact_name, get_target
 
 STATE = "pipeline.json"
@@ -190,11 +191,19 @@ class _Stages:
 def run_pipeline(
     config_path: str | Path, force: bool = False, log: Callable[[str], None] = print
 ) -> PipelineOutcome:
-    from edgevt.report import collect, write_report
-
     config = load_config(config_path)
     out = Path(config["out"])
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise EdgevtError(f"{config_path}: out = {str(out)!r} is a file — choose a folder.")
+    with run_lock(out):  # a second `edgevt run` of the same config is refused, not interleaved
+        return _run_stages(config, out, force, log)
+
+
+def _run_stages(
+    config: dict[str, Any], out: Path, force: bool, log: Callable[[str], None]
+) -> PipelineOutcome:
+    from edgevt.report import collect, write_report
+
     stage = _Stages(out, force, log)
     model = config["model"]
     weights = sha256(Path(model["checkpoint"])) if model.get("checkpoint") else None

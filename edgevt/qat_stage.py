@@ -104,32 +104,33 @@ def qat(
     table, config, dataset = _inputs(model, calib_table, quant_config, data, images)
     n_steps = steps or (math.ceil(epochs * len(dataset) / batch) if epochs else 300)
     run = RunDir(out)
-    fused = fuse(model, checkpoint, pretrained=pretrained, seed=seed)
-    loaded = fused.loaded
-    table.check_for(model, quantized_keys(fused.model, loaded.entry.preprocess))
-    sim = _simulation(fused, table, config, rules, progress)
-    if lr_unit == "absolute" and progress:
-        _advise_step_unit(sim)
-    x, teacher = _qat_data(
-        fused.model, dataset, loaded.entry.preprocess, progress, logits=crop_scale >= 1.0
-    )
-    settings = QatSettings(
-        n_steps, batch, lr, lr_unit, range_lr, clip_lr, temperature, crop_scale, seed, str(data),
-        len(dataset), sha256(calib_table), target,
-    )  # fmt: skip
-    ckpt = run / QAT_CHECKPOINT
-    if restart:
-        ckpt.unlink(missing_ok=True)
-    start = time.perf_counter()
-    state = train(
-        sim, x, teacher, settings, ckpt, save_every=save_every, device=device,
-        progress=progress, on_step=on_step, teacher=fused.model,
-    )  # fmt: skip
-    summary = _summary(state, sim, time.perf_counter() - start, device)
-    model_path = _save(run, sim, table, config, settings, state, summary, fused.loaded,
-                       f"QAT ({n_steps} steps on {Path(data).name}) of {loaded.weights}",
-                       calib_table)  # fmt: skip
-    return QatOutcome(model_path, run / "calibration.json", run, state.step, summary)
+    with run.locked():  # one writer; a resumed run finds only whole files
+        fused = fuse(model, checkpoint, pretrained=pretrained, seed=seed)
+        loaded = fused.loaded
+        table.check_for(model, quantized_keys(fused.model, loaded.entry.preprocess))
+        sim = _simulation(fused, table, config, rules, progress)
+        if lr_unit == "absolute" and progress:
+            _advise_step_unit(sim)
+        x, teacher = _qat_data(
+            fused.model, dataset, loaded.entry.preprocess, progress, logits=crop_scale >= 1.0
+        )
+        settings = QatSettings(
+            n_steps, batch, lr, lr_unit, range_lr, clip_lr, temperature, crop_scale, seed,
+            str(data), len(dataset), sha256(calib_table), target,
+        )  # fmt: skip
+        ckpt = run / QAT_CHECKPOINT
+        if restart:
+            ckpt.unlink(missing_ok=True)
+        start = time.perf_counter()
+        state = train(
+            sim, x, teacher, settings, ckpt, save_every=save_every, device=device,
+            progress=progress, on_step=on_step, teacher=fused.model,
+        )  # fmt: skip
+        summary = _summary(state, sim, time.perf_counter() - start, device)
+        model_path = _save(run, sim, table, config, settings, state, summary, fused.loaded,
+                           f"QAT ({n_steps} steps on {Path(data).name}) of {loaded.weights}",
+                           calib_table)  # fmt: skip
+        return QatOutcome(model_path, run / "calibration.json", run, state.step, summary)
 
 
 def _save(run: RunDir, sim, table: CalibrationTable, config: QuantConfig, settings, state,
@@ -169,8 +170,11 @@ def _advise_step_unit(sim) -> None:
     if per_tensor:
         # Measured on Lite0 (docs/qat.md): 36 % of the per-tensor PTQ loss recovered, 66-86 %
         # with --lr-unit step.
-        print(f"note: {len(per_tensor)} weight tensors are per-tensor, whose int8 steps one "
-              "absolute --lr barely moves; consider --lr-unit step --lr 3e-3", file=sys.stderr)
+        print(
+            f"note: {len(per_tensor)} weight tensors are per-tensor, whose int8 steps one "
+            "absolute --lr barely moves; consider --lr-unit step --lr 3e-3",
+            file=sys.stderr,
+        )
 
 
 def _check_settings(
@@ -245,7 +249,10 @@ def _summary(state, sim, seconds: float, device: str) -> dict[str, Any]:
 def _image_folder(data: str | Path) -> Path:
     path = Path(data)
     if not path.is_dir():
-        raise EdgevtError(f"--data {data} is not a folder of images.")
+        raise EdgevtError(
+            f"--data {data} does not exist." if not path.exists()
+            else f"--data {data} is a file, not a folder of images."
+        )  # fmt: skip
     return path
 
 

@@ -7,17 +7,24 @@ be traced back to the exact inputs that produced it.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
+import os
 import platform
+import shutil
 import sys
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from edgevt.errors import EdgevtError
 from edgevt.io import sha256, write_json
 
 MANIFEST = "manifest.json"
+LOCK = ".edgevt.lock"
+_HELD: dict[Path, int] = {}  # run directories this process holds the lock of (re-entrant)
 _TRACKED_PACKAGES = (
     "edgevt",
     "torch",
@@ -49,14 +56,34 @@ class RunDir:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        if self.path.exists() and not self.path.is_dir():
+            raise EdgevtError(
+                f"{self.path} is a file, not a run directory — choose another -o or remove it."
+            )
         self.path.mkdir(parents=True, exist_ok=True)
         self.manifest = self._read()
 
     def _read(self) -> dict[str, Any]:
         manifest = self.path / MANIFEST
-        if manifest.is_file():
-            return json.loads(manifest.read_text())
-        return {"created": _now(), "stages": {}}
+        if not manifest.is_file():
+            return {"created": _now(), "stages": {}}
+        try:
+            data = json.loads(manifest.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise EdgevtError(
+                f"{manifest} is not readable JSON ({exc}) — remove it (the run's records are "
+                "lost) or write to a fresh -o folder."
+            ) from exc
+        if not isinstance(data, dict) or not isinstance(data.get("stages", {}), dict):
+            raise EdgevtError(
+                f"{manifest} is not an edgevt manifest — remove it or write to a fresh -o folder."
+            )
+        data.setdefault("stages", {})
+        return data
+
+    def locked(self) -> contextlib.AbstractContextManager[None]:
+        """Hold this run directory for one command (see ``run_lock``)."""
+        return run_lock(self.path)
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name
@@ -88,3 +115,55 @@ class RunDir:
         self.manifest["updated"] = _now()
         self.manifest["versions"] = library_versions()
         write_json(self.path / MANIFEST, self.manifest)
+
+
+@contextlib.contextmanager
+def run_lock(path: str | Path) -> Iterator[None]:
+    """Refuse a second process writing ``path`` at the same time, and remove the temp files
+    that interrupted writes of earlier runs left (no other writer can own them while we hold
+    the lock). Re-entrant within one process (``edgevt run`` exports inside its own run)."""
+    import fcntl
+
+    key = Path(path).resolve()
+    if key in _HELD:
+        _HELD[key] += 1
+        try:
+            yield
+        finally:
+            _HELD[key] -= 1
+        return
+    key.mkdir(parents=True, exist_ok=True)
+    fd = os.open(key / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise EdgevtError(
+            f"{key} is being written by another edgevt process (pid {holder}) — wait for it to "
+            "finish, or write to another -o folder."
+        ) from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        remove_stale_temps(key)
+        _HELD[key] = 1
+        yield
+    finally:
+        _HELD.pop(key, None)
+        os.close(fd)  # closing releases the flock
+
+
+def remove_stale_temps(folder: Path) -> list[Path]:
+    """Delete ``.NAME.*.tmp`` files and folders (``edgevt.io.atomic_path``'s, Core ML's) and
+    ``*.json.tmp`` under ``folder``: what a killed process left half-written."""
+    stale = [
+        p for p in folder.rglob(".*")
+        if p.name.endswith(".tmp") and p.name.count(".") >= 2
+    ] + list(folder.rglob("*.json.tmp"))  # fmt: skip
+    for p in stale:
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    return stale

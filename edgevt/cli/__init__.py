@@ -66,22 +66,52 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:  # building the parser reads the target registry, plug-ins included
         parser = build_parser()
     except EdgevtError as exc:
-        print(f"edgevt: error: {exc}", file=sys.stderr)
-        return 2
-    args = parser.parse_args(argv)
+        return _fail(exc, None)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # a usage error (printed by Parser.error), --help, --version
+        return exc.code if isinstance(exc.code, int) else 2
     func: Callable[[argparse.Namespace], None] | None = getattr(args, "func", None)
     if func is None:
         parser.print_help()
         return 0
     try:
         func(args)
-    except EdgevtError as exc:
-        print(f"edgevt: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(
             "edgevt: interrupted; finished artifacts are intact, nothing half-written.",
             file=sys.stderr,
         )
         return 130
+    except Exception as exc:
+        return _fail(exc, args.command)
     return 0
+
+
+def _fail(exc: Exception, command: str | None) -> int:
+    """One line on stderr: 2 for what the user can fix, 1 for a bug (EDGEVT_DEBUG=1: the
+    traceback too)."""
+    import os
+    import traceback
+
+    from edgevt.errors import as_edgevt_error
+
+    if os.environ.get("EDGEVT_DEBUG", "") not in ("", "0"):
+        traceback.print_exception(exc, file=sys.stderr)
+    error = as_edgevt_error(exc)
+    if error is not None:
+        print(f"edgevt: error: {_one_line(str(error))}", file=sys.stderr)
+        return 2
+    where = f"`edgevt {command}`" if command else "edgevt"
+    print(
+        f"edgevt: error: internal error in {where}: {type(exc).__name__}: "
+        f"{_one_line(str(exc), 300)} — a bug in edgevt; rerun with EDGEVT_DEBUG=1 for the "
+        "traceback and report it.",
+        file=sys.stderr,
+    )
+    return 1
+
+
+def _one_line(text: str, width: int = 2000) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"

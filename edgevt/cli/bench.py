@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from edgevt.cli.common import add_json, given, print_json, short
+from edgevt.cli.common import add_json, count, given, number, print_json, short
 
 
 def add_parser(sub) -> None:
@@ -19,11 +19,11 @@ def add_parser(sub) -> None:
     p.add_argument(
         "artifacts", nargs="+", metavar="ARTIFACT", help="exported artifacts or fused.pt files"
     )
-    p.add_argument("--threads", type=int, nargs="+", help="thread counts to time (default 1)")
-    p.add_argument("--batch", type=int, help="images per inference (default 1)")
-    p.add_argument("--warmup", type=int, help="untimed inferences first (default 10)")
-    p.add_argument("--seconds", type=float, help="time each artifact at least this long (3)")
-    p.add_argument("--iterations", type=int, help="and at least this often (20)")
+    p.add_argument("--threads", type=count(1), nargs="+", help="thread counts to time (default 1)")
+    p.add_argument("--batch", type=count(1), help="images per inference (default 1)")
+    p.add_argument("--warmup", type=count(0), help="untimed inferences first (default 10)")
+    p.add_argument("--seconds", type=number(0), help="time each artifact at least this long (3)")
+    p.add_argument("--iterations", type=count(1), help="and at least this often (20)")
     p.add_argument("-o", "--out", metavar="DIR", help="write results here instead")
     add_json(p)
     p.set_defaults(func=bench)

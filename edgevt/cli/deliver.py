@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from edgevt.cli.common import count
+
 
 def add_parsers(sub) -> None:
     p = sub.add_parser(
@@ -30,7 +32,7 @@ def add_parsers(sub) -> None:
         "--device", required=True, help="profile name (see `edgevt devices`) or a .toml path"
     )
     p.add_argument("-o", "--out", required=True, metavar="DIR", help="the bundle folder")
-    p.add_argument("--samples", type=int, help="sample images to check (default 8)")
+    p.add_argument("--samples", type=count(1), help="sample images to check (default 8)")
     p.add_argument("--data", metavar="DIR", help="sample images (default: imagenet-val1000)")
     p.add_argument("--force", action="store_true", help="replace a non-empty -o folder")
     p.set_defaults(func=bundle)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from edgevt.cli.common import add_json, add_weights, given, note_random, print_json
+from edgevt.cli.common import add_json, add_weights, count, given, note_random, print_json
 
 
 def add_parser(sub) -> None:
@@ -23,9 +23,9 @@ def add_parser(sub) -> None:
     p.add_argument("--labels", metavar="FILE", help="ground-truth file for a flat folder")
     add_weights(p)
     p.add_argument("--fused", action="store_true", help="fuse a zoo model before evaluating")
-    p.add_argument("--limit", type=int, help="evaluate at most N images (class-interleaved)")
-    p.add_argument("--batch-size", type=int, help="images per inference (default 32)")
-    p.add_argument("--threads", type=int, help="inference threads (default: runtime default)")
+    p.add_argument("--limit", type=count(1), help="evaluate at most N images (class-interleaved)")
+    p.add_argument("--batch-size", type=count(1), help="images per inference (default 32)")
+    p.add_argument("--threads", type=count(1), help="inference threads (default: runtime default)")
     add_json(p)
     p.set_defaults(func=evaluate)
 

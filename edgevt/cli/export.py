@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import argparse
 
-from edgevt.cli.common import add_calibration, add_json, add_weights, given, note_random, print_json
+from edgevt.cli.common import (
+    add_calibration,
+    add_json,
+    add_weights,
+    count,
+    given,
+    note_random,
+    number,
+    print_json,
+)
 
 NOTES_SHOWN = 8  # "not honoured" lines printed by export; all of them are in the manifest
 
@@ -32,7 +41,7 @@ def add_parsers(sub) -> None:
         help="labelled images: also measure top-1/top-5 of PyTorch fp32 and the "
         "artifact, written to eval.json",
     )
-    p.add_argument("--limit", type=int, help="evaluate at most N images")
+    p.add_argument("--limit", type=count(1), help="evaluate at most N images")
     p.add_argument(
         "--precision",
         nargs="+",
@@ -55,9 +64,15 @@ def add_parsers(sub) -> None:
     )
     g.add_argument(
         "--max-drop",
-        type=float,
+        type=number(0, inclusive=True),
         metavar="PT",
         help="top-1 budget in points: keep the most sensitive ops in float to stay within it",
+    )
+    g.add_argument(
+        "--accept-degraded",
+        action="store_true",
+        help="keep an artifact whose logits are NaN or below cosine 0.9 to the fused model "
+        "(default: such an export is an error and the broken file is removed)",
     )
     for target in targets.values():  # each target's own flags, in a group of its own
         target.add_arguments(p)
@@ -86,6 +101,7 @@ def export(args: argparse.Namespace) -> None:
         eval_data=args.eval_data, limit=args.limit, int8=args.int8, calib=args.calib,
         calib_table=args.calib_table, quant_config=args.quant_config, max_drop=args.max_drop,
         precisions=[p for arg in args.precision for p in arg.split(",") if p],
+        accept_degraded=args.accept_degraded,
         **given(args, "checkpoint", "pretrained", "seed", "calib_size", "method"),
         **_target_options(args),
     )  # fmt: skip

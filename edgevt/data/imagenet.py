@@ -76,6 +76,8 @@ class ImageDataset(Sequence[Sample]):
 
     def subset(self, limit: int | None) -> ImageDataset:
         """The first ``limit`` samples in a class-interleaved order (a fair small subset)."""
+        if limit is not None and (isinstance(limit, bool) or limit < 1):
+            raise DataError(f"--limit {limit}: evaluate at least 1 image (or leave it out).")
         if limit is None or limit >= len(self.samples):
             return self
         return ImageDataset(_interleave(self.samples)[:limit], self.root, self.layout)
@@ -84,6 +86,8 @@ class ImageDataset(Sequence[Sample]):
         self, preprocess: Preprocess, batch_size: int = 32, workers: int | None = None
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield (images NCHW float32, labels) batches, decoded in threads (PIL frees the GIL)."""
+        if batch_size < 1:
+            raise DataError(f"--batch-size {batch_size}: give 1 or more images per batch.")
         workers = workers or min(8, (os.cpu_count() or 2) + 1)
         with ThreadPoolExecutor(max_workers=workers) as pool:
             for start in range(0, len(self.samples), batch_size):
@@ -180,6 +184,16 @@ def read_ground_truth(path: Path, index: dict[str, int]) -> dict[str, int]:
     """``{file name: class index}`` from a val.txt-style or LOC_val_solution.csv file."""
     if not path.is_file():
         raise DataError(f"ground-truth file {path} does not exist.")
+    try:
+        return _read_ground_truth(path, index)
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"labels file {path} is not text ({exc.reason} at byte {exc.start}); pass a "
+            "'file_name wnid' list or LOC_val_solution.csv."
+        ) from exc
+
+
+def _read_ground_truth(path: Path, index: dict[str, int]) -> dict[str, int]:
     truth: dict[str, int] = {}
     with open(path, newline="") as f:
         if path.suffix.lower() == ".csv":

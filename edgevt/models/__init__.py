@@ -27,6 +27,26 @@ class LoadedModel:
         return self.checkpoint is None
 
 
+def resolve_checkpoint(
+    name: str, checkpoint: str | Path | None = None, pretrained: bool = False
+) -> str | Path | None:
+    """The checkpoint ``load_model`` will read, checked before any work: an unknown model, a
+    missing file, or --pretrained where no checkpoint is installable fail here."""
+    entry = get_entry(name)
+    if pretrained:
+        if checkpoint is not None:
+            raise CheckpointError("pass either --checkpoint or --pretrained, not both.")
+        if entry.pretrained_path is None:
+            raise CheckpointError(
+                f"{name} has no locally installable pretrained checkpoint (no weights can be "
+                "downloaded here); pass --checkpoint PATH."
+            )
+        return entry.pretrained_path()
+    if checkpoint is not None and not Path(checkpoint).exists():
+        raise CheckpointError(f"checkpoint {checkpoint} does not exist; check the path.")
+    return checkpoint
+
+
 def load_model(
     name: str,
     checkpoint: str | Path | None = None,
@@ -48,15 +68,7 @@ def load_model(
     import torch
 
     entry = get_entry(name)
-    if pretrained:
-        if checkpoint is not None:
-            raise CheckpointError("pass either --checkpoint or --pretrained, not both.")
-        if entry.pretrained_path is None:
-            raise CheckpointError(
-                f"{name} has no locally installable pretrained checkpoint (no weights can be "
-                "downloaded here); pass --checkpoint PATH."
-            )
-        checkpoint = entry.pretrained_path()
+    checkpoint = resolve_checkpoint(name, checkpoint, pretrained)
     torch.manual_seed(seed)
     model = entry.build()
     if checkpoint is None:

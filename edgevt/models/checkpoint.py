@@ -72,6 +72,25 @@ def _is_state_dict(obj: dict) -> bool:
     return bool(obj) and sum(isinstance(v, torch.Tensor) for v in obj.values()) >= len(obj) / 2
 
 
+def read_hf_config(folder: Path) -> dict:
+    """``config.json`` of a Hugging Face model folder, checked to be a JSON object."""
+    import json
+
+    path = folder / "config.json"
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(
+            f"{path} is not valid JSON ({_short(exc)}); copy the model folder again."
+        ) from exc
+    if not isinstance(config, dict):
+        raise CheckpointError(
+            f"{path} is a JSON {type(config).__name__}, not the object a Hugging Face config "
+            "is; copy the model folder again."
+        )
+    return config
+
+
 def read_hf_weights(folder: Path) -> StateDict:
     """The weights of a Hugging Face model folder (``model.safetensors`` or ``.bin``)."""
     for name in HF_WEIGHT_FILES:
@@ -93,6 +112,7 @@ def load_checkpoint(model: nn.Module, entry: ModelEntry, path: str | Path) -> st
                 f"{path} is a folder without config.json; pass a weights file or a Hugging Face "
                 "model folder."
             )
+        read_hf_config(path)  # not JSON, or not an object: one line, before any library
         if entry.load_hf_folder is None:
             raise CheckpointError(f"{entry.name} has no Hugging Face folder format; pass a file.")
         fmt, state_dict = "Hugging Face folder", entry.load_hf_folder(path, model)

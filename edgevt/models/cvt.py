@@ -51,11 +51,10 @@ def convert_cvt_state_dict(state_dict: StateDict, model: nn.Module) -> tuple[str
 
 def cvt_from_hf_folder(folder: Path, model: nn.Module) -> StateDict:
     """A transformers CvT folder: its weights already use our key layout."""
-    import json
 
-    from edgevt.models.checkpoint import read_hf_weights
+    from edgevt.models.checkpoint import read_hf_config, read_hf_weights
 
-    config = json.loads((folder / "config.json").read_text())
+    config = read_hf_config(folder)
     if config.get("model_type") != "cvt":
         raise CheckpointError(
             f"{folder} holds a {config.get('model_type')!r} model, not CvT: pick the matching "

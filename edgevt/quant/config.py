@@ -108,6 +108,12 @@ class QuantConfig:
             raise EdgevtError(
                 f"{origin}: unknown key(s) {sorted(unknown)}; known: global, op_type, module_name."
             )
+        for section in ("op_type", "module_name"):
+            if not isinstance(data.get(section, {}), dict):
+                raise EdgevtError(
+                    f"{origin}: {section} must be an object of name -> settings (or null for "
+                    f"float), not a {type(data[section]).__name__}."
+                )
         config = cls()
         if "global" in data:
             config.global_config = OpQuant.from_dict(data["global"], f"{origin}: global")
@@ -132,6 +138,6 @@ class QuantConfig:
             raise EdgevtError(f"quantization config {path} does not exist.")
         try:
             data = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise EdgevtError(f"{path} is not JSON: {exc}") from exc
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise EdgevtError(f"{path} is not JSON ({exc}); is it a quant config?") from exc
         return cls.from_dict(data, str(path))

@@ -95,11 +95,24 @@ class CalibrationTable:
                 f"{origin} is not an edgevt calibration table (format {data.get('format')!r}, "
                 f"expected {FORMAT!r}); write one with `edgevt calibrate`."
             )
+        acts = {}
+        for section in ("activations", "weight_amax"):
+            if not isinstance(data.get(section), dict):
+                raise EdgevtError(
+                    f"{origin} is a damaged calibration table: {section} must be an object "
+                    f"of op -> values, not {type(data.get(section)).__name__}; calibrate again."
+                )
+        for key, value in data["activations"].items():
+            try:
+                acts[key] = TensorRange(
+                    **{f: None if x is None else float(x) for f, x in value.items()}
+                )
+            except (TypeError, ValueError, AttributeError) as exc:
+                raise EdgevtError(
+                    f"{origin}: the range of {key} is damaged ({exc}); calibrate again or fix "
+                    "that entry."
+                ) from exc
         try:
-            acts = {
-                k: TensorRange(**{f: None if x is None else float(x) for f, x in v.items()})
-                for k, v in data["activations"].items()
-            }
             table = cls(
                 model=data["model"],
                 weights=data.get("weights", ""),
@@ -126,6 +139,13 @@ class CalibrationTable:
                 raise EdgevtError(
                     f"{origin}: the range of {key} is inverted (min {r.min} > max {r.max}); "
                     "calibrate again or fix that entry."
+                )
+            observed = (r.observed_min, r.observed_max)
+            if r.min == r.max and None not in observed and observed[0] < observed[1]:
+                raise EdgevtError(
+                    f"{origin}: the range of {key} is zero-width ({r.min}) although calibration "
+                    f"observed [{observed[0]:.4g}, {observed[1]:.4g}]: an edited or damaged "
+                    "entry; calibrate again or fix it."
                 )
         if self.activations and all(r.min == r.max == 0 for r in self.activations.values()):
             raise EdgevtError(

@@ -97,6 +97,10 @@ def read_artifact_info(path: str | Path) -> ArtifactInfo:
         raise EdgevtError(f"{path}: unknown artifact type (known: {', '.join(known)}, fused .pt).")
     if not path.exists():
         raise EdgevtError(f"{path} does not exist.")
+    if path.is_file() and path.stat().st_size == 0:
+        raise EdgevtError(f"{path} is empty (0 bytes): corrupt or truncated; re-export it.")
+    if path.is_dir() and not any(path.iterdir()):
+        raise EdgevtError(f"{path} is an empty folder, not a model; re-export it.")
     return require_info(target.read_info(path), path)
 
 

@@ -105,7 +105,9 @@ def read_tflite_info(path: str | Path) -> ArtifactInfo | None:
                     blob = data[buffer.Offset() : buffer.Offset() + buffer.Size()]
                 return ArtifactInfo.from_json(blob)
     except Exception as exc:  # flatbuffers raises anything on a corrupt file
-        raise EdgevtError(f"{path} is not a readable .tflite file ({exc}).") from exc
+        raise EdgevtError(
+            f"{path} is not a readable .tflite file (corrupt or truncated?): {exc}; re-export it."
+        ) from exc
     return None
 
 
@@ -424,6 +426,8 @@ class TfliteTarget(Target):
         for flag, value in (("--float-ops", options.float_ops), ("--int8-io", options.int8_io)):
             if value and "int8" not in precisions:
                 raise EdgevtError(f"{flag} applies to --precision int8 only (the full-int8 file).")
+        if options.float_ops and self.available() is None:  # unknown ops fail before any work
+            _known_float_ops(options.float_ops, "int8")
 
     def export(self, ctx: ExportContext, options: TfliteOptions) -> list[Artifact]:
         """fp32 through litert-torch, then fp16 / w8 / int8 from it with ai-edge-quantizer.
