@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from edgevt.bench import bench_artifacts as bench
-from edgevt.data.imagenet import open_dataset
+from edgevt.data.imagenet import no_images_message, open_dataset
 from edgevt.errors import EdgevtError
 from edgevt.fuse import FuseReport
 from edgevt.fused import (
@@ -29,7 +29,6 @@ from edgevt.fused import (
     load_fused,
     model_info,
     model_inputs,
-    no_images_message,
     save_fused,
 )
 from edgevt.io import write_json

@@ -67,7 +67,7 @@ def make_bundle(
     force: bool = False,
 ) -> Bundle:
     """Write a bundle of ``run_dir``'s artifacts for ``device`` into ``out`` (see module doc)."""
-    from edgevt.data.imagenet import default_data_root, sample_batch
+    from edgevt.data.imagenet import default_data_root, no_images_message, sample_batch
 
     run_dir, out = Path(run_dir), Path(out)
     profile = load_profile(device)
@@ -87,6 +87,8 @@ def make_bundle(
     if samples < 1:
         raise EdgevtError("--samples must be >= 1.")
 
+    if data is not None and not Path(data).is_dir():
+        raise EdgevtError(no_images_message("--data", data))
     first = open_runner(artifacts[0])
     folder = Path(data) if data else default_data_root() / "imagenet-val1000"
     inputs, described = sample_batch(first.info.preprocess, folder, samples)
@@ -95,30 +97,34 @@ def make_bundle(
 
     staging = out.with_name(f".{out.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
-    (staging / "models").mkdir(parents=True)
-    models, infos = _copy_models(staging, artifacts, inputs, first.info.preprocess)
-    shutil.copy2(RUNNER, staging / "run_bundle.py")
-    write_json(
-        staging / "bundle.json",
-        {
-            "format": "edgevt.bundle/1",
-            "device": profile.name,
-            "targets": list(profile.targets),
-            "run": run_dir.resolve().name,
-            "model": first.info.model,
-            "weights": first.info.weights,
-            "threads": list(profile.threads),
-            "samples": described,
-            "models": models,
-        },
-    )
-    for name in profile.targets:  # what each of the device's targets adds (a build script)
-        get_target(name).bundle_files(staging, infos, first.info.preprocess.input_size)
-    with atomic_path(staging / "README.md") as tmp:
-        tmp.write_text(_readme(profile, first.info.model, infos, out.name))
-    if out.exists():
-        shutil.rmtree(out)
-    staging.rename(out)  # the bundle appears whole or not at all
+    try:
+        (staging / "models").mkdir(parents=True)
+        models, infos = _copy_models(staging, artifacts, inputs, first.info.preprocess)
+        shutil.copy2(RUNNER, staging / "run_bundle.py")
+        write_json(
+            staging / "bundle.json",
+            {
+                "format": "edgevt.bundle/1",
+                "device": profile.name,
+                "targets": list(profile.targets),
+                "run": run_dir.resolve().name,
+                "model": first.info.model,
+                "weights": first.info.weights,
+                "threads": list(profile.threads),
+                "samples": described,
+                "models": models,
+            },
+        )
+        for name in profile.targets:  # what each of the device's targets adds (a build script)
+            get_target(name).bundle_files(staging, infos, first.info.preprocess.input_size)
+        with atomic_path(staging / "README.md") as tmp:
+            tmp.write_text(_readme(profile, first.info.model, infos, out.name))
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)  # the bundle appears whole or not at all
+    except BaseException:  # a corrupt artifact, a full disk, Ctrl-C: no half bundle stays
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return Bundle(out, profile, list(models), samples)
 
 

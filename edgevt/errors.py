@@ -45,27 +45,32 @@ _OS_FIXES = {
 }
 
 
-def describe_os_error(exc: OSError) -> str:
+_WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+# torch.save's zip writer reports a failed write as a RuntimeError without an errno
+_TORCH_WRITE_FAILURES = ("PytorchStreamWriter", "inline_container", "file write failed")
+
+
+def describe_os_error(exc: OSError, path: object = None) -> str:
     """One line for a file-system failure: what failed, on which path, and how to fix it."""
-    where = exc.filename if exc.filename is not None else "a file"
+    where = path if path is not None else exc.filename if exc.filename is not None else "a file"
     what = exc.strerror or type(exc).__name__
     fix = _OS_FIXES.get(exc.errno, "check the path and the disk")
-    return f"cannot write or read {where}: {what} — {fix}."
+    verb = "write" if exc.errno in _WRITE_ERRORS else "use"
+    return f"cannot {verb} {where}: {what} — {fix}."
 
 
-def as_edgevt_error(exc: BaseException) -> EdgevtError | None:
-    """The user-fixable error an exception from a library stands for, or None (a bug)."""
+def as_edgevt_error(exc: BaseException, path: object = None) -> EdgevtError | None:
+    """The user-fixable error an exception from a library stands for, or None (a bug).
+    ``path``: the file being written, when the caller knows it better than the exception."""
     if isinstance(exc, EdgevtError):
         return exc
     if isinstance(exc, OSError) and exc.errno in _OS_FIXES:
-        return EdgevtError(describe_os_error(exc))
+        return EdgevtError(describe_os_error(exc, path))
     if isinstance(exc, MemoryError):
         return EdgevtError("out of memory; use a smaller --batch-size / --calib-size or --limit.")
-    text = str(exc)
-    # torch.save reports a full disk as a RuntimeError of its zip writer, without an errno
-    if isinstance(exc, RuntimeError) and ("PytorchStreamWriter" in text or "write failed" in text):
+    if isinstance(exc, RuntimeError) and any(m in str(exc) for m in _TORCH_WRITE_FAILURES):
         return EdgevtError(
-            "writing a PyTorch file failed (is the disk full?) — free space or write to "
-            "another folder (-o)."
+            f"writing {path or 'a PyTorch file'} failed: the disk is full or a file size limit "
+            "(ulimit -f) was reached — free space or write to another folder (-o)."
         )
     return None

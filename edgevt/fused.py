@@ -12,7 +12,12 @@ import torch
 from torch import nn
 
 from edgevt.artifact import ArtifactInfo
-from edgevt.data.imagenet import default_data_root, imagenet_synsets, sample_batch
+from edgevt.data.imagenet import (
+    default_data_root,
+    imagenet_synsets,
+    no_images_message,
+    sample_batch,
+)
 from edgevt.errors import EdgevtError
 from edgevt.fuse import FuseReport, fuse_model, fused_skeleton
 from edgevt.io import atomic_path, sha256, write_json
@@ -40,15 +45,6 @@ def check_images(
         size = preprocess.input_size
         return torch.randn(n, 3, size, size, generator=gen), f"{n} random inputs ({described})"
     return torch.from_numpy(images), described
-
-
-def no_images_message(flag: str, data: str | Path) -> str:
-    path = Path(data)
-    if not path.exists():
-        return f"{flag} {data} does not exist; check the path."
-    if not path.is_dir():
-        return f"{flag} {data} is a file, not a folder of images."
-    return f"{flag} {data} holds no images (.jpg/.jpeg/.png...)."
 
 
 def model_inputs(loaded: LoadedModel) -> dict[str, Any]:

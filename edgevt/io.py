@@ -11,11 +11,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from edgevt.errors import EdgevtError, as_edgevt_error
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only on success."""
     path = Path(path)
+    if path.is_dir():
+        raise EdgevtError(f"{path} is a folder; give a file path to write (e.g. {path}/out.json).")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -26,6 +30,11 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         yield tmp_path
         os.replace(tmp_path, path)
+    except (OSError, RuntimeError) as exc:  # name the file meant, not its temp file
+        error = as_edgevt_error(exc, path)
+        if error is None:
+            raise
+        raise error from exc
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -61,8 +70,6 @@ def artifact_size(path: str | os.PathLike[str]) -> int:
 def read_toml(path: str | os.PathLike[str], what: str) -> dict[str, Any]:
     """Parse a TOML file, or raise one EdgevtError naming ``what`` it was and what is wrong."""
     import tomllib
-
-    from edgevt.errors import EdgevtError
 
     path = Path(path)
     if not path.is_file():

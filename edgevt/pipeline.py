@@ -21,6 +21,7 @@ from typing import Any
 
 from edgevt.errors import EdgevtError
 from edgevt.io import read_toml, sha256, write_json
+from edgevt.models import resolve_checkpoint
 from edgevt.run import run_lock
 from edgevt.targets import DEFAULT_TARGET, artifact_name, get_target
 
@@ -38,6 +39,8 @@ KEYS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "report": {"out": str, "title": str},
 }  # fmt: skip
 SECTIONS = {"out", *KEYS}
+POSITIVE = {"calibration": ("size",), "eval": ("limit",), "bench": ("seconds", "iterations"),
+            "devices": ("samples",)}  # fmt: skip
 
 
 @dataclass
@@ -51,11 +54,12 @@ class PipelineOutcome:
 def load_config(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     config = read_toml(path, "pipeline config")
-    unknown = set(config) - SECTIONS
-    if unknown:
-        raise EdgevtError(
-            f"{path}: unknown section(s) {sorted(unknown)}; known: {sorted(SECTIONS)}."
-        )
+    for name in config:
+        if name not in SECTIONS:
+            raise EdgevtError(
+                f"{path}: [{name}]: unknown section{did_you_mean(name, SECTIONS)}; known: "
+                f"{', '.join(sorted(SECTIONS))}."
+            )
     _check_types(path, config)
     if "name" not in config.get("model", {}):
         raise EdgevtError(f'{path}: [model] needs name = "levit_128s" (see `edgevt models`).')
@@ -69,11 +73,20 @@ def load_config(path: str | Path) -> dict[str, Any]:
     model = config["model"]
     model["checkpoint"] = resolve(model.get("checkpoint"))
     if model["checkpoint"] is not None and not Path(model["checkpoint"]).exists():
-        raise EdgevtError(f"{path}: [model] checkpoint {model['checkpoint']} does not exist.")
+        raise EdgevtError(f"{path}: [model].checkpoint {model['checkpoint']} does not exist.")
+    try:  # an unknown model, or pretrained where none is installable
+        resolve_checkpoint(model["name"], model["checkpoint"], bool(model.get("pretrained")))
+    except EdgevtError as exc:
+        raise EdgevtError(f"{path}: [model]: {exc}") from None
     config["out"] = resolve(config.get("out", f"runs/{model['name']}"))
     for section in ("calibration", "eval"):
         if "data" in config.get(section, {}):
             config[section]["data"] = resolve(config[section]["data"])
+            if not Path(config[section]["data"]).is_dir():
+                raise EdgevtError(
+                    f"{path}: [{section}].data {config[section]['data']} does not exist or is "
+                    "not a folder of images."
+                )
     if "out" in config.get("report", {}):
         config["report"]["out"] = resolve(config["report"]["out"])
     for export in config["export"]:  # an unknown target, precision or option fails now
@@ -86,6 +99,11 @@ def load_config(path: str | Path) -> dict[str, Any]:
         target.validate(options, precisions, export.get("max_drop"))
         if "quant_config" in export:
             export["quant_config"] = resolve(export["quant_config"])
+            if not Path(export["quant_config"]).is_file():
+                raise EdgevtError(
+                    f"{path}: [[export]] quant_config {export['quant_config']} does not exist."
+                )
+    _check_bench_and_devices(path, config)
     calibration = config.get("calibration", {})
     if any(_wants_int8(e) for e in config["export"]) and "data" not in calibration:
         raise EdgevtError(f"{path}: int8 exports need [calibration] data = IMAGE_DIR.")
@@ -93,34 +111,72 @@ def load_config(path: str | Path) -> dict[str, Any]:
 
 
 def _check_types(path: Path, config: dict[str, Any]) -> None:
-    """Unknown keys and values of the wrong type, named with their section."""
+    """Unknown keys and values of the wrong type, named by their path in the file
+    (``[[export]][1].max_dorp: unknown key; did you mean max_drop?``)."""
     for section, keys in KEYS.items():
-        value = config.get(section, [] if section in ("export", "devices") else {})
+        plural = section in ("export", "devices")
+        value = config.get(section, [] if plural else {})
         tables = value if isinstance(value, list) else [value]
-        if not all(isinstance(t, dict) for t in tables) or (
-            section in ("export", "devices") and not isinstance(value, list)
-        ):
-            form = f"[[{section}]] tables" if section in ("export", "devices") else f"[{section}]"
+        if not all(isinstance(t, dict) for t in tables) or isinstance(value, list) != plural:
+            form = f"[[{section}]] tables" if plural else f"a [{section}] table"
             raise EdgevtError(f"{path}: {section} must be written as {form}.")
-        for table in tables:
-            extra = set(table) - set(keys)
-            if section == "export":  # the target's options are checked by the target
-                extra = {k for k in extra if not _is_target_option(table, k)}
-            if extra:
-                raise EdgevtError(
-                    f"{path}: unknown key(s) {', '.join(sorted(extra))} in [{section}]; known: "
-                    f"{', '.join(sorted(keys))}"
-                    + (" and the target's options (`edgevt targets`)." if section == "export"
-                       else ".")
-                )  # fmt: skip
+        for i, table in enumerate(tables):
+            where = f"[[{section}]][{i}]" if plural else f"[{section}]"
+            known = set(keys) | (_option_names() if section == "export" else set())
+            for key in table:
+                if key not in known:
+                    raise EdgevtError(
+                        f"{path}: {where}.{key}: unknown key{did_you_mean(key, known)}; known: "
+                        f"{', '.join(sorted(keys))}"
+                        + (" and the target's options (`edgevt targets`)." if section == "export"
+                           else ".")
+                    )  # fmt: skip
             for key, kind in keys.items():
                 if key in table and not _is_a(table[key], kind):
                     raise EdgevtError(
-                        f"{path}: [{section}] {key} = {table[key]!r} has the wrong type "
-                        f"(expected {_type_name(kind)})."
+                        f"{path}: {where}.{key} = {table[key]!r}: expected {_type_name(kind)}."
                     )
+                if key in POSITIVE.get(section, ()) and key in table and not table[key] > 0:
+                    raise EdgevtError(f"{path}: {where}.{key} = {table[key]!r}: must be above 0.")
     if "out" in config and not isinstance(config["out"], str):
         raise EdgevtError(f"{path}: out must be a path (a string).")
+
+
+def _check_bench_and_devices(path: Path, config: dict[str, Any]) -> None:
+    """Thread counts, device profiles and the runs they bundle: wrong ones fail before work."""
+    from edgevt.devices import load_profile
+
+    threads = config.get("bench", {}).get("threads", [1])
+    if not threads or not all(_is_a(t, int) and t >= 1 for t in threads):
+        raise EdgevtError(f"{path}: [bench].threads = {threads!r}: expected integers >= 1.")
+    runs = {_run_name(e) for e in config["export"]}
+    for i, device in enumerate(config.get("devices", [])):
+        where = f"{path}: [[devices]][{i}]"
+        if "name" not in device:
+            raise EdgevtError(f'{where}: needs name = "raspberry-pi-5" (see `edgevt devices`).')
+        try:
+            load_profile(device["name"])
+        except EdgevtError as exc:
+            raise EdgevtError(f"{where}.name: {exc}") from None
+        if "run" in device and device["run"] not in runs:
+            raise EdgevtError(
+                f"{where}.run = {device['run']!r}: no [[export]] writes that run"
+                f"{did_you_mean(device['run'], runs)}; the exports write {', '.join(sorted(runs))}."
+            )
+
+
+def _run_name(export: dict[str, Any]) -> str:
+    """The run directory (under ``out``) that an [[export]] writes."""
+    name = get_target(export.get("target", DEFAULT_TARGET)).spec.name
+    return f"{name}-int8" if _wants_int8(export) else name
+
+
+def did_you_mean(word: str, choices: set[str]) -> str:
+    """``; did you mean max_drop?`` for a near miss, else nothing."""
+    import difflib
+
+    close = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else ""
 
 
 def _is_a(value: Any, kind: type | tuple[type, ...]) -> bool:
@@ -137,14 +193,13 @@ def _type_name(kind: type | tuple[type, ...]) -> str:
     return " or ".join(_NAMES[k.__name__] for k in kinds)
 
 
-def _is_target_option(export: dict[str, Any], key: str) -> bool:
-    """An option of some target: the export's own target then says whether it takes it."""
+def _option_names() -> set[str]:
+    """Every option some target takes: the export's own target then says whether it applies."""
     import dataclasses
 
     from edgevt.targets import all_targets
 
-    return any(key in {f.name for f in dataclasses.fields(t.Options)}
-               for t in all_targets().values())  # fmt: skip
+    return {f.name for t in all_targets().values() for f in dataclasses.fields(t.Options)}
 
 
 def _target_options(export: dict[str, Any]) -> dict[str, Any]:
@@ -255,7 +310,7 @@ def _export(
     target = get_target(spec.get("target", DEFAULT_TARGET))
     precisions = target.resolve_precisions(spec.get("precisions", []), spec.get("int8"))
     int8 = target.spec.int8_precision in precisions
-    run_dir = out / (f"{target.spec.name}-int8" if int8 else target.spec.name)
+    run_dir = out / _run_name(spec)
     key = _key(model_key, spec, evaluation, calib_key if int8 else None)
     outputs = [run_dir / artifact_name(target.spec, p) for p in precisions]
     stage(f"export {run_dir.name}", key, outputs, lambda: api.export(

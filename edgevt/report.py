@@ -68,8 +68,8 @@ class Report:
 def _load_json(path: Path, what: str) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise EdgevtError(f"cannot read {what} {path}: {exc}") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise EdgevtError(f"cannot read {what} {path} (corrupt? {exc}); write it again.") from exc
     if not isinstance(data, dict):
         raise EdgevtError(f"{what} {path} is not a JSON object.")
     return data
@@ -121,11 +121,19 @@ def _records(stages: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def _collect_run(run_dir: Path, report: Report, owners: dict[str, tuple[str, str]]) -> None:
     manifest_path = run_dir / "manifest.json"
+    if not run_dir.is_dir():
+        raise EdgevtError(f"run directory {run_dir} does not exist.")
     if not manifest_path.is_file():
         raise EdgevtError(f"{run_dir} is not a run directory (no manifest.json).")
     stages = _load_json(manifest_path, "manifest").get("stages")
     if not isinstance(stages, dict) or not stages:
         raise EdgevtError(f"{manifest_path} records no stages; re-run `edgevt export`.")
+    broken = [name for name, stage in stages.items() if not isinstance(stage, dict)]
+    if broken:
+        raise EdgevtError(
+            f"{manifest_path}: stage {broken[0]!r} is not a record (damaged or edited by hand); "
+            "re-run that stage."
+        )
     run = run_dir.name
     inputs = next(iter(stages.values()), {}).get("inputs", {})
     model = inputs.get("model", "?")
@@ -203,6 +211,13 @@ def _collect_device(path: Path, report: Report, owners: dict[str, tuple[str, str
     data = _load_json(path, "device results")
     if data.get("format") != "edgevt.device-results/1":
         raise EdgevtError(f"{path} is not a results file written by run_bundle.py.")
+    if not isinstance(data.get("results"), list) or not all(
+        isinstance(r, dict) for r in data["results"]
+    ):
+        raise EdgevtError(
+            f"device results {path}: results must be a list of per-artifact objects; re-run "
+            "run_bundle.py."
+        )
     try:
         where = _device_label(data)
         for r in data["results"]:

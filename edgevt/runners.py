@@ -35,6 +35,10 @@ def open_runner(
             module, info = load_fused(path)
             return TorchRunner(module, info, threads)
         return artifact_target(path).runner(path, threads)
+    if path.is_dir():
+        raise EdgevtError(
+            f"{path} is a folder, not a model; pass a file in it (e.g. {path / 'model.onnx'})."
+        )
     suffixes = {s for t in all_targets().values() for s in t.spec.suffixes}
     if path.suffix in {".pt", ".pth", *suffixes} or "/" in str(model_or_artifact):
         raise EdgevtError(f"{model_or_artifact} does not exist.")

@@ -236,3 +236,12 @@ def sample_batch(
     samples = list(dataset.subset(n) if dataset.labelled else dataset)[:n]
     images = np.stack([_load(preprocess, s.path) for s in samples])
     return images, f"{len(images)} real images from {folder}"
+
+
+def no_images_message(flag: str, data: str | Path) -> str:
+    path = Path(data)
+    if not path.exists():
+        return f"{flag} {data} does not exist; check the path."
+    if not path.is_dir():
+        return f"{flag} {data} is a file, not a folder of images."
+    return f"{flag} {data} holds no images (.jpg/.jpeg/.png...)."
