@@ -94,7 +94,7 @@ CASES = [
 
 @pytest.mark.parametrize("text,keyword", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_config_fails_before_any_stage(text, keyword, world, expect_error, request):
-    d = world.path(request.node.callspec.id)
+    d = world.path("config-" + request.node.callspec.id)
     d.mkdir()
     (d / "afile").write_text("x")
     config = d / "run.toml"

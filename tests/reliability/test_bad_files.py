@@ -574,7 +574,7 @@ def quant_config_random_bytes(world, d):
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_bad_file_is_one_clear_line(name, world, expect_error) -> None:
     make, keyword = CASES[name]
-    d = world.path(name)
+    d = world.path("files-" + name)
     d.mkdir()
     expect_error(make(world, d), keyword, folder=d)
     assert not (d / "run").exists() or not any((d / "run").glob("*.onnx")), "artifact written"

@@ -122,7 +122,7 @@ def _argv(template: str, world, out) -> list[str]:
 
 @pytest.mark.parametrize("template,keyword", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_option_is_one_clear_line(template, keyword, world, expect_error, request) -> None:
-    out = world.path(request.node.callspec.id)
+    out = world.path("options-" + request.node.callspec.id)
     expect_error(_argv(template, world, out), keyword, folder=out.parent)
     assert not out.exists() or not any(out.iterdir() if out.is_dir() else [out]), (
         f"{out} was written although the input was refused up front"

@@ -323,7 +323,7 @@ def eval_a_run_directory(world, run, d):
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_bad_result_or_bundle_input(name, world, timed_run, expect_error) -> None:
     make, keyword = CASES[name]
-    d = world.path(name)
+    d = world.path("results-" + name)
     d.mkdir()
     expect_error(make(world, timed_run, d), keyword, folder=d)
     assert not (d / "report").exists() and not (d / "bundle" / "bundle.json").exists()
