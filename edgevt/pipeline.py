@@ -57,7 +57,7 @@ def load_config(path: str | Path) -> dict[str, Any]:
     for name in config:
         if name not in SECTIONS:
             raise EdgevtError(
-                f"{path}: [{name}]: unknown section{did_you_mean(name, SECTIONS)}; known: "
+                f"{path}: [{name}]: unknown section{did_you_mean(name, SECTIONS)} Known: "
                 f"{', '.join(sorted(SECTIONS))}."
             )
     _check_types(path, config)
@@ -126,7 +126,7 @@ def _check_types(path: Path, config: dict[str, Any]) -> None:
             for key in table:
                 if key not in known:
                     raise EdgevtError(
-                        f"{path}: {where}.{key}: unknown key{did_you_mean(key, known)}; known: "
+                        f"{path}: {where}.{key}: unknown key{did_you_mean(key, known)} Known: "
                         f"{', '.join(sorted(keys))}"
                         + (" and the target's options (`edgevt targets`)." if section == "export"
                            else ".")
@@ -161,7 +161,7 @@ def _check_bench_and_devices(path: Path, config: dict[str, Any]) -> None:
         if "run" in device and device["run"] not in runs:
             raise EdgevtError(
                 f"{where}.run = {device['run']!r}: no [[export]] writes that run"
-                f"{did_you_mean(device['run'], runs)}; the exports write {', '.join(sorted(runs))}."
+                f"{did_you_mean(device['run'], runs)} The exports write {', '.join(sorted(runs))}."
             )
 
 
@@ -172,11 +172,11 @@ def _run_name(export: dict[str, Any]) -> str:
 
 
 def did_you_mean(word: str, choices: set[str]) -> str:
-    """``; did you mean max_drop?`` for a near miss, else nothing."""
+    """``; did you mean max_drop?`` for a near miss, else ``.`` (ends the sentence)."""
     import difflib
 
     close = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=0.6)
-    return f"; did you mean {close[0]}?" if close else ""
+    return f"; did you mean {close[0]}?" if close else "."
 
 
 def _is_a(value: Any, kind: type | tuple[type, ...]) -> bool:

@@ -116,5 +116,5 @@ def test_bench_cli_refuses_a_bad_thread_count_before_timing(
         text=True,
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "thread counts must be >= 1" in proc.stderr
+    assert "argument --threads: 0 is below 1" in proc.stderr
     assert not out.exists()  # refused before timing anything

