@@ -202,11 +202,16 @@ def bench_artifacts(
         raise EdgevtError(f"--threads {bad[0]}: thread counts must be >= 1.")
     results: list[tuple[Any, Path]] = []
     summaries: dict[Path, dict[str, Any]] = {}  # run directory -> its bench stage results
+    stems = [p.stem for p in artifacts]
+    # model.onnx of two runs into one -o folder: name each result by its run too
+    by_run = out is not None and len(set(stems)) < len(stems)
     for n in threads:
         for path in artifacts:
             result = benchmark_isolated(path, n, batch, warmup, seconds, iterations)
             folder = Path(out) if out is not None else path.parent / "bench"
-            json_path = write_json(folder / result_name(path, n, batch), result.to_dict())
+            name = result_name(path, n, batch)
+            name = f"{path.parent.name}-{name}" if by_run else name
+            json_path = write_json(folder / name, result.to_dict())
             summaries.setdefault(path.parent, {})[json_path.stem] = {
                 k: getattr(result, k) for k in ("p50_ms", "p90_ms", "p99_ms", "batch")
             }

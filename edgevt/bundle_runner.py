@@ -3,8 +3,8 @@
 
 Standalone on purpose: it needs only numpy and the device's runtime (ai-edge-litert or
 tflite-runtime for .tflite, onnxruntime for .onnx, TensorRT's Python API for .engine,
-coremltools on macOS for .mlpackage). edgevt copies this file verbatim into every bundle and
-runs the same file on the host in its tests.
+coremltools on macOS for .mlpackage, openvino for .openvino IR folders). edgevt copies this
+file verbatim into every bundle and runs the same file on the host in its tests.
 
     python3 run_bundle.py [--threads N] [--seconds S] [--iterations N] [--out results/]
 
@@ -45,8 +45,22 @@ class Model:
             self.backend, self._run = self._tensorrt()
         elif suffix == ".mlpackage":
             self.backend, self._run = self._coreml(compute_units or "ALL")
+        elif suffix == ".openvino":
+            self.backend, self._run = self._openvino()
         else:
             raise SystemExit(f"run_bundle: unknown model type {path.name}")
+
+    def _openvino(self):
+        try:
+            import openvino as ov
+        except ImportError:
+            raise SystemExit("run_bundle: pip install openvino (needed for .openvino)") from None
+        # f32: OpenVINO's CPU default on bf16-capable CPUs is bf16, not what the host checked
+        config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
+                  "INFERENCE_NUM_THREADS": self.threads}  # fmt: skip
+        compiled = ov.Core().compile_model(str(self.path / "model.xml"), "CPU", config)
+        request = compiled.create_infer_request()
+        return f"openvino {ov.__version__}", lambda x: request.infer([x])[0]
 
     def _onnxruntime(self):
         try:

@@ -22,6 +22,7 @@ from edgevt.errors import EdgevtError
 from edgevt.fuse import FuseReport, fuse_model, fused_skeleton
 from edgevt.io import atomic_path, sha256, write_json
 from edgevt.models import LoadedModel, get_entry, load_model
+from edgevt.models.checkpoint import unpickler_reason
 from edgevt.run import RunDir
 
 FUSED_FILE = "fused.pt"
@@ -113,11 +114,9 @@ def load_fused(path: str | Path) -> tuple[nn.Module, ArtifactInfo]:
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        # not torch's advice to pass weights_only=False: that would run code from the file
-        reason = str(exc).split("WeightsUnpickler error:")[-1].split(". Check")[0].strip()
         raise EdgevtError(
             f"cannot read {path} as an edgevt fused model (corrupt, truncated or another kind "
-            f"of file: {reason[:160]}); write it again with `edgevt fuse`."
+            f"of file: {unpickler_reason(exc)}); write it again with `edgevt fuse`."
         ) from exc
     if not isinstance(saved, dict) or "edgevt_fused" not in saved:
         raise EdgevtError(f"{path} is not an edgevt fused model (written by `edgevt fuse`).")

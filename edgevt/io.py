@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,6 +39,29 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(path: Path) -> Iterator[Path]:
+    """Yield a path in a temporary folder beside ``path``; on success move it onto ``path``
+    (an existing folder is moved aside first, then deleted): for artifacts that are folders
+    (a Core ML .mlpackage, an OpenVINO IR)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        staged, previous = tmp_dir / path.name, tmp_dir / "previous"
+        yield staged
+        if path.exists() or path.is_symlink():
+            os.replace(path, previous)
+        try:
+            os.replace(staged, path)
+        except OSError:
+            if previous.exists():
+                os.replace(previous, path)  # put the old package back
+            raise
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+
 
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> Path:

@@ -118,3 +118,16 @@ def test_bench_cli_refuses_a_bad_thread_count_before_timing(
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "argument --threads: 0 is below 1" in proc.stderr
     assert not out.exists()  # refused before timing anything
+
+
+def test_two_runs_benched_into_one_folder_keep_both_results(tmp_path: Path) -> None:
+    """model.onnx of two run directories, one -o: each result named by its run, none lost."""
+    from edgevt import api
+    from tests.helpers import tiny_model
+
+    runs = [api.export(tiny_model(), out=tmp_path / name, progress=False).artifact
+            for name in ("a", "b")]  # fmt: skip
+    out = tmp_path / "results"
+    results = api.bench(runs, threads=[1], seconds=0.01, iterations=1, warmup=0, out=out)
+    assert sorted(p.name for _, p in results) == ["a-model-t1-b1.json", "b-model-t1-b1.json"]
+    assert len(list(out.iterdir())) == 2

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import errno
 import pickle
-import zipfile
 from pathlib import Path
 
 import torch
@@ -37,12 +37,19 @@ def read_state_dict(path: str | Path) -> StateDict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        if "global" not in str(exc).lower():  # garbage, not code: the unpickler choked on it
+            raise CheckpointError(
+                f"cannot read {path}: it is corrupt, truncated or not a PyTorch checkpoint "
+                f"({unpickler_reason(exc)}). Download or copy it again."
+            ) from exc
         raise CheckpointError(
             f"{path} holds pickled Python objects besides tensors, which edgevt refuses to "
             "execute (weights_only=True). Re-save it as a plain state_dict: "
             "torch.save(model.state_dict(), 'weights.pth')."
         ) from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+    except Exception as exc:  # a damaged file makes the unpickler raise almost anything
+        if isinstance(exc, OSError) and exc.errno in (errno.EIO, errno.EACCES, errno.EPERM):
+            raise  # the disk or its permissions, not the file: the CLI names those
         raise CheckpointError(
             f"cannot read {path} ({_short(exc)}): the file is truncated or not a PyTorch "
             "checkpoint. Download or copy it again."
@@ -158,6 +165,13 @@ def check_state_dict(
         f"{path} does not fit {entry.name}: {'; '.join(problems)}. Looks like {likely}; "
         "check the model name (`edgevt models`) and the file."
     )
+
+
+def unpickler_reason(exc: BaseException) -> str:
+    """torch's one line of substance ("Unsupported operand 245") without its advice to load
+    with weights_only=False, which would run code from the file."""
+    detail = str(exc).split("WeightsUnpickler error:")[-1].strip()
+    return (detail.splitlines() or ["unreadable"])[0][:80]
 
 
 def _short(exc: BaseException) -> str:

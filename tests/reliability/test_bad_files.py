@@ -22,7 +22,10 @@ def case(keyword: str):
 
 
 def _garbage(path: Path, n: int = 4096) -> Path:
-    path.write_bytes(os.urandom(n))
+    """Random bytes, the same ones every run (seeded by the file's name and folder)."""
+    import random
+
+    path.write_bytes(random.Random(f"{path.parent.name}/{path.name}").randbytes(n))
     return path
 
 
@@ -193,6 +196,26 @@ def eval_tflite_zero_bytes(world, d):
 def eval_mlpackage_empty_folder(world, d):
     (d / "model.mlpackage").mkdir()
     return ["eval", d / "model.mlpackage", "--data", world.images]
+
+
+@case("empty folder")
+def eval_openvino_empty_folder(world, d):
+    (d / "model.openvino").mkdir()
+    return ["eval", d / "model.openvino", "--data", world.images]
+
+
+@case("not an OpenVINO IR folder")
+def eval_openvino_folder_without_xml(world, d):
+    (d / "model.openvino").mkdir()
+    (d / "model.openvino" / "model.bin").write_bytes(b"\0" * 64)
+    return ["eval", d / "model.openvino", "--data", world.images]
+
+
+@case("not readable XML")
+def eval_openvino_garbage_xml(world, d):
+    (d / "model.openvino").mkdir()
+    _garbage(d / "model.openvino" / "model.xml")
+    return ["eval", d / "model.openvino", "--data", world.images]
 
 
 @case("corrupt")

@@ -27,12 +27,7 @@ runs it with Apple's runtime on macOS, else with the MIL reference interpreter.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import os
-import shutil
-import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +38,7 @@ from torch import nn
 
 from edgevt.artifact import METADATA_KEY, ArtifactInfo
 from edgevt.errors import EdgevtError
+from edgevt.io import atomic_dir
 from edgevt.quant.config import OpQuant, QuantConfig
 from edgevt.quant.table import CalibrationTable
 from edgevt.targets.coreml.census import COMPUTE_OPS, census, float_ops_not_asked
@@ -166,7 +162,7 @@ def export_coreml(
     mlmodel.user_defined_metadata[METADATA_KEY] = stored.to_json()
     mlmodel.short_description = f"{info.model} ({precision}) exported by edgevt"
     mlmodel.author = "edgevt"
-    with _atomic_dir(out) as tmp:
+    with atomic_dir(out) as tmp:
         mlmodel.save(str(tmp))
     counted = census(out)
     unexpected = [
@@ -525,24 +521,3 @@ def _weight_owners(prog, params: dict[str, str]) -> dict[str, str]:
                 if module is not None:
                     owners[op.outputs[0].name] = module
     return owners
-
-
-@contextlib.contextmanager
-def _atomic_dir(path: Path) -> Iterator[Path]:
-    """Yield a path in a temporary folder beside ``path``; on success move it onto ``path``
-    (an existing package is moved aside first, then deleted)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
-        staged, previous = tmp_dir / path.name, tmp_dir / "previous"
-        yield staged
-        if path.exists() or path.is_symlink():
-            os.replace(path, previous)
-        try:
-            os.replace(staged, path)
-        except OSError:
-            if previous.exists():
-                os.replace(previous, path)  # put the old package back
-            raise
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
