@@ -84,6 +84,8 @@ def calibrate(
         )
     if calib_size < 1:
         raise EdgevtError("--calib-size must be at least 1.")
+    if out is not None and str(out).endswith(("/", "\\")):
+        raise EdgevtError(f"-o {out} names a folder; give the table's file, e.g. {out}table.json.")
     if not (50.0 < percentile < 100.0):
         raise EdgevtError("--percentile must lie between 50 and 100 (e.g. 99.99).")
     fused = fused or fuse(model, checkpoint, pretrained=pretrained, seed=seed)
@@ -185,6 +187,11 @@ def export(
     plugin.validate(opts, wanted, max_drop)
     plugin.require()
     int8 = plugin.spec.int8_precision in wanted
+    _check_applies(int8, calib, calib_table, calib_size, method, eval_data, limit)
+    if quant_config is not None and set(wanted) <= {"fp32", "fp16"}:
+        raise EdgevtError("--quant-config applies to quantized precisions (--int8, w8, w8a8).")
+    if max_drop is not None and not 0 <= max_drop <= 100:
+        raise EdgevtError(f"--max-drop {max_drop}: a top-1 budget in points, 0 to 100.")
     calib_size = DEFAULT_CALIB_SIZE if calib_size is None else calib_size
     if data is not None and not Path(data).is_dir():
         raise EdgevtError(no_images_message("--data", data))
@@ -218,6 +225,20 @@ def export(
                 fused.loaded, [a.path for a in artifacts], run, eval_data, limit, progress
             )
     return outcome
+
+
+def _check_applies(int8, calib, calib_table, calib_size, method, eval_data, limit) -> None:
+    """Flags that would be silently ignored are errors: the user meant something by them.
+    (--calib with --calib-table is not one: the table is reused, and the images serve the
+    targets that range more tensors and --max-drop's sensitivity search.)"""
+    if not int8 and (calib_size is not None or method is not None):
+        raise EdgevtError("--calib-size and --method only apply with --int8 (and --calib).")
+    if calib_table is not None and method is not None:
+        raise EdgevtError(
+            "--method applies when calibrating (--calib); a --calib-table keeps its own method."
+        )
+    if limit is not None and eval_data is None:
+        raise EdgevtError("--limit applies to --eval-data; add --eval-data DIR or drop --limit.")
 
 
 def _requested_table(
@@ -276,12 +297,22 @@ def _check(
     with torch.no_grad():
         reference = model(images).numpy()
     for artifact in artifacts:
-        artifact.check = plugin.check(artifact, images.numpy(), reference)
+        try:
+            artifact.check = plugin.check(artifact, images.numpy(), reference)
+        except EdgevtError:
+            raise
+        except Exception as exc:  # the runtime refuses the file it was just given
+            _remove_artifact(artifact)
+            reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+            raise EdgevtError(
+                f"{artifact.path.name} was written but its runtime cannot run it ({reason}), "
+                "so it was not kept — with int8, the calibration table likely holds extreme "
+                "ranges: recalibrate (`edgevt calibrate`)."
+            ) from exc
         cosine = artifact.check["cosine"]
         if accept_degraded or cosine >= COSINE_FLOOR:  # NaN compares False: refused too
             continue
-        for path in [artifact.path, *artifact.files.values()]:
-            _remove(path)
+        _remove_artifact(artifact)
         cause = (
             "the calibration table or quant config is likely broken: recalibrate "
             "(`edgevt calibrate`) or check --quant-config"
@@ -295,13 +326,17 @@ def _check(
         )
 
 
-def _remove(path: Path) -> None:
+def _remove_artifact(artifact: Artifact) -> None:
+    """The file and the companions only it uses (not the shared calibration or config)."""
     import shutil
 
-    if path.is_dir():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
+    shared = {"calibration", "config", "sensitivity"}
+    paths = [artifact.path, *(p for k, p in artifact.files.items() if k not in shared)]
+    for path in paths:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def _record_export(
@@ -390,11 +425,14 @@ def evaluate(
     batch_size: int = 32,
     threads: int | None = None,
     fused: bool = False,
+    seed: int = 0,
     progress: bool = True,
 ) -> EvalResult:
-    """Top-1/top-5 of a zoo model or an exported artifact on labelled images."""
+    """Top-1/top-5 of a zoo model or an exported artifact on labelled images (``seed``: of a
+    zoo model's random weights, without a checkpoint)."""
     runner = open_runner(
-        model_or_artifact, checkpoint, pretrained=pretrained, threads=threads, fused=fused
+        model_or_artifact, checkpoint, pretrained=pretrained, threads=threads, fused=fused,
+        seed=seed,
     )
     dataset = open_dataset(data, labels=labels, synsets=runner.info.classes).subset(limit)
     return _evaluate(runner, dataset, batch_size=batch_size, progress=progress)

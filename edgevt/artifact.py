@@ -40,14 +40,27 @@ class ArtifactInfo:
         )
 
     @classmethod
-    def from_json(cls, text: str) -> ArtifactInfo:
-        data = json.loads(text)
-        return cls(
-            model=data["model"],
-            preprocess=Preprocess.from_dict(data["preprocess"]),
-            classes=list(data["classes"]),
-            target=data.get("target", ""),
-            precision=data.get("precision", "fp32"),
-            weights=data.get("weights", ""),
-            extra=data.get("extra", {}),
-        )
+    def from_json(cls, text: str | bytes, origin: str = "the artifact") -> ArtifactInfo:
+        """Parse what ``to_json`` wrote; damaged metadata is one EdgevtError naming ``origin``."""
+        from edgevt.errors import EdgevtError
+
+        try:
+            data = json.loads(text)
+            info = cls(
+                model=str(data["model"]),
+                preprocess=Preprocess.from_dict(data["preprocess"]),
+                classes=[str(c) for c in data["classes"]],
+                target=str(data.get("target", "")),
+                precision=str(data.get("precision", "fp32")),
+                weights=str(data.get("weights", "")),
+                extra=dict(data.get("extra", {})),
+            )
+            size = info.preprocess.input_size
+            if not (isinstance(size, int) and size > 0) or not info.classes:
+                raise ValueError(f"input size {size!r}, {len(info.classes)} classes")
+        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
+            raise EdgevtError(
+                f"corrupt edgevt metadata in {origin} ({type(exc).__name__}: {exc}); re-export "
+                "it with `edgevt export`."
+            ) from None
+        return info

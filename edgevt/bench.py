@@ -169,7 +169,8 @@ def benchmark_isolated(
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         lines = proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"]
-        raise EdgevtError(f"benchmarking {artifact} failed: {lines[-1]}")
+        reason = lines[-1].removeprefix("edgevt: error: ")  # the child's own one-line error
+        raise EdgevtError(f"benchmarking {artifact} failed: {reason}")
     return BenchResult(**json.loads(proc.stdout.splitlines()[-1]))
 
 

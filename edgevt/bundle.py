@@ -82,8 +82,20 @@ def make_bundle(
         )
     if out.exists() and not out.is_dir():
         raise EdgevtError(f"-o {out} is a file, not a folder; choose another -o.")
-    if out.exists() and any(out.iterdir()) and not force:
-        raise EdgevtError(f"{out} exists and is not empty; choose another -o or pass --force.")
+    for what, folder in (("the run directory", run_dir), ("the --data folder", data)):
+        if folder is not None and _overlaps(out, Path(folder)):
+            raise EdgevtError(
+                f"-o {out} is, holds or lies inside {what} {folder}; a bundle replaces its "
+                "folder: choose another -o."
+            )
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise EdgevtError(f"{out} exists and is not empty; choose another -o or pass --force.")
+        if not (out / "bundle.json").is_file():  # --force replaces bundles, nothing else
+            raise EdgevtError(
+                f"{out} is not an edgevt bundle (no bundle.json), so --force will not replace "
+                "it; choose another -o or empty it yourself."
+            )
     if samples < 1:
         raise EdgevtError("--samples must be >= 1.")
 
@@ -126,6 +138,11 @@ def make_bundle(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return Bundle(out, profile, list(models), samples)
+
+
+def _overlaps(a: Path, b: Path) -> bool:
+    a, b = a.resolve(), b.resolve()
+    return a == b or a.is_relative_to(b) or b.is_relative_to(a)
 
 
 def _copy_models(

@@ -73,12 +73,36 @@ def load_profile(name_or_path: str | Path) -> DeviceProfile:
             + "."
         )
     _check_targets(path, data["targets"])
+    _check_values(path, data)
     if data.get("connect", "ssh") not in CONNECTIONS:
         raise EdgevtError(f"{path}: connect {data['connect']!r} is not one of {CONNECTIONS}.")
     for key in ("targets", "precisions", "threads", "compute_units"):
         if key in data:
             data[key] = tuple(data[key])
     return DeviceProfile(**data, path=path)
+
+
+def _check_values(path: Path, data: dict) -> None:
+    """Values a device would choke on (``threads = "two"``), named with their key."""
+    from edgevt.targets import all_targets
+
+    for key, value in data.items():
+        if key in ("targets", "precisions", "threads", "compute_units"):
+            if not isinstance(value, list) or not value:
+                raise EdgevtError(f"device profile {path}: {key} must be a non-empty list.")
+        elif not isinstance(value, str):
+            raise EdgevtError(f"device profile {path}: {key} = {value!r} must be a string.")
+    if not all(isinstance(t, int) and not isinstance(t, bool) and t >= 1 for t in data["threads"]):
+        raise EdgevtError(
+            f"device profile {path}: threads = {data['threads']!r} must be integers >= 1."
+        )
+    known = {p for t in all_targets().values() for p in t.spec.precisions}
+    unknown = [p for p in data["precisions"] if p not in known]
+    if unknown:
+        raise EdgevtError(
+            f"device profile {path}: unknown precision(s) {', '.join(map(repr, unknown))}; "
+            f"known: {', '.join(sorted(known))}."
+        )
 
 
 def _check_targets(path: Path, targets: object) -> None:

@@ -120,9 +120,18 @@ def load_fused(path: str | Path) -> tuple[nn.Module, ArtifactInfo]:
         ) from exc
     if not isinstance(saved, dict) or "edgevt_fused" not in saved:
         raise EdgevtError(f"{path} is not an edgevt fused model (written by `edgevt fuse`).")
+    if not isinstance(saved["edgevt_fused"], str) or not isinstance(saved.get("state_dict"), dict):
+        raise EdgevtError(f"{path} is a damaged edgevt fused model; write it again (edgevt fuse).")
     entry = get_entry(saved["edgevt_fused"])
     skeleton = fused_skeleton(entry.build(), entry.family, entry.preprocess.input_size)
-    skeleton.load_state_dict(saved["state_dict"])
+    try:
+        skeleton.load_state_dict(saved["state_dict"])
+    except RuntimeError as exc:  # the weights of another model, or of another version
+        first = (str(exc).splitlines()[1:2] or [str(exc)])[0].strip()[:120]
+        raise EdgevtError(
+            f"{path} says it holds {entry.name} but its weights do not fit it ({first}); write "
+            "it again with `edgevt fuse`."
+        ) from None
     info = ArtifactInfo(
         entry.name,
         entry.preprocess,

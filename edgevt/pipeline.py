@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,7 @@ KEYS: dict[str, dict[str, type | tuple[type, ...]]] = {
 SECTIONS = {"out", *KEYS}
 POSITIVE = {"calibration": ("size",), "eval": ("limit",), "bench": ("seconds", "iterations"),
             "devices": ("samples",)}  # fmt: skip
+NOT_NEGATIVE = {"model": ("seed",), "export": ("max_drop",)}
 
 
 @dataclass
@@ -136,8 +138,13 @@ def _check_types(path: Path, config: dict[str, Any]) -> None:
                     raise EdgevtError(
                         f"{path}: {where}.{key} = {table[key]!r}: expected {_type_name(kind)}."
                     )
-                if key in POSITIVE.get(section, ()) and key in table and not table[key] > 0:
-                    raise EdgevtError(f"{path}: {where}.{key} = {table[key]!r}: must be above 0.")
+                value = table.get(key)
+                if isinstance(value, float) and not math.isfinite(value):
+                    raise EdgevtError(f"{path}: {where}.{key} = {value!r}: must be finite.")
+                if key in POSITIVE.get(section, ()) and key in table and not value > 0:
+                    raise EdgevtError(f"{path}: {where}.{key} = {value!r}: must be above 0.")
+                if key in NOT_NEGATIVE.get(section, ()) and key in table and value < 0:
+                    raise EdgevtError(f"{path}: {where}.{key} = {value!r}: must be 0 or more.")
     if "out" in config and not isinstance(config["out"], str):
         raise EdgevtError(f"{path}: out must be a path (a string).")
 

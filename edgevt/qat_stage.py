@@ -137,6 +137,12 @@ def _save(run: RunDir, sim, table: CalibrationTable, config: QuantConfig, settin
           summary: dict[str, Any], loaded, weights: str, calib_table: str | Path) -> Path:
     """fused.pt of the trained model, its learned table, the config and the log; recorded."""
     trained = sim.cpu().export_model()
+    if not all(torch.isfinite(t).all() for t in trained.state_dict().values()):
+        (run / QAT_CHECKPOINT).unlink(missing_ok=True)  # resuming it would diverge again
+        raise EdgevtError(
+            f"QAT diverged: the trained weights hold NaN or inf after {state.step} steps, so "
+            "nothing was saved — lower --lr (or --range-lr / --clip-lr) and run again."
+        )
     model_path = save_fused(run / FUSED_FILE, loaded.entry.name, weights, trained)
     learned = sim.learned_table(table, {**settings.to_dict(), "base_method": table.method})
     learned.weights = weights
@@ -199,6 +205,12 @@ def _check_settings(
     if lr_unit not in ("absolute", "step"):
         raise EdgevtError(f"--lr-unit {lr_unit!r}: use absolute or step.")
     lr, range_lr, clip_lr, temperature = rates
+    if not all(math.isfinite(r) for r in rates):
+        raise EdgevtError(
+            "--lr, --range-lr, --clip-lr and --temperature must be finite numbers (not nan/inf)."
+        )
+    if epochs is not None and not math.isfinite(epochs):
+        raise EdgevtError("--epochs must be a finite number.")
     if lr <= 0 or range_lr < 0 or clip_lr < 0 or temperature <= 0:
         raise EdgevtError(
             "--lr and --temperature must be positive, --range-lr and --clip-lr not negative."

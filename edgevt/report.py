@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -103,17 +104,23 @@ def _evaluations(stages: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Every stage's evaluation results (file name or ``pytorch_fp32`` -> scores)."""
     out: dict[str, dict[str, Any]] = {}
     for stage in stages.values():
-        found = stage.get("results", {}).get("evaluations") if isinstance(stage, dict) else None
+        found = _stage_results(stage).get("evaluations")
         if isinstance(found, dict):
             out.update(found)
     return out
+
+
+def _stage_results(stage: Any) -> dict[str, Any]:
+    results = stage.get("results") if isinstance(stage, dict) else None
+    return results if isinstance(results, dict) else {}
 
 
 def _records(stages: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The typed artifact records of every stage (file name -> record), whatever the stage."""
     out = {}
     for stage in stages.values():
-        for record in stage.get("results", {}).get("artifacts", []) or []:
+        records = _stage_results(stage).get("artifacts")
+        for record in records if isinstance(records, list) else []:
             if isinstance(record, dict) and "file" in record:
                 out[record["file"]] = record
     return out
@@ -174,12 +181,13 @@ def _host_timing(path: Path, run: str, model: str, infos: dict[str, ArtifactInfo
         runner = bench["runner"]
         artifact = Path(runner.get("artifact", "?")).name
         info = infos.get(artifact)
-        return Timing(
+        timing = Timing(
             run, model, artifact, info.precision if info else runner.get("precision", "?"),
             "host", runner.get("backend", "?"), int(runner.get("threads", 0)),
-            float(bench["p50_ms"]), float(bench["p90_ms"]),
+            _time(bench["p50_ms"]), _time(bench["p90_ms"]),
             target=info.target if info else "pytorch",
         )  # fmt: skip
+        return timing
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise EdgevtError(
             f"benchmark result {path} lacks {exc} or has a wrong value; re-run `edgevt bench`."
@@ -211,11 +219,16 @@ def _collect_device(path: Path, report: Report, owners: dict[str, tuple[str, str
     data = _load_json(path, "device results")
     if data.get("format") != "edgevt.device-results/1":
         raise EdgevtError(f"{path} is not a results file written by run_bundle.py.")
-    if not isinstance(data.get("results"), list) or not all(
+    if not data.get("results") or not isinstance(data["results"], list) or not all(
         isinstance(r, dict) for r in data["results"]
     ):
         raise EdgevtError(
-            f"device results {path}: results must be a list of per-artifact objects; re-run "
+            f"device results {path}: results must be a non-empty list of per-artifact objects; "
+            "re-run run_bundle.py."
+        )
+    if not isinstance(data.get("device"), str) or not isinstance(data.get("host", {}), dict):
+        raise EdgevtError(
+            f"device results {path}: device must be a profile name and host an object; re-run "
             "run_bundle.py."
         )
     try:
@@ -223,19 +236,35 @@ def _collect_device(path: Path, report: Report, owners: dict[str, tuple[str, str
         for r in data["results"]:
             if "p50_ms" not in r:  # failed its correctness check: not timed
                 continue
+            if not isinstance(r["precision"], str) or _threads(r.get("batch", 1)) < 1:
+                raise ValueError(f"precision {r['precision']!r} / batch {r.get('batch')!r}")
             run, model = owners.get(r["artifact"], ("device", r.get("model", "?")))
             run = r.get("run") or run  # bundles name the run they came from
             target = next((x.target for x in report.rows
                            if (x.run, x.artifact) == (run, r["artifact"])), "?")  # fmt: skip
             report.timings.append(
                 Timing(run, r.get("model", model), r["artifact"], r["precision"], where,
-                       r["backend"], int(r["threads"]), float(r["p50_ms"]), float(r["p90_ms"]),
-                       target=target)
+                       r["backend"], _threads(r["threads"]), _time(r["p50_ms"]),
+                       _time(r["p90_ms"]), target=target)
             )  # fmt: skip
     except (KeyError, TypeError, ValueError) as exc:
         raise EdgevtError(
             f"device results {path} lack {exc} or hold a wrong value; re-run run_bundle.py."
         ) from None
+
+
+def _time(value: Any) -> float:
+    """A latency in ms: finite and positive, or the file is damaged."""
+    ms = float(value)
+    if not (math.isfinite(ms) and ms > 0):
+        raise ValueError(f"latency {value!r} ms")
+    return ms
+
+
+def _threads(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"threads {value!r}")
+    return value
 
 
 def _speedups(timings: list[Timing]) -> None:

@@ -27,8 +27,11 @@ def open_runner(
     if threads is not None and threads < 1:
         raise EdgevtError(f"--threads {threads}: the thread count must be >= 1.")
     if path.exists() and (path.is_file() or target_for_path(path) is not None):
-        if checkpoint is not None or pretrained:
-            raise EdgevtError("--checkpoint/--pretrained apply to zoo model names, not artifacts.")
+        if checkpoint is not None or pretrained or fused or seed:
+            raise EdgevtError(
+                "--checkpoint, --pretrained, --fused and --seed apply to zoo model names, not "
+                f"to an exported file like {path.name}."
+            )
         if path.suffix in (".pt", ".pth"):
             from edgevt.fused import load_fused
 

@@ -35,7 +35,7 @@ def evaluate(args: argparse.Namespace) -> None:
 
     result = api.evaluate(
         args.target, args.data, labels=args.labels, limit=args.limit, fused=args.fused,
-        **given(args, "checkpoint", "pretrained", "batch_size", "threads"),
+        **given(args, "checkpoint", "pretrained", "batch_size", "threads", "seed"),
     )  # fmt: skip
     note_random(result.runner.get("weights", ""))
     print(

@@ -81,7 +81,7 @@ def read_onnx_info(path: str | Path) -> ArtifactInfo | None:
         ) from exc
     for prop in proto.metadata_props:
         if prop.key == METADATA_KEY:
-            return ArtifactInfo.from_json(prop.value)
+            return ArtifactInfo.from_json(prop.value, str(path))
     return None
 
 

@@ -103,7 +103,9 @@ def read_tflite_info(path: str | Path) -> ArtifactInfo | None:
                     blob = buffer.DataAsNumpy().tobytes()
                 else:  # the quantizer stores large buffers after the flatbuffer
                     blob = data[buffer.Offset() : buffer.Offset() + buffer.Size()]
-                return ArtifactInfo.from_json(blob)
+                return ArtifactInfo.from_json(blob, str(path))
+    except EdgevtError:
+        raise
     except Exception as exc:  # flatbuffers raises anything on a corrupt file
         raise EdgevtError(
             f"{path} is not a readable .tflite file (corrupt or truncated?): {exc}; re-export it."

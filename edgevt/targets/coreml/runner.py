@@ -55,7 +55,7 @@ def read_coreml_info(path: str | Path) -> ArtifactInfo | None:
 
     spec, _ = load_spec(path)
     text = spec.description.metadata.userDefined.get(METADATA_KEY)
-    return ArtifactInfo.from_json(text) if text else None
+    return ArtifactInfo.from_json(text, str(path)) if text else None
 
 
 class CoreMLRunner(Runner):
