@@ -73,6 +73,10 @@ def make_bundle(
     profile = load_profile(device)
     if not run_dir.is_dir():
         raise EdgevtError(f"run directory {run_dir} does not exist.")
+    if (run_dir / "manifest.json").is_file():  # a damaged record of the run: say so now
+        from edgevt.run import RunDir
+
+        RunDir(run_dir)
     artifacts = bundle_artifacts(run_dir, profile)
     if not artifacts:
         kinds = ", ".join(sorted({get_target(t).spec.suffix for t in profile.targets}))

@@ -145,8 +145,8 @@ def _check_types(path: Path, config: dict[str, Any]) -> None:
                     raise EdgevtError(f"{path}: {where}.{key} = {value!r}: must be above 0.")
                 if key in NOT_NEGATIVE.get(section, ()) and key in table and value < 0:
                     raise EdgevtError(f"{path}: {where}.{key} = {value!r}: must be 0 or more.")
-    if "out" in config and not isinstance(config["out"], str):
-        raise EdgevtError(f"{path}: out must be a path (a string).")
+    if "out" in config and (not isinstance(config["out"], str) or not config["out"].strip()):
+        raise EdgevtError(f"{path}: out must be a path (a non-empty string).")
 
 
 def _check_bench_and_devices(path: Path, config: dict[str, Any]) -> None:
@@ -156,7 +156,14 @@ def _check_bench_and_devices(path: Path, config: dict[str, Any]) -> None:
     threads = config.get("bench", {}).get("threads", [1])
     if not threads or not all(_is_a(t, int) and t >= 1 for t in threads):
         raise EdgevtError(f"{path}: [bench].threads = {threads!r}: expected integers >= 1.")
-    runs = {_run_name(e) for e in config["export"]}
+    names = [_run_name(e) for e in config["export"]]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise EdgevtError(
+            f"{path}: two [[export]] tables write the same run directory {twice[0]} (same target "
+            "and int8 setting); merge them (precisions = [...]) or drop one."
+        )
+    runs = set(names)
     for i, device in enumerate(config.get("devices", [])):
         where = f"{path}: [[devices]][{i}]"
         if "name" not in device:

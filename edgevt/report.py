@@ -236,6 +236,8 @@ def _collect_device(path: Path, report: Report, owners: dict[str, tuple[str, str
         for r in data["results"]:
             if "p50_ms" not in r:  # failed its correctness check: not timed
                 continue
+            if not isinstance(r.get("check", {}), dict):
+                raise ValueError(f"check {r['check']!r}")
             if not isinstance(r["precision"], str) or _threads(r.get("batch", 1)) < 1:
                 raise ValueError(f"precision {r['precision']!r} / batch {r.get('batch')!r}")
             run, model = owners.get(r["artifact"], ("device", r.get("model", "?")))

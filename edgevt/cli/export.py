@@ -169,9 +169,12 @@ def check(args: argparse.Namespace) -> None:
     if not path.is_file():
         raise EdgevtError(f"{path} does not exist.")
     try:
-        problems = check_tensorrt_qdq(onnx.load(str(path)))
+        model = onnx.load(str(path))
     except Exception as exc:
-        raise EdgevtError(f"{path} is not a readable ONNX model: {exc}") from exc
+        raise EdgevtError(f"{path} is not a readable ONNX model (corrupt?): {exc}") from exc
+    if not model.graph.node:
+        raise EdgevtError(f"{path} holds an empty graph (no nodes): nothing to check.")
+    problems = check_tensorrt_qdq(model)
     for p in problems:
         print(f"  {p}")
     verdict = "obeys TensorRT's Q/DQ rules" if not problems else (

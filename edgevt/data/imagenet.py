@@ -213,7 +213,9 @@ def _read_ground_truth(path: Path, index: dict[str, int]) -> dict[str, int]:
                         "not in synset order). Use 'file_name wnid' lines or LOC_val_solution.csv."
                     )
                 raise DataError(f"{path}:{n}: expected '<file name> <wnid or class index>'.")
-            truth[parts[0]] = _label(parts[1], index, path)
+            label = _label(parts[1], index, path)
+            if truth.setdefault(parts[0], label) != label:
+                raise DataError(f"{path}:{n}: {parts[0]} is listed again with another label.")
     return truth
 
 

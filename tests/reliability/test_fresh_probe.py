@@ -353,6 +353,46 @@ def calibrate_out_with_a_trailing_slash(world, d):
             "-o", f"{d / 'newdir'}/"]  # fmt: skip
 
 
+@case("listed again")
+def eval_labels_listing_a_file_twice(world, d):
+    names = sorted(p.name for p in world.flat.iterdir())
+    (d / "labels.txt").write_text(f"{names[0]} n01440764\n{names[0]} n01443537\n")
+    return ["eval", world.onnx, "--data", world.flat, "--labels", d / "labels.txt"]
+
+
+@case("check")
+def device_results_check_a_string(world, d):
+    return _device(world, d, row_check="passed")
+
+
+@case("same run directory")
+def config_two_identical_exports(world, d):
+    return _config(world, d, '[[export]]\ntarget = "onnx"\n')
+
+
+@case("non-empty")
+def config_out_empty(world, d):
+    (d / "run.toml").write_text(f'out = ""\n[model]\nname = "{world.model}"\n[[export]]\n')
+    return ["run", d / "run.toml"]
+
+
+@case("empty graph")
+def check_an_empty_graph(world, d):
+    import onnx
+    from onnx import helper
+
+    onnx.save(helper.make_model(helper.make_graph([], "g", [], [])), str(d / "m.onnx"))
+    return ["check", d / "m.onnx"]
+
+
+@case("manifest.json")
+def bundle_a_run_with_a_corrupt_manifest(world, d):
+    run = _copy(world.run, d)
+    (run / "manifest.json").write_text("{ not json")
+    return ["bundle", run, "--device", "x86-host", "--samples", "1", "--data", world.images,
+            "-o", d / "bundle"]  # fmt: skip
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_fresh_bad_input(name, world, expect_error) -> None:
     make, keyword = CASES[name]
