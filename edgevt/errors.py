@@ -43,8 +43,6 @@ _OS_FIXES = {
     errno.ENOENT: "it does not exist; check the path",
     errno.ENAMETOOLONG: "the path is too long; choose a shorter one",
 }
-
-
 _WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 # torch.save's zip writer reports a failed write as a RuntimeError without an errno
 _TORCH_WRITE_FAILURES = ("PytorchStreamWriter", "inline_container", "file write failed")
