@@ -81,7 +81,7 @@ def collect(run_dirs: list[Path], device_results: list[Path] = ()) -> Report:
     owners: dict[str, tuple[str, str]] = {}  # artifact file name -> (run, model)
     for run_dir in run_dirs:
         _collect_run(run_dir, report, owners)
-    for path in device_results:
+    for path in dict.fromkeys(Path(p).resolve() for p in device_results):  # each file once
         _collect_device(path, report, owners)
     _speedups(report.timings)
     if not report.rows and not report.timings:

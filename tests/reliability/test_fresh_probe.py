@@ -444,3 +444,13 @@ def test_qat_that_diverges_saves_nothing(world, tmp_path, capsys, monkeypatch) -
                      "--steps", "1", "--batch", "2", "--device", "cpu", "-o", run], capsys)
     assert_clean_error(code, err, "diverged", run)
     assert not (run / "fused.pt").exists() and not (run / "qat_checkpoint.pt").exists()
+
+
+def test_device_results_given_twice_count_once(world, tmp_path) -> None:
+    from edgevt.report import collect
+
+    (tmp_path / "device.json").write_text(json.dumps(GOOD_DEVICE))
+    path = tmp_path / "device.json"
+    once = collect([world.run], [path])
+    twice = collect([world.run], [path, tmp_path / "." / "device.json"])
+    assert len(twice.timings) == len(once.timings)
