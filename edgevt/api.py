@@ -286,6 +286,15 @@ def _table_for(
     table.check_for(
         fused.loaded.entry.name, quantized_keys(fused.model, fused.loaded.entry.preprocess)
     )
+    modules = dict(fused.model.named_modules())
+    for name, amax in table.weight_amax.items():  # one amax per output channel, or per tensor
+        weight = getattr(modules.get(name), "weight", None)
+        if isinstance(weight, torch.Tensor) and len(amax) not in (1, weight.shape[0]):
+            raise EdgevtError(
+                f"the calibration table's weight amax of {name} has {len(amax)} values for "
+                f"{weight.shape[0]} output channels: it is from another model version or "
+                "edited; calibrate again."
+            )
     return table
 
 

@@ -141,6 +141,13 @@ class CalibrationTable:
                     "calibrate again or fix that entry."
                 )
             observed = (r.observed_min, r.observed_max)
+            seen = max(abs(x) for x in observed) if None not in observed else None
+            if seen and r.amax > 10 * seen and all(map(math.isfinite, observed)):
+                raise EdgevtError(
+                    f"{origin}: the range of {key} ({r.min:.4g}, {r.max:.4g}) is far wider than "
+                    f"what calibration observed (at most {seen:.4g}): an edited or damaged entry; "
+                    "calibrate again or fix it."
+                )
             if r.min == r.max and None not in observed and observed[0] < observed[1]:
                 raise EdgevtError(
                     f"{origin}: the range of {key} is zero-width ({r.min}) although calibration "
