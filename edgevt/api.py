@@ -187,16 +187,13 @@ def export(
     plugin.validate(opts, wanted, max_drop)
     plugin.require()
     int8 = plugin.spec.int8_precision in wanted
-    _check_applies(int8, calib, calib_table, calib_size, method, eval_data, limit)
-    if quant_config is not None and set(wanted) <= {"fp32", "fp16"}:
-        raise EdgevtError("--quant-config applies to quantized precisions (--int8, w8, w8a8).")
-    if max_drop is not None and not 0 <= max_drop <= 100:
-        raise EdgevtError(f"--max-drop {max_drop}: a top-1 budget in points, 0 to 100.")
-    calib_size = DEFAULT_CALIB_SIZE if calib_size is None else calib_size
+    _check_applies(wanted, int8, calib, calib_table, calib_size, method, quant_config,
+                   max_drop, eval_data, limit)  # fmt: skip
     if data is not None and not Path(data).is_dir():
         raise EdgevtError(no_images_message("--data", data))
     if eval_data is not None:  # unlabelled or missing evaluation data fails before any work
         open_dataset(eval_data).subset(limit)
+    calib_size = DEFAULT_CALIB_SIZE if calib_size is None else calib_size
     table = _requested_table(model, int8, calib, calib_table, max_drop)
     config = None
     if quant_config is not None:
@@ -227,7 +224,8 @@ def export(
     return outcome
 
 
-def _check_applies(int8, calib, calib_table, calib_size, method, eval_data, limit) -> None:
+def _check_applies(wanted, int8, calib, calib_table, calib_size, method, quant_config, max_drop,
+                   eval_data, limit) -> None:  # fmt: skip
     """Flags that would be silently ignored are errors: the user meant something by them.
     (--calib with --calib-table is not one: the table is reused, and the images serve the
     targets that range more tensors and --max-drop's sensitivity search.)"""
@@ -239,6 +237,10 @@ def _check_applies(int8, calib, calib_table, calib_size, method, eval_data, limi
         )
     if limit is not None and eval_data is None:
         raise EdgevtError("--limit applies to --eval-data; add --eval-data DIR or drop --limit.")
+    if quant_config is not None and set(wanted) <= {"fp32", "fp16"}:
+        raise EdgevtError("--quant-config applies to quantized precisions (--int8, w8, w8a8).")
+    if max_drop is not None and not 0 <= max_drop <= 100:
+        raise EdgevtError(f"--max-drop {max_drop}: a top-1 budget in points, 0 to 100.")
 
 
 def _requested_table(
