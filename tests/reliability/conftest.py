@@ -8,6 +8,7 @@ model and a handful of real images; the world they break is built once per test 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +59,21 @@ def world(tmp_path_factory) -> World:
     api.calibrate(model, data=images, calib_size=4, out=table, progress=False)
     return World(root, images, flat, out.run_dir.path, out.artifact, out.run_dir.path
                  / "fused.pt", table, model)  # fmt: skip
+
+
+def case_table() -> tuple[dict[str, tuple[Callable, str]], Callable]:
+    """``CASES, case = case_table()``: ``@case("keyword")`` on ``make(world, dir) -> argv``
+    registers a case under its name (``_`` -> ``-``) with the keyword its error must name."""
+    cases: dict[str, tuple[Callable, str]] = {}
+
+    def case(keyword: str) -> Callable[[Callable], Callable]:
+        def register(make: Callable) -> Callable:
+            cases[make.__name__.replace("_", "-")] = (make, keyword)
+            return make
+
+        return register
+
+    return cases, case
 
 
 def partial_files(folder: Path) -> list[Path]:

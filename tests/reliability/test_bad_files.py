@@ -10,15 +10,9 @@ from pathlib import Path
 
 import pytest
 
-CASES: dict[str, tuple[Callable, str]] = {}  # case id -> (make(world, dir) -> argv, keyword)
+from tests.reliability.conftest import case_table
 
-
-def case(keyword: str):
-    def register(make: Callable) -> Callable:
-        CASES[make.__name__.replace("_", "-")] = (make, keyword)
-        return make
-
-    return register
+CASES, case = case_table()  # case id -> (make(world, dir) -> argv, keyword)
 
 
 def _garbage(path: Path, n: int = 4096) -> Path:

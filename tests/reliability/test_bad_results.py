@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.reliability.conftest import case_table
+
 GOOD_RESULT = {
     "format": "edgevt.device-results/1",
     "device": "raspberry-pi-5",
@@ -21,15 +23,7 @@ GOOD_RESULT = {
                  "p90_ms": 1.2, "check": {"passed": True}}],
 }  # fmt: skip
 
-CASES: dict[str, tuple[Callable, str]] = {}
-
-
-def case(keyword: str):
-    def register(make: Callable) -> Callable:
-        CASES[make.__name__.replace("_", "-")] = (make, keyword)
-        return make
-
-    return register
+CASES, case = case_table()
 
 
 @pytest.fixture(scope="module")

@@ -11,15 +11,9 @@ from pathlib import Path
 
 import pytest
 
-CASES: dict[str, tuple[Callable, str]] = {}
+from tests.reliability.conftest import case_table
 
-
-def case(keyword: str):
-    def register(make: Callable) -> Callable:
-        CASES[make.__name__.replace("_", "-")] = (make, keyword)
-        return make
-
-    return register
+CASES, case = case_table()
 
 
 def _copy(src: Path, d: Path, name: str = "run") -> Path:
