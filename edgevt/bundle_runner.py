@@ -55,8 +55,11 @@ class Model:
             import openvino as ov
         except ImportError:
             raise SystemExit("run_bundle: pip install openvino (needed for .openvino)") from None
-        # f32: OpenVINO's CPU default on bf16-capable CPUs is bf16, not what the host checked
-        config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
+        # f32 unless the file is the bf16 one: OpenVINO's CPU default on bf16-capable CPUs is
+        # bf16, which is not what the host checked the fp32 and int8 files as
+        meta = json.loads((HERE / "bundle.json").read_text())["models"][self.path.name]
+        hint = "bf16" if meta.get("precision") == "bf16" else "f32"
+        config = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY",
                   "INFERENCE_NUM_THREADS": self.threads}  # fmt: skip
         compiled = ov.Core().compile_model(str(self.path / "model.xml"), "CPU", config)
         request = compiled.create_infer_request()

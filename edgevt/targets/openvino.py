@@ -1,13 +1,14 @@
 """OpenVINO: Intel CPUs (and GPUs/NPUs) through the OpenVINO runtime.
 
-Each artifact is a folder ``model[_int8].openvino/`` holding the IR pair ``model.xml`` +
+Each artifact is a folder ``model[_bf16|_int8].openvino/`` holding the IR pair ``model.xml`` +
 ``model.bin`` (what ``benchmark_app -m .../model.xml`` takes), with edgevt's ArtifactInfo in
-the IR's ``rt_info``. Both precisions are converted from edgevt's own ONNX: fp32 from the
+the IR's ``rt_info``. bf16 is the fp32 IR run with OpenVINO's bf16 inference hint (CPUs with
+AMX or AVX-512 BF16). fp32 and int8 are converted from edgevt's own ONNX: fp32 from the
 fp32 export, int8 from a QDQ graph written by the ONNX target's writer from the
 CalibrationTable (with OpenVINO's rules: 8-bit weights), so the table is honoured by
 construction (OpenVINO turns each Q/DQ pair into a FakeQuantize and runs u8 kernels). The
-runner compiles with ``INFERENCE_PRECISION_HINT=f32``: OpenVINO's CPU default on AMX/AVX-512
-BF16 machines is bf16, which is not the fp32 the file was checked as.
+runner compiles fp32 and int8 with ``INFERENCE_PRECISION_HINT=f32``: OpenVINO's CPU default on
+AMX/AVX-512 BF16 machines is bf16, which is not the fp32 the file was checked as.
 """
 
 from __future__ import annotations
@@ -86,6 +87,11 @@ def read_ir_info(path: Path) -> ArtifactInfo | None:
     return None if node is None else ArtifactInfo.from_json(node.get("value", ""), str(path))
 
 
+def _cpu_has_bf16() -> bool:
+    capabilities = _openvino().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    return "BF16" in capabilities
+
+
 class OpenvinoRunner(Runner):
     """The OpenVINO runtime on the CPU; ``threads`` None = OpenVINO's default."""
 
@@ -94,10 +100,13 @@ class OpenvinoRunner(Runner):
         self.path = Path(path)
         self.threads = threads
         self.info = require_info(read_ir_info(self.path), self.path)
+        self.hint = "bf16" if self.info.precision == "bf16" else "f32"
 
     def _activate(self) -> None:
         ov = _openvino()
-        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+        config: dict[str, Any] = {
+            "INFERENCE_PRECISION_HINT": self.hint, "PERFORMANCE_HINT": "LATENCY",
+        }  # fmt: skip
         if self.threads is not None:
             config["INFERENCE_NUM_THREADS"] = self.threads
         try:
@@ -119,7 +128,7 @@ class OpenvinoRunner(Runner):
         from importlib import metadata
 
         return {
-            "backend": f"openvino {metadata.version('openvino')} (CPU, f32 hint)",
+            "backend": f"openvino {metadata.version('openvino')} (CPU, {self.hint} hint)",
             "artifact": str(self.path),
             "precision": self.info.precision,
             "threads": self.threads,
@@ -137,7 +146,7 @@ class OpenvinoTarget(OnnxTarget):
         name="openvino",
         description="OpenVINO IR (model.xml + model.bin) from edgevt's ONNX; int8 from its QDQ",
         suffixes=(".openvino",),
-        precisions=("fp32", "int8"),
+        precisions=("fp32", "bf16", "int8"),
         extra="openvino",
         device_runtime="openvino",
     )
@@ -156,7 +165,8 @@ class OpenvinoTarget(OnnxTarget):
 
     def export(self, ctx: ExportContext, options: OpenvinoOptions) -> list[Artifact]:
         """fp32 and int8 ONNX in a temp folder (the int8 one from the table, as the ONNX target
-        writes it), each converted to an IR folder in the run directory."""
+        writes it), each converted to an IR folder in the run directory; bf16 is the fp32 graph
+        marked for OpenVINO's bf16 inference hint."""
         artifacts = []
         with tempfile.TemporaryDirectory(prefix=".openvino-onnx.", suffix=".tmp",
                                          dir=ctx.run.path) as tmp:  # fmt: skip
@@ -165,6 +175,13 @@ class OpenvinoTarget(OnnxTarget):
             with ctx.stage(f"converting {ctx.info.model} to OpenVINO IR"):
                 fp32 = write_ir(fp32_onnx, ctx.info, ctx.path(self.spec, "fp32"))
             artifacts.append(Artifact(fp32, "fp32"))
+            if "bf16" in ctx.precisions:  # the fp32 graph, run with OpenVINO's bf16 hint
+                bf16 = write_ir(fp32_onnx, ctx.info_for("bf16"), ctx.path(self.spec, "bf16"))
+                notes = [] if _cpu_has_bf16() else [
+                    "note: this CPU has no bf16 instructions, so OpenVINO ran the bf16 file's "
+                    "check in f32; time and check it on a CPU with AMX or AVX-512 BF16."
+                ]  # fmt: skip
+                artifacts.append(Artifact(bf16, "bf16", notes=notes))
             if "int8" in ctx.precisions:  # the ONNX target's QDQ writer, under OpenVINO's rules
                 qdq, _ = OnnxTarget.export_int8(self, onnx_ctx, fp32_onnx)
                 graph = qdq.path.rename(qdq.path.with_suffix(".onnx"))  # the frontend wants .onnx

@@ -131,3 +131,16 @@ def test_int8_honours_max_drop(tmp_path: Path, calib_dir: Path) -> None:
                      calib_size=8, max_drop=100.0, progress=False)  # fmt: skip
     assert "sensitivity" in out.int8.details
     assert (tmp_path / "run" / "sensitivity.json").is_file()
+
+
+def test_bf16_is_the_fp32_graph_run_with_the_bf16_hint(tmp_path: Path) -> None:
+    out = api.export(tiny_model(), "openvino", out=tmp_path / "run", precisions=["bf16"],
+                     progress=False)  # fmt: skip
+    bf16 = out.get("bf16")
+    assert bf16.path.name == "model_bf16.openvino"
+    assert read_artifact_info(bf16.path).precision == "bf16"
+    runner = OpenvinoRunner(bf16.path)
+    assert runner.hint == "bf16" and "bf16 hint" in runner.describe()["backend"]
+    # bf16 keeps 8 mantissa bits: close to fp32, and not bit-identical on a bf16 CPU
+    assert 0.999 < bf16.check["cosine"]
+    assert OpenvinoRunner(out.artifact).hint == "f32"
