@@ -288,15 +288,7 @@ def _table_for(
     table.check_for(
         fused.loaded.entry.name, quantized_keys(fused.model, fused.loaded.entry.preprocess)
     )
-    modules = dict(fused.model.named_modules())
-    for name, amax in table.weight_amax.items():  # one amax per output channel, or per tensor
-        weight = getattr(modules.get(name), "weight", None)
-        if isinstance(weight, torch.Tensor) and len(amax) not in (1, weight.shape[0]):
-            raise EdgevtError(
-                f"the calibration table's weight amax of {name} has {len(amax)} values for "
-                f"{weight.shape[0]} output channels: it is from another model version or "
-                "edited; calibrate again."
-            )
+    table.check_weights(fused.model)
     return table
 
 
@@ -310,10 +302,10 @@ def _check(
     for artifact in artifacts:
         try:
             artifact.check = plugin.check(artifact, images.numpy(), reference)
-        except EdgevtError:
-            raise
         except Exception as exc:  # the runtime refuses the file it was just given
             _remove_artifact(artifact)
+            if isinstance(exc, EdgevtError):
+                raise
             reason = " ".join(str(exc).split())[:200] or type(exc).__name__
             raise EdgevtError(
                 f"{artifact.path.name} was written but its runtime cannot run it ({reason}), "

@@ -74,9 +74,7 @@ def load_config(path: str | Path) -> dict[str, Any]:
 
     model = config["model"]
     model["checkpoint"] = resolve(model.get("checkpoint"))
-    if model["checkpoint"] is not None and not Path(model["checkpoint"]).exists():
-        raise EdgevtError(f"{path}: [model].checkpoint {model['checkpoint']} does not exist.")
-    try:  # an unknown model, or pretrained where none is installable
+    try:  # an unknown model, a missing checkpoint, or pretrained where none is installable
         resolve_checkpoint(model["name"], model["checkpoint"], bool(model.get("pretrained")))
     except EdgevtError as exc:
         raise EdgevtError(f"{path}: [model]: {exc}") from None

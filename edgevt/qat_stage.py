@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgevt.data.imagenet import open_dataset
+from edgevt.data.imagenet import no_images_message, open_dataset
 from edgevt.errors import EdgevtError
 from edgevt.fused import FUSED_FILE, fuse, model_info, model_inputs, save_fused
 from edgevt.io import sha256, write_json
@@ -261,10 +261,7 @@ def _summary(state, sim, seconds: float, device: str) -> dict[str, Any]:
 def _image_folder(data: str | Path) -> Path:
     path = Path(data)
     if not path.is_dir():
-        raise EdgevtError(
-            f"--data {data} does not exist." if not path.exists()
-            else f"--data {data} is a file, not a folder of images."
-        )  # fmt: skip
+        raise EdgevtError(no_images_message("--data", data))
     return path
 
 

@@ -132,15 +132,11 @@ def _collect_run(run_dir: Path, report: Report, owners: dict[str, tuple[str, str
         raise EdgevtError(f"run directory {run_dir} does not exist.")
     if not manifest_path.is_file():
         raise EdgevtError(f"{run_dir} is not a run directory (no manifest.json).")
-    stages = _load_json(manifest_path, "manifest").get("stages")
-    if not isinstance(stages, dict) or not stages:
+    from edgevt.run import read_manifest
+
+    stages = read_manifest(run_dir)["stages"]
+    if not stages:
         raise EdgevtError(f"{manifest_path} records no stages; re-run `edgevt export`.")
-    broken = [name for name, stage in stages.items() if not isinstance(stage, dict)]
-    if broken:
-        raise EdgevtError(
-            f"{manifest_path}: stage {broken[0]!r} is not a record (damaged or edited by hand); "
-            "re-run that stage."
-        )
     run = run_dir.name
     inputs = next(iter(stages.values()), {}).get("inputs", {})
     model = inputs.get("model", "?")
@@ -181,13 +177,12 @@ def _host_timing(path: Path, run: str, model: str, infos: dict[str, ArtifactInfo
         runner = bench["runner"]
         artifact = Path(runner.get("artifact", "?")).name
         info = infos.get(artifact)
-        timing = Timing(
+        return Timing(
             run, model, artifact, info.precision if info else runner.get("precision", "?"),
             "host", runner.get("backend", "?"), int(runner.get("threads", 0)),
             _time(bench["p50_ms"]), _time(bench["p90_ms"]),
             target=info.target if info else "pytorch",
         )  # fmt: skip
-        return timing
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise EdgevtError(
             f"benchmark result {path} lacks {exc} or has a wrong value; re-run `edgevt bench`."
@@ -238,15 +233,16 @@ def _collect_device(path: Path, report: Report, owners: dict[str, tuple[str, str
                 continue
             if not isinstance(r.get("check", {}), dict):
                 raise ValueError(f"check {r['check']!r}")
-            if not isinstance(r["precision"], str) or _threads(r.get("batch", 1)) < 1:
-                raise ValueError(f"precision {r['precision']!r} / batch {r.get('batch')!r}")
+            if not isinstance(r["precision"], str):
+                raise ValueError(f"precision {r['precision']!r}")
+            _positive_int(r.get("batch", 1), "batch")
             run, model = owners.get(r["artifact"], ("device", r.get("model", "?")))
             run = r.get("run") or run  # bundles name the run they came from
             target = next((x.target for x in report.rows
                            if (x.run, x.artifact) == (run, r["artifact"])), "?")  # fmt: skip
             report.timings.append(
                 Timing(run, r.get("model", model), r["artifact"], r["precision"], where,
-                       r["backend"], _threads(r["threads"]), _time(r["p50_ms"]),
+                       r["backend"], _positive_int(r["threads"], "threads"), _time(r["p50_ms"]),
                        _time(r["p90_ms"]), target=target)
             )  # fmt: skip
     except (KeyError, TypeError, ValueError) as exc:
@@ -263,9 +259,9 @@ def _time(value: Any) -> float:
     return ms
 
 
-def _threads(value: Any) -> int:
+def _positive_int(value: Any, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"threads {value!r}")
+        raise ValueError(f"{what} {value!r}")
     return value
 
 

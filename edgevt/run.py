@@ -64,22 +64,9 @@ class RunDir:
         self.manifest = self._read()
 
     def _read(self) -> dict[str, Any]:
-        manifest = self.path / MANIFEST
-        if not manifest.is_file():
+        if not (self.path / MANIFEST).is_file():
             return {"created": _now(), "stages": {}}
-        try:
-            data = json.loads(manifest.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise EdgevtError(
-                f"{manifest} is not readable JSON ({exc}) — remove it (the run's records are "
-                "lost) or write to a fresh -o folder."
-            ) from exc
-        if not isinstance(data, dict) or not isinstance(data.get("stages", {}), dict):
-            raise EdgevtError(
-                f"{manifest} is not an edgevt manifest — remove it or write to a fresh -o folder."
-            )
-        data.setdefault("stages", {})
-        return data
+        return read_manifest(self.path)
 
     def locked(self) -> contextlib.AbstractContextManager[None]:
         """Hold this run directory for one command (see ``run_lock``)."""
@@ -115,6 +102,37 @@ class RunDir:
         self.manifest["updated"] = _now()
         self.manifest["versions"] = library_versions()
         write_json(self.path / MANIFEST, self.manifest)
+
+
+def read_manifest(run_dir: Path) -> dict[str, Any]:
+    """``run_dir/manifest.json``, checked: a JSON object whose stages are records."""
+    manifest = Path(run_dir) / MANIFEST
+    try:
+        data = json.loads(manifest.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise EdgevtError(
+            f"{manifest} is not readable JSON ({exc}) — remove it (the run's records are lost) "
+            "or write to a fresh -o folder."
+        ) from exc
+    if not isinstance(data, dict):
+        raise EdgevtError(
+            f"{manifest} is not a JSON object, so not an edgevt manifest — remove it or write to "
+            "a fresh -o folder."
+        )
+    if not isinstance(data.get("stages", {}), dict):
+        raise EdgevtError(
+            f"{manifest} records no stages (its stages are not an object) — remove it or write "
+            "to a fresh -o folder."
+        )
+    stages = data.get("stages", {})
+    broken = [name for name, stage in stages.items() if not isinstance(stage, dict)]
+    if broken:
+        raise EdgevtError(
+            f"{manifest}: stage {broken[0]!r} is not a record (damaged or edited by hand); "
+            "re-run that stage."
+        )
+    data.setdefault("stages", {})
+    return data
 
 
 @contextlib.contextmanager

@@ -177,6 +177,18 @@ class CalibrationTable:
             raise EdgevtError(f"{path} is not JSON ({exc}); is it a calibration table?") from exc
         return cls.from_dict(data, str(path))
 
+    def check_weights(self, model: Any) -> None:
+        """Refuse per-channel weight amax lists whose length is not the layer's output channels
+        (a table from another version of the model, or edited)."""
+        channels = _weight_shapes(model)
+        for name, amax in self.weight_amax.items():
+            if name in channels and len(amax) not in (1, channels[name]):
+                raise EdgevtError(
+                    f"the calibration table's weight amax of {name} has {len(amax)} values for "
+                    f"{channels[name]} output channels: it is from another model version or "
+                    "edited; calibrate again."
+                )
+
     def check_for(self, model: str, known_keys: set[str] | None = None) -> None:
         """Refuse a table made for another model (or a model whose structure changed)."""
         if self.model != model:
@@ -192,6 +204,11 @@ class CalibrationTable:
                     f"(first: {missing[0]}); it is from another version of the model: "
                     "calibrate again."
                 )
+
+
+def _weight_shapes(model: Any) -> dict[str, int]:
+    return {n: m.weight.shape[0] for n, m in model.named_modules()
+            if getattr(m, "weight", None) is not None and m.weight.ndim}  # fmt: skip
 
 
 def diff_tables(a: CalibrationTable, b: CalibrationTable) -> list[tuple[str, float, float]]:

@@ -30,6 +30,7 @@ from edgevt.targets.base import (
     Artifact,
     ExportContext,
     Runner,
+    Target,
     TargetOptions,
     TargetSpec,
     require_info,
@@ -135,11 +136,6 @@ class OpenvinoRunner(Runner):
         }
 
 
-@dataclasses.dataclass(frozen=True)
-class OpenvinoOptions(TargetOptions):
-    pass
-
-
 @register_target
 class OpenvinoTarget(OnnxTarget):
     spec = TargetSpec(
@@ -150,7 +146,6 @@ class OpenvinoTarget(OnnxTarget):
         extra="openvino",
         device_runtime="openvino",
     )
-    Options = OpenvinoOptions
     requires = ("openvino", "onnx", "onnxruntime")
     supports_max_drop = True
     version_packages = ("openvino", "onnx")
@@ -160,10 +155,11 @@ class OpenvinoTarget(OnnxTarget):
     def quantization_rules(self) -> TargetRules:
         return OPENVINO_RULES
 
-    def validate(self, options, precisions, max_drop) -> None:
-        super(OnnxTarget, self).validate(options, precisions, max_drop)
+    # Not the ONNX target's: no --opset here, and the check runs OpenVINO, not ONNX Runtime.
+    validate = Target.validate
+    check = Target.check
 
-    def export(self, ctx: ExportContext, options: OpenvinoOptions) -> list[Artifact]:
+    def export(self, ctx: ExportContext, options: TargetOptions) -> list[Artifact]:
         """fp32 and int8 ONNX in a temp folder (the int8 one from the table, as the ONNX target
         writes it), each converted to an IR folder in the run directory; bf16 is the fp32 graph
         marked for OpenVINO's bf16 inference hint."""
@@ -189,12 +185,6 @@ class OpenvinoTarget(OnnxTarget):
                 qdq.path = int8
                 artifacts.append(qdq)
         return artifacts
-
-    def check(self, artifact: Artifact, images: np.ndarray, reference: np.ndarray) -> dict:
-        from edgevt.validate.evaluate import compare_logits
-
-        with self.runner(artifact.path) as runner:
-            return compare_logits(reference, runner.infer(images))
 
     def runner(self, path: Path, threads: int | None = None) -> Runner:
         return OpenvinoRunner(path, threads)

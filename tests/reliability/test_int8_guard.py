@@ -52,3 +52,25 @@ def test_the_guard_passes_a_good_table(world, tmp_path, capsys):
     code, err = cli(["export", world.model, "--int8", "--calib-table", world.table,
                      "-o", tmp_path / "run"], capsys)  # fmt: skip
     assert code == 0, err
+
+
+def test_a_file_its_runtime_refuses_is_removed_whatever_the_error(world, tmp_path, capsys,
+                                                                  monkeypatch):  # fmt: skip
+    """A runner that says, in its own words, that it cannot load the file (OpenVINO's and
+    Core ML's loaders raise EdgevtError): the message stays theirs, the file still goes."""
+    from edgevt.errors import EdgevtError
+    from edgevt.targets.onnx import OnnxTarget
+
+    real = OnnxTarget.check
+
+    def refuses_int8(self, artifact, images, reference):
+        if artifact.precision == "int8":
+            raise EdgevtError(f"the runtime cannot load {artifact.path.name}")
+        return real(self, artifact, images, reference)
+
+    monkeypatch.setattr(OnnxTarget, "check", refuses_int8)
+    run = tmp_path / "run"
+    code, err = cli(["export", world.model, "--int8", "--calib-table", world.table, "-o", run],
+                    capsys)  # fmt: skip
+    assert_clean_error(code, err, "cannot load model_int8.onnx", run)
+    assert not (run / "model_int8.onnx").exists() and (run / "calibration.json").is_file()
