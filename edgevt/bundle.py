@@ -74,9 +74,9 @@ def make_bundle(
     if not run_dir.is_dir():
         raise EdgevtError(f"run directory {run_dir} does not exist.")
     if (run_dir / "manifest.json").is_file():  # a damaged record of the run: say so now
-        from edgevt.run import read_manifest
+        from edgevt.run import check_recorded_files, read_manifest
 
-        read_manifest(run_dir)
+        check_recorded_files(run_dir, read_manifest(run_dir))
     artifacts = bundle_artifacts(run_dir, profile)
     if not artifacts:
         kinds = ", ".join(sorted({get_target(t).spec.suffix for t in profile.targets}))

@@ -39,6 +39,8 @@ def _rules(target: str) -> TargetRules:
 
 
 QAT_CHECKPOINT = "qat_checkpoint.pt"
+# Below this cosine to the starting model, QAT has diverged (the export guard's floor).
+DIVERGED_COSINE = 0.9
 
 
 @dataclass
@@ -129,18 +131,23 @@ def qat(
         summary = _summary(state, sim, time.perf_counter() - start, device)
         model_path = _save(run, sim, table, config, settings, state, summary, fused.loaded,
                            f"QAT ({n_steps} steps on {Path(data).name}) of {loaded.weights}",
-                           calib_table)  # fmt: skip
+                           calib_table, (fused.model, x[:8]))  # fmt: skip
         return QatOutcome(model_path, run / "calibration.json", run, state.step, summary)
 
 
 def _save(run: RunDir, sim, table: CalibrationTable, config: QuantConfig, settings, state,
-          summary: dict[str, Any], loaded, weights: str, calib_table: str | Path) -> Path:
+          summary: dict[str, Any], loaded, weights: str, calib_table: str | Path,
+          reference: tuple[nn.Module, torch.Tensor]) -> Path:
     """fused.pt of the trained model, its learned table, the config and the log; recorded."""
     trained = sim.cpu().export_model()
-    if not all(torch.isfinite(t).all() for t in trained.state_dict().values()):
+    cosine = _cosine_to_start(trained, *reference)
+    if not all(torch.isfinite(t).all() for t in trained.state_dict().values()) or not (
+        cosine >= DIVERGED_COSINE  # NaN compares False
+    ):
         (run / QAT_CHECKPOINT).unlink(missing_ok=True)  # resuming it would diverge again
         raise EdgevtError(
-            f"QAT diverged: the trained weights hold NaN or inf after {state.step} steps, so "
+            f"QAT diverged: after {state.step} steps the trained weights hold NaN or inf, or "
+            f"their logits left the fp32 model's (cosine {cosine:.3f} < {DIVERGED_COSINE}), so "
             "nothing was saved — lower --lr (or --range-lr / --clip-lr) and run again."
         )
     model_path = save_fused(run / FUSED_FILE, loaded.entry.name, weights, trained)
@@ -263,6 +270,14 @@ def _image_folder(data: str | Path) -> Path:
     if not path.is_dir():
         raise EdgevtError(no_images_message("--data", data))
     return path
+
+
+def _cosine_to_start(trained: nn.Module, start: nn.Module, images: torch.Tensor) -> float:
+    """Mean cosine of the trained float model's logits to the model QAT started from: finite
+    weights can still be garbage (an absurd --lr), which only the next export would notice."""
+    with torch.no_grad():
+        a, b = trained.eval()(images).double(), start.eval()(images).double()
+    return float(torch.nn.functional.cosine_similarity(a, b, dim=1).mean())
 
 
 def _qat_data(model: nn.Module, dataset, preprocess, progress: bool, logits: bool = True):

@@ -132,9 +132,11 @@ def _collect_run(run_dir: Path, report: Report, owners: dict[str, tuple[str, str
         raise EdgevtError(f"run directory {run_dir} does not exist.")
     if not manifest_path.is_file():
         raise EdgevtError(f"{run_dir} is not a run directory (no manifest.json).")
-    from edgevt.run import read_manifest
+    from edgevt.run import check_recorded_files, read_manifest
 
-    stages = read_manifest(run_dir)["stages"]
+    manifest = read_manifest(run_dir)
+    check_recorded_files(run_dir, manifest)
+    stages = manifest["stages"]
     if not stages:
         raise EdgevtError(f"{manifest_path} records no stages; re-run `edgevt export`.")
     run = run_dir.name
@@ -220,6 +222,11 @@ def _collect_device(path: Path, report: Report, owners: dict[str, tuple[str, str
         raise EdgevtError(
             f"device results {path}: results must be a non-empty list of per-artifact objects; "
             "re-run run_bundle.py."
+        )
+    if not isinstance(data.get("finished", ""), str):
+        raise EdgevtError(
+            f"device results {path}: finished must be a time stamp string, not "
+            f"{data['finished']!r}; re-run run_bundle.py."
         )
     if not isinstance(data.get("device"), str) or not isinstance(data.get("host", {}), dict):
         raise EdgevtError(

@@ -131,8 +131,56 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
             f"{manifest}: stage {broken[0]!r} is not a record (damaged or edited by hand); "
             "re-run that stage."
         )
+    for name, stage in stages.items():
+        _check_stage(manifest, name, stage)
     data.setdefault("stages", {})
     return data
+
+
+def _check_stage(manifest: Path, name: str, stage: dict[str, Any]) -> None:
+    """A stage record's shape: the report and bundles would otherwise skip what they cannot
+    read and show a run with files silently missing."""
+
+    def damaged(what: str) -> EdgevtError:
+        return EdgevtError(
+            f"{manifest}: stage {name!r} is damaged ({what}; edited by hand?); re-run that stage."
+        )
+
+    files = stage.get("artifacts", {})
+    if not isinstance(files, dict) or not all(
+        isinstance(v, dict) and isinstance(v.get("path"), str) for v in files.values()
+    ):
+        raise damaged("its artifacts are not name -> {path, sha256} records")
+    results = stage.get("results", {})
+    if not isinstance(results, dict):
+        raise damaged("its results are not an object")
+    records = results.get("artifacts", [])
+    if not isinstance(records, list) or not all(
+        isinstance(r, str) or (isinstance(r, dict) and isinstance(r.get("file"), str))
+        for r in records
+    ):
+        raise damaged("its results' artifacts are not a list of file records")
+
+
+def recorded_files(data: dict[str, Any]) -> list[str]:
+    """The artifact files the manifest's stages say they wrote (typed export records)."""
+    return [
+        r["file"]
+        for stage in data["stages"].values()
+        for r in stage.get("results", {}).get("artifacts", [])
+        if isinstance(r, dict)
+    ]
+
+
+def check_recorded_files(run_dir: Path, data: dict[str, Any]) -> None:
+    """Refuse a run whose manifest records an artifact that is no longer there: a report or
+    bundle of it would silently leave that file out."""
+    for name in recorded_files(data):
+        if not (Path(run_dir) / name).exists():
+            raise EdgevtError(
+                f"{run_dir} records {name} but the file is gone (deleted or moved); export it "
+                "again into this run, or export into a fresh -o folder."
+            )
 
 
 @contextlib.contextmanager

@@ -8,6 +8,7 @@ the same tracer drives calibration, sensitivity analysis and fake quantization.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -251,6 +252,12 @@ def calibration_batches(
     dataset = open_dataset(folder, require_labels=False).subset(n)
     if len(dataset) == 0:
         raise DataError(f"calibration folder {folder} holds no images (.jpg/.jpeg/.png...).")
+    if len(dataset) < n:  # not an error (TensorRT's calibrators also take what there is)
+        print(
+            f"note: calibrating on the {len(dataset)} images {folder} holds (--calib-size {n} "
+            "asked for more); the table records the number used",
+            file=sys.stderr,
+        )
     with tqdm(total=len(dataset), desc="calibrate", unit="img", disable=not progress) as bar:
         for images, _ in dataset.batches(preprocess, batch_size):
             yield torch.from_numpy(images)

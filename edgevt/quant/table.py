@@ -178,16 +178,32 @@ class CalibrationTable:
         return cls.from_dict(data, str(path))
 
     def check_weights(self, model: Any) -> None:
-        """Refuse per-channel weight amax lists whose length is not the layer's output channels
-        (a table from another version of the model, or edited)."""
-        channels = _weight_shapes(model)
+        """Refuse weight amax lists that do not describe this model's weights: a length that is
+        not the layer's output channels, or values over 10x away from the weights' own max |w|
+        (a table from another version or checkpoint of the model, or edited)."""
+        weights = _weights(model)
         for name, amax in self.weight_amax.items():
-            if name in channels and len(amax) not in (1, channels[name]):
+            if name not in weights:
+                continue
+            w = weights[name]
+            channels = w.shape[0]
+            if len(amax) not in (1, channels):
                 raise EdgevtError(
                     f"the calibration table's weight amax of {name} has {len(amax)} values for "
-                    f"{channels[name]} output channels: it is from another model version or "
+                    f"{channels} output channels: it is from another model version or "
                     "edited; calibrate again."
                 )
+            actual = w.detach().abs().reshape(channels, -1).amax(dim=1).tolist()
+            if len(amax) == 1:
+                actual = [max(actual)]
+            for i, (a, real) in enumerate(zip(amax, actual, strict=True)):
+                # the file rounds amax to 8 decimals: tiny channels round to 0
+                if not (real / 10 - 1e-6 <= a <= real * 10 + 1e-6):
+                    raise EdgevtError(
+                        f"the calibration table's weight amax of {name} (channel {i}: {a:.4g}) "
+                        f"is far from the weights' own max |w| ({real:.4g}): the table is from "
+                        "another checkpoint or edited; calibrate again with these weights."
+                    )
 
     def check_for(self, model: str, known_keys: set[str] | None = None) -> None:
         """Refuse a table made for another model (or a model whose structure changed)."""
@@ -206,8 +222,8 @@ class CalibrationTable:
                 )
 
 
-def _weight_shapes(model: Any) -> dict[str, int]:
-    return {n: m.weight.shape[0] for n, m in model.named_modules()
+def _weights(model: Any) -> dict[str, Any]:
+    return {n: m.weight for n, m in model.named_modules()
             if getattr(m, "weight", None) is not None and m.weight.ndim}  # fmt: skip
 
 

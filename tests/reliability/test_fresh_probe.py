@@ -412,8 +412,59 @@ def table_weight_amax_of_the_wrong_length(world, d):
             "-o", d / "run"]  # fmt: skip
 
 
-# Checks that need the fused model itself (its channel counts) run after fusing.
-FOUND_AFTER_FUSING = {"table-weight-amax-of-the-wrong-length"}
+@case("far from the weights")
+def table_weight_amax_finite_but_extreme(world, d):
+    def edit(t):
+        t["weight_amax"]["conv"] = [v * 1e6 for v in t["weight_amax"]["conv"]]
+
+    return ["export", world.model, "--int8", "--calib-table", _table(world, d, edit),
+            "-o", d / "run"]  # fmt: skip
+
+
+# --- run directories whose records and files disagree
+def _manifest(world, d, edit: Callable[[dict], None]) -> Path:
+    run = _copy(world.run, d)
+    data = json.loads((run / "manifest.json").read_text())
+    edit(data)
+    (run / "manifest.json").write_text(json.dumps(data))
+    return run
+
+
+@case("damaged")
+def report_a_manifest_whose_records_are_a_string(world, d):
+    run = _manifest(world, d, lambda m: m["stages"]["export"]["results"].update(artifacts="x"))
+    return ["report", run, "-o", d / "report"]
+
+
+@case("damaged")
+def report_a_manifest_whose_file_records_are_a_list(world, d):
+    run = _manifest(world, d, lambda m: m["stages"]["export"].update(artifacts=[1]))
+    return ["report", run, "-o", d / "report"]
+
+
+@case("gone")
+def report_a_run_whose_recorded_artifact_was_deleted(world, d):
+    run = _copy(world.run, d)
+    (run / "model.onnx").unlink()
+    return ["report", run, "-o", d / "report"]
+
+
+@case("gone")
+def bundle_a_run_whose_recorded_artifact_was_deleted(world, d):
+    run = _copy(world.run, d)
+    (run / "model.onnx").unlink()
+    return ["bundle", run, "--device", "x86-host", "--samples", "1", "--data", world.images,
+            "-o", d / "bundle"]  # fmt: skip
+
+
+@case("finished")
+def device_results_finished_a_number(world, d):
+    return _device(world, d, finished=5)
+
+
+# Checks that need the fused model itself (its weights) run after fusing.
+FOUND_AFTER_FUSING = {"table-weight-amax-of-the-wrong-length",
+                      "table-weight-amax-finite-but-extreme"}  # fmt: skip
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -480,3 +531,27 @@ def test_device_results_given_twice_count_once(world, tmp_path) -> None:
     once = collect([world.run], [path])
     twice = collect([world.run], [path, tmp_path / "." / "device.json"])
     assert len(twice.timings) == len(once.timings)
+
+
+def test_qat_with_an_absurd_finite_rate_saves_nothing(world, tmp_path, capsys) -> None:
+    """--lr 1e30 keeps the weights finite but turns them into garbage: refused as diverged,
+    not saved for the next export's guard to find."""
+    from tests.reliability.conftest import assert_clean_error, cli
+
+    run = tmp_path / "run"
+    code, err = cli(["qat", world.model, "--data", world.images, "--calib-table", world.table,
+                     "--steps", "1", "--batch", "2", "--device", "cpu", "--lr", "1e30",
+                     "-o", run], capsys)  # fmt: skip
+    assert_clean_error(code, err, "diverged", run)
+    assert not (run / "fused.pt").exists()
+
+
+def test_calibrating_on_fewer_images_than_asked_says_so(world, tmp_path, capsys) -> None:
+    from tests.reliability.conftest import cli
+
+    code, err = cli(["calibrate", world.model, "--data", world.images, "--calib-size", "1000",
+                     "-o", tmp_path / "t.json"], capsys)  # fmt: skip
+    n = len([p for p in world.images.rglob("*") if p.is_file()])
+    assert code == 0, err
+    assert f"calibrating on the {n} images" in err
+    assert json.loads((tmp_path / "t.json").read_text())["source"]["images"] == n
