@@ -13,6 +13,7 @@ _API = {
     "fuse": "edgevt.api",
     "export": "edgevt.api",
     "evaluate": "edgevt.api",
+    "debug": "edgevt.debug",
     "open_runner": "edgevt.api",
     "load_fused": "edgevt.api",
     "load_model": "edgevt.models",

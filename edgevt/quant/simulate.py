@@ -14,12 +14,13 @@ qmax) - zero) * scale``, with LSQ / LSQ+ straight-through gradients.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
+from torch.overrides import TorchFunctionMode
 
 from edgevt.quant.calibrate import OpTracer, QuantOp, weight_amax
 from edgevt.quant.config import QuantConfig
@@ -47,6 +48,8 @@ class _FakeQuant(torch.autograd.Function):
     def forward(ctx, x, scale, zero, qmin: int, qmax: int):  # type: ignore[override]
         u = x / scale
         q = torch.round(u).add_(zero)
+        if not any(ctx.needs_input_grad[:3]):  # evaluation (sensitivity, debug): no masks
+            return q.clamp_(qmin, qmax).sub_(zero).mul_(scale)
         inside = (q >= qmin) & (q <= qmax)
         q = q.clamp_(qmin, qmax).sub_(zero)
         ctx.save_for_backward(inside, torch.where(inside, q - u, q), scale, zero)
@@ -130,6 +133,32 @@ class WeightFakeQuant(nn.Module):
         return torch.maximum(torch.minimum(w.detach(), clip), -clip)
 
 
+class _SharedQuantized(TorchFunctionMode):
+    """Every later use of a tensor that was quantized for one op gets the quantized value, as
+    in the exported graph, where one Q/DQ pair feeds all the tensor's consumers (the residual
+    stream of a transformer block reaches the skip add through the DequantizeLinear that
+    feeds the block's first Linear)."""
+
+    def __init__(self, swap: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        super().__init__()
+        self.swap = swap
+
+    def _sub(self, value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            hit = self.swap.get(id(value))
+            return hit[1] if hit is not None and hit[0] is value else value
+        if isinstance(value, (list, tuple)) and any(isinstance(v, torch.Tensor) for v in value):
+            return type(value)(self._sub(v) for v in value)
+        return value
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if self.swap:
+            args = tuple(self._sub(a) for a in args)
+            kwargs = {k: self._sub(v) for k, v in kwargs.items()}
+        return func(*args, **kwargs)
+
+
 class QuantSim(nn.Module):
     """The fused model running the target's int8 numerics, trainable.
 
@@ -159,6 +188,9 @@ class QuantSim(nn.Module):
         self._key_on: dict[str, bool] = {}
         self._group_on: list[bool] = []
         self._done: dict[int, tuple[torch.Tensor, int]] = {}  # id -> (fake-quantized, group)
+        self._swap: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id -> (float, quantized)
+        # Called with (table key, value as the op sees it) on each forward (edgevt debug).
+        self.observe: Callable[[str, torch.Tensor], None] | None = None
         # An untouched copy to load trained weights into: parametrized classes cannot be
         # deep-copied and un-parametrized safely (the copies share the generated class).
         object.__setattr__(self, "_skeleton", copy.deepcopy(self.model))
@@ -219,16 +251,24 @@ class QuantSim(nn.Module):
             return x
         y = fake_quant_learnable(x, lo[i], hi[i], self.signed)
         self._done[id(y)] = (y, i)
+        self._swap[id(x)] = (x, y)
         return y
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         lo, hi = self.ranges()
 
         def inputs(op: QuantOp, xs: list[torch.Tensor]) -> list[torch.Tensor]:
-            return [self._quantize(k, x, lo, hi) for k, x in zip(op.input_keys, xs, strict=True)]
+            out = [self._quantize(k, x, lo, hi) for k, x in zip(op.input_keys, xs, strict=True)]
+            if self.observe is not None:
+                for k, x in zip(op.input_keys, out, strict=True):
+                    self.observe(k, x)
+            return out
 
         def output(op: QuantOp, y: torch.Tensor) -> torch.Tensor:
-            return self._quantize(op.output_key, y, lo, hi)
+            y = self._quantize(op.output_key, y, lo, hi)
+            if self.observe is not None:
+                self.observe(op.output_key, y)
+            return y
 
         hooks = []
         for name, module in self.model.named_modules():
@@ -240,14 +280,26 @@ class QuantSim(nn.Module):
                     lambda _m, _a, y, i=i: self._fake_quant(y, i, lo, hi)
                     if isinstance(y, torch.Tensor) else None
                 ))  # fmt: skip
-        self._done = {}
+        self._done, self._swap = {}, {}
         try:
-            with OpTracer(self.model, rewrite=inputs, rewrite_output=output):
+            with _SharedQuantized(self._swap), OpTracer(
+                self.model, rewrite=inputs, rewrite_output=output
+            ):
                 return self.model(images)
         finally:
-            self._done = {}
+            self._done, self._swap = {}, {}
             for h in hooks:
                 h.remove()
+
+    def quantize_key(self, key: str, x: torch.Tensor) -> torch.Tensor:
+        """``x`` as the simulation quantizes the tensor at table key ``key`` (unchanged where
+        that key is not quantized)."""
+        lo, hi = self.ranges()
+        try:
+            with torch.no_grad():
+                return self._quantize(key, x, lo, hi)
+        finally:
+            self._done, self._swap = {}, {}
 
     def float_parameters(self) -> list[nn.Parameter]:
         return [p for n, p in self.named_parameters() if not _is_multiplier(n)]

@@ -1,0 +1,54 @@
+"""`edgevt debug`: per-tensor truth for an int8 artifact (see ``edgevt.debug``)."""
+
+from __future__ import annotations
+
+import argparse
+
+from edgevt.cli.common import add_json, count, given, print_json
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "debug",
+        help="per-tensor error of an int8 artifact vs fp32 and vs edgevt's simulation",
+        description="Run an int8 artifact, its fp32 fused model and edgevt's simulation of its "
+        "target's int8 rules on the same images, and compare them tensor by tensor at the "
+        "calibration table's names: SQNR against fp32 along the depth, how much of each int8 "
+        "grid the values use and how many are clipped, whether weights or activations dominate "
+        "each layer's error, and every tensor where the file departs from the simulation "
+        "(cosine < 0.9999). Reads QDQ ONNX files (targets onnx and tensorrt; the latter in "
+        "ONNX Runtime, without TensorRT's fusions). Writes RUN/debug/ARTIFACT.json.",
+        epilog="example:\n  edgevt debug runs/lite0/model_int8.onnx "
+        "--data ../shared/data/imagenet-sample1000 --limit 32",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("artifact", metavar="ARTIFACT", help="an int8 .onnx inside its run directory")
+    p.add_argument(
+        "--data", required=True, metavar="DIR",
+        help="images to run (labels not needed; use calibration images, not your test set)",
+    )  # fmt: skip
+    p.add_argument("--limit", type=count(1), help="images to compare (default 32)")
+    p.add_argument(
+        "--reference", metavar="FUSED_PT",
+        help="the fp32 fused model (default: fused.pt beside the artifact)",
+    )  # fmt: skip
+    p.add_argument("--batch-size", type=count(1), help="images per step (default 4; bounds memory)")
+    p.add_argument("--threads", type=count(1), help="ONNX Runtime threads")
+    p.add_argument("-o", "--out", metavar="DIR", help="write the JSON here (default RUN/debug/)")
+    add_json(p)
+    p.set_defaults(func=debug)
+
+
+def debug(args: argparse.Namespace) -> None:
+    from edgevt.debug import debug as run_debug
+    from edgevt.debug import format_table
+
+    result, path = run_debug(
+        args.artifact, args.data, out=args.out,
+        **given(args, "limit", "reference", "batch_size", "threads"),
+    )  # fmt: skip
+    print(f"{result.model} {result.target} int8 on {result.images} images")
+    print(format_table(result))
+    print(f"results: {path}")
+    if args.json:
+        print_json(result.to_dict())

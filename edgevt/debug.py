@@ -1,0 +1,741 @@
+"""`edgevt debug`: per-tensor truth for an int8 artifact.
+
+Three runs of the same images side by side, tensor by tensor, at the names the
+CalibrationTable uses (``blocks.0.conv:in0``):
+
+* the **artifact** itself, its intermediates read from its own runtime (for QDQ ONNX: ONNX
+  Runtime with graph optimizations off, each mapped tensor added as a graph output, so the
+  values are the exact Q/DQ arithmetic of the file, not a fused kernel's);
+* the **fp32 reference**, the fused model the artifact was exported from;
+* edgevt's **simulation** of the target's int8 rules (``QuantSim``, the one QAT and the
+  sensitivity search train and rank with).
+
+Artifact vs fp32 says where quantization noise enters (SQNR along the depth, range use and
+clipping of each int8 grid, weights or activations dominating each layer); artifact vs
+simulation says whether the exported file computes what the simulation promised
+(*faithfulness*): every tensor below ``FAITHFUL_COSINE`` is listed with why, where known.
+Statistics accumulate a few images at a time, so memory does not grow with ``limit``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgevt.errors import EdgevtError
+
+FAITHFUL_COSINE = 0.9999
+LAYER_IMAGES = 8  # images the weights-or-activations split of each layer is measured on
+DEBUG_TARGETS = ("onnx", "tensorrt")  # QDQ ONNX files; the others' readers come later
+_INT_RANGE = {2: (0, 255), 3: (-128, 127)}  # ONNX TensorProto UINT8 / INT8
+
+
+def _flat(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x, dtype=np.float64).ravel()
+
+
+@dataclass
+class _Pair:
+    """Sums for the cosine and SQNR of ``a`` against reference ``r`` over many batches."""
+
+    ar: float = 0.0
+    aa: float = 0.0
+    rr: float = 0.0
+    err: float = 0.0
+
+    def add(self, a: np.ndarray, r: np.ndarray) -> None:
+        """Float64 sums (``a`` and ``r`` flat float64 arrays: see ``_flat``)."""
+        d = a - r
+        self.ar += float(a @ r)
+        self.aa += float(a @ a)
+        self.rr += float(r @ r)
+        self.err += float(d @ d)
+
+    @property
+    def cosine(self) -> float:
+        if self.aa == 0 and self.rr == 0:
+            return 1.0
+        return self.ar / math.sqrt(max(self.aa * self.rr, 1e-300))
+
+    @property
+    def sqnr_db(self) -> float | None:
+        """Signal over quantization noise in dB; None where the two are identical."""
+        if self.err == 0:
+            return None
+        return 10 * math.log10(max(self.rr, 1e-300) / self.err)
+
+
+@dataclass
+class _Steps:
+    """How far apart two tensors on one int8 grid are, counted in grid steps."""
+
+    scale: float
+    apart: int = 0  # elements a full step or more apart
+    count: int = 0
+    most: int = 0
+
+    def add(self, a: np.ndarray, b: np.ndarray) -> None:
+        steps = np.rint(np.abs(a.astype(np.float64) - b) / self.scale)
+        self.apart += int((steps >= 1).sum())
+        self.count += steps.size
+        self.most = max(self.most, int(steps.max(initial=0)))
+
+
+@dataclass
+class _Grid:
+    """How the fp32 values sit on a tensor's int8 grid: range used and share clipped."""
+
+    lo: float
+    hi: float
+    seen_lo: float = math.inf
+    seen_hi: float = -math.inf
+    clipped: int = 0
+    count: int = 0
+
+    def add(self, r: np.ndarray) -> None:
+        self.seen_lo = min(self.seen_lo, float(r.min()))
+        self.seen_hi = max(self.seen_hi, float(r.max()))
+        self.clipped += int(((r < self.lo) | (r > self.hi)).sum())
+        self.count += r.size
+
+    @property
+    def use(self) -> float:
+        inside = min(self.seen_hi, self.hi) - max(self.seen_lo, self.lo)
+        return max(inside, 0.0) / max(self.hi - self.lo, 1e-30)
+
+
+@dataclass
+class TensorDebug:
+    """One mapped tensor: artifact against fp32 and against the simulation."""
+
+    key: str
+    op: str
+    tensor: str  # its name in the artifact
+    depth: int  # order of first use along the network
+    int8: bool  # the artifact quantizes it (its value comes through a DequantizeLinear)
+    cosine_fp32: float
+    sqnr_fp32_db: float | None
+    cosine_sim: float  # end to end: upstream drift included
+    sqnr_sim_db: float | None
+    # step by step: the simulation's rule applied to the file's own upstream values
+    cosine_local: float | None
+    range_use: float | None = None  # share of the int8 grid the fp32 values span
+    clipped: float | None = None  # share of fp32 values outside the grid
+    steps_apart: float | None = None  # share of values a grid step or more from the simulation
+    most_steps: int | None = None  # the most grid steps any value is from the simulation
+
+
+@dataclass
+class LayerDebug:
+    """A Conv2d/Linear op's output error from its int8 weights alone vs its int8 input alone."""
+
+    op: str
+    sqnr_weights_db: float | None
+    sqnr_input_db: float | None
+
+    @property
+    def dominant(self) -> str:
+        w, a = self.sqnr_weights_db, self.sqnr_input_db
+        if w is None and a is None:
+            return "neither"
+        if w is None or (a is not None and a < w):
+            return "activations"
+        return "weights"
+
+
+@dataclass
+class Departure:
+    key: str
+    op: str
+    cosine_sim: float
+    why: str
+
+
+@dataclass
+class DebugResult:
+    artifact: str
+    target: str
+    model: str
+    images: int
+    logits: dict[str, float | None]  # cosine / SQNR of the output, vs fp32 and vs simulation
+    tensors: list[TensorDebug]
+    layers: list[LayerDebug]
+    departures: list[Departure]
+    unmapped: list[str] = field(default_factory=list)
+
+    @property
+    def faithful_share(self) -> float:
+        """Share of tensors the file computes as the simulation does, step by step."""
+        if not self.tensors:
+            return 1.0
+        departed = {d.key for d in self.departures}
+        return sum(t.key not in departed for t in self.tensors) / len(self.tensors)
+
+    @property
+    def drifted(self) -> list[str]:
+        """Tensors faithful step by step whose end-to-end value still parts from the
+        simulation's: float sums that land on the other side of a rounding boundary upstream
+        (the runtimes add in another order), amplified by later layers."""
+        departed = {d.key for d in self.departures}
+        return [t.key for t in self.tensors
+                if t.key not in departed and t.cosine_sim < FAITHFUL_COSINE]  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["faithful_share"] = self.faithful_share
+        out["drifted"] = self.drifted
+        out["faithful_cosine"] = FAITHFUL_COSINE
+        for layer, d in zip(self.layers, out["layers"], strict=True):
+            d["dominant"] = layer.dominant
+        return out
+
+
+@dataclass
+class _Inputs:
+    """What a debug run needs beside the artifact, found in its run directory."""
+
+    fused: nn.Module
+    table: Any  # CalibrationTable
+    config: Any  # QuantConfig
+    fp32_onnx: Any  # onnx.ModelProto
+
+
+def _run_inputs(artifact: Path, reference: Path | None, info) -> _Inputs:
+    """The fused model, table, config and fp32 graph the artifact was exported from."""
+
+    from edgevt.fused import load_fused
+    from edgevt.quant.config import QuantConfig
+    from edgevt.quant.table import CalibrationTable
+    from edgevt.run import MANIFEST, read_manifest
+
+    run = artifact.parent
+    if not (run / MANIFEST).is_file():
+        raise EdgevtError(
+            f"{artifact} is not in an edgevt run directory (no {MANIFEST} beside it); debug "
+            "needs the run's fused.pt, calibration.json and quant config: pass the file inside "
+            "the -o folder `edgevt export` wrote."
+        )
+    record = _record(read_manifest(run), artifact.name)
+    files = record.get("files", {}) if record else {}
+    table_path = run / files.get("calibration", "calibration.json")
+    if not table_path.is_file():
+        raise EdgevtError(
+            f"{run} has no calibration table ({table_path.name}) for {artifact.name}; "
+            "re-export it with --int8 into this run."
+        )
+    table = CalibrationTable.load(table_path)
+    config = QuantConfig.load(run / files["config"]) if files.get("config") else QuantConfig()
+    reference = reference or run / "fused.pt"
+    if not Path(reference).is_file():
+        raise EdgevtError(
+            f"no fused fp32 model at {reference}; pass --reference fused.pt (the one the "
+            "artifact was exported from)."
+        )
+    fused, fused_info = load_fused(reference)
+    if fused_info.model != info.model:
+        raise EdgevtError(
+            f"--reference {reference} holds {fused_info.model!r}, the artifact {info.model!r}; "
+            "pass the fused.pt of the artifact's own run."
+        )
+    fp32 = _fp32_graph(run, fused, fused_info)
+    return _Inputs(fused.eval(), table, config, fp32)
+
+
+def _record(manifest: dict[str, Any], name: str) -> dict[str, Any] | None:
+    for stage in manifest["stages"].values():
+        for r in stage.get("results", {}).get("artifacts", []):
+            if isinstance(r, dict) and r.get("file") == name:
+                return r
+    return None
+
+
+def _fp32_graph(run: Path, fused: nn.Module, info) -> Any:
+    """The run's fp32 ONNX (what the int8 graph was quantized from), or one exported now."""
+    import tempfile
+
+    import onnx
+
+    from edgevt.targets.onnx import export_onnx
+
+    if (run / "model.onnx").is_file():
+        return onnx.load(str(run / "model.onnx"))
+    with tempfile.TemporaryDirectory() as tmp:
+        info.target, info.precision = "onnx", "fp32"
+        return onnx.load(str(export_onnx(fused, info, Path(tmp) / "model.onnx")))
+
+
+@dataclass
+class _Points:
+    """Where the artifact holds each table key's value."""
+
+    value: dict[str, str]  # key -> tensor as the op sees it (after its DequantizeLinear)
+    before_q: dict[str, str]  # int8 key -> the float tensor its QuantizeLinear reads
+    unmapped: list[str]
+
+    @property
+    def int8(self) -> set[str]:
+        return set(self.before_q)
+
+
+def _probe_points(qdq: Any, ops: dict[str, str]) -> _Points:
+    """The artifact's tensors of every table key (see ``_Points``)."""
+    from edgevt.quant.onnx_qdq import map_nodes
+
+    mapping = map_nodes(qdq.graph, ops)
+    producer = {out: n for n in qdq.graph.node for out in n.output}
+    consumers: dict[str, list[Any]] = defaultdict(list)
+    for n in qdq.graph.node:
+        for i in n.input:
+            consumers[i].append(n)
+    points = _Points({}, {}, mapping.unmapped)
+    for pairs in mapping.inputs.values():
+        for tensor, key in pairs:
+            points.value[key] = tensor
+            dq = producer.get(tensor)
+            if dq is not None and dq.op_type == "DequantizeLinear":
+                q = producer.get(dq.input[0])
+                if q is not None and q.op_type == "QuantizeLinear":
+                    points.before_q[key] = q.input[0]
+    for tensor, key in mapping.output.values():
+        q = next((n for n in consumers[tensor] if n.op_type == "QuantizeLinear"), None)
+        dq = q and next(
+            (n for n in consumers[q.output[0]] if n.op_type == "DequantizeLinear"), None
+        )
+        points.value[key] = dq.output[0] if dq else tensor
+        if dq:
+            points.before_q[key] = tensor
+    return points
+
+
+@dataclass(frozen=True)
+class _GridParams:
+    scale: float
+    zero: float
+    qmin: int
+    qmax: int
+
+    @property
+    def range(self) -> tuple[float, float]:
+        return (self.qmin - self.zero) * self.scale, (self.qmax - self.zero) * self.scale
+
+
+def _grids(qdq: Any, points: _Points) -> dict[str, _GridParams]:
+    """Each int8 key's grid, from its DequantizeLinear's parameters."""
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in qdq.graph.initializer}
+    consts = {n.output[0]: n for n in qdq.graph.node if n.op_type == "Constant"}
+    producer = {out: n for n in qdq.graph.node for out in n.output}
+
+    def value(name: str) -> np.ndarray | None:
+        if name in inits:
+            return numpy_helper.to_array(inits[name])
+        if name in consts:
+            return numpy_helper.to_array(consts[name].attribute[0].t)
+        return None
+
+    out = {}
+    for key in points.int8:
+        dq = producer[points.value[key]]
+        scale = value(dq.input[1])
+        zero = value(dq.input[2]) if len(dq.input) > 2 and dq.input[2] else None
+        if scale is None or scale.size != 1:
+            continue
+        dtype = inits[dq.input[2]].data_type if zero is not None and dq.input[2] in inits else 3
+        qmin, qmax = _INT_RANGE.get(dtype, (-128, 127))
+        z = float(zero.reshape(-1)[0]) if zero is not None else 0.0
+        out[key] = _GridParams(float(scale.reshape(-1)[0]), z, qmin, qmax)
+    return out
+
+
+def _sim_grid(sim: Any, key: str) -> tuple[float, float] | None:
+    """(scale, zero point) the simulation quantizes ``key`` with, None where it does not."""
+    from edgevt.quant.simulate import activation_qparams
+
+    i = sim.group.get(key)
+    if i is None:
+        return None
+    lo, hi = (float(t[i]) for t in sim.ranges())
+    scale, zero, _, _ = activation_qparams(lo, hi, sim.signed)
+    return scale, float(zero)
+
+
+def _session(qdq: Any, points: _Points, threads: int | None):
+    """ONNX Runtime without graph optimizations, every probe point an extra output."""
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.ModelProto()
+    model.CopyFrom(qdq)
+    have = {o.name for o in model.graph.output}
+    for tensor in dict.fromkeys([*points.value.values(), *points.before_q.values()]):
+        if tensor not in have:
+            model.graph.output.append(
+                onnx.helper.make_tensor_value_info(tensor, onnx.TensorProto.FLOAT, None)
+            )
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+    session = ort.InferenceSession(
+        model.SerializeToString(), opts, providers=["CPUExecutionProvider"]
+    )
+    return session, [o.name for o in session.get_outputs()]
+
+
+def _capture(model: nn.Module, images: torch.Tensor) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The fp32 model's logits and the value at every table key (inputs and op outputs)."""
+    from edgevt.quant.calibrate import OpTracer
+
+    values: dict[str, np.ndarray] = {}
+
+    def on_op(op, inputs, output) -> None:
+        for key, x in zip(op.input_keys, inputs, strict=True):
+            values.setdefault(key, x.detach().numpy().copy())
+        if isinstance(output, torch.Tensor):
+            values.setdefault(op.output_key, output.detach().numpy().copy())
+
+    with torch.no_grad(), OpTracer(model, on_op=on_op):
+        logits = model(images).numpy()
+    return logits, values
+
+
+def _simulate(sim: Any, images: torch.Tensor) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    values: dict[str, np.ndarray] = {}
+
+    def observe(key: str, x: torch.Tensor) -> None:
+        values.setdefault(key, x.detach().numpy().copy())
+
+    sim.observe = observe
+    try:
+        with torch.no_grad():
+            logits = sim(images).numpy()
+    finally:
+        sim.observe = None
+    return logits, values
+
+
+def _layer_errors(modules: dict[str, nn.Module], sim: Any, fp32: dict[str, np.ndarray],
+                  sums, cache: dict[str, torch.Tensor]) -> None:  # fmt: skip
+    """Each quantized Conv2d/Linear (of the fp32 model) on its fp32 input: output with int8
+    weights only, and with the simulated int8 input only, against the fp32 output."""
+    from edgevt.quant.simulate import fake_quant_weight
+
+    for name, (qmax, per_channel) in sim.weight_ops.items():
+        x, key_out = fp32.get(f"{name}:in0"), f"{name}:out"
+        if x is None or key_out not in fp32:
+            continue
+        module = modules[name]
+        w = module.weight.detach()
+        if name not in cache:
+            cache[name] = fake_quant_weight(w, qmax, per_channel)
+        wq = cache[name]
+        xt = torch.from_numpy(x)
+        xq = sim.quantize_key(f"{name}:in0", xt)
+        with torch.no_grad():
+            ref = torch.from_numpy(fp32[key_out])
+            y_w = _apply(module, xt, wq)
+            y_a = _apply(module, xq, w)
+        r = _flat(ref.numpy())
+        sums[name][0].add(_flat(y_w.numpy()), r)
+        sums[name][1].add(_flat(y_a.numpy()), r)
+
+
+def _apply(module: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The module's own forward (its padding too: timm's Conv2dSame) with another weight."""
+    return torch.func.functional_call(module, {"weight": weight}, (x,), strict=False)
+
+
+class _Tally:
+    """The statistics of one debug run, accumulated a batch at a time."""
+
+    def __init__(self, points: _Points, grids: dict[str, _GridParams], sim: Any,
+                 fused: nn.Module) -> None:  # fmt: skip
+        self.points, self.grids, self.sim = points, grids, sim
+        self.modules = dict(sim.model.named_modules())  # weights fake-quantized as simulated
+        self.fp32_modules = dict(fused.named_modules())
+        self._weights: dict[str, torch.Tensor] = {}  # fake-quantized fp32 weights, made once
+        self.vs_fp32: dict[str, _Pair] = defaultdict(_Pair)
+        self.vs_sim: dict[str, _Pair] = defaultdict(_Pair)
+        self.local: dict[str, _Pair] = defaultdict(_Pair)
+        self.steps = {k: _Steps(g.scale) for k, g in grids.items()}
+        self.grid = {k: _Grid(*g.range) for k, g in grids.items()}
+        self.layers: dict[str, tuple[_Pair, _Pair]] = defaultdict(lambda: (_Pair(), _Pair()))
+        self.logits_fp32, self.logits_sim = _Pair(), _Pair()
+        self.order: dict[str, int] = {}
+        self.skipped: dict[str, str] = {}
+        self.images = 0
+
+    def add(self, got: dict[str, np.ndarray], logits: np.ndarray, ref_logits: np.ndarray,
+            ref: dict[str, np.ndarray], sim_logits: np.ndarray,
+            simulated: dict[str, np.ndarray]) -> None:  # fmt: skip
+        self.logits_fp32.add(_flat(logits), _flat(ref_logits))
+        self.logits_sim.add(_flat(logits), _flat(sim_logits))
+        for key in ref:
+            self.order.setdefault(key, len(self.order))
+        for key, tensor in self.points.value.items():
+            if key not in ref or key in self.skipped:
+                continue
+            a, s = got[tensor], simulated.get(key, ref[key])
+            if a.shape != ref[key].shape:  # e.g. TF "same" padding: a Pad before the Conv
+                self.skipped[key] = (f"{tensor} is {list(a.shape)} in the file, "
+                                     f"{list(ref[key].shape)} in PyTorch (padded in the graph)")
+                continue
+            a64 = _flat(a)
+            self.vs_fp32[key].add(a64, _flat(ref[key]))
+            self.vs_sim[key].add(a64, _flat(s))
+            local = self._local(key, got)
+            if local is not None and local.shape == a.shape:
+                self.local[key].add(a64, _flat(local))
+            if key in self.grid:
+                self.grid[key].add(ref[key])
+                self.steps[key].add(a, s)
+        if self.images < LAYER_IMAGES:  # a stable ranking needs few images; it costs 2 passes
+            _layer_errors(self.fp32_modules, self.sim, ref, self.layers, self._weights)
+        self.images += len(logits)
+
+    def _local(self, key: str, got: dict[str, np.ndarray]) -> np.ndarray | None:
+        """What the simulation computes for ``key`` from the file's own values one step
+        upstream: the file's float tensor quantized by the simulation's rule, or the op run
+        with the simulation's weights on the file's own input. Upstream drift cancels out,
+        so this is the file's faithfulness to the simulation, step by step."""
+        op, slot = key.rsplit(":", 1)
+        if slot == "out":
+            x = got.get(self.points.value.get(f"{op}:in0", ""))
+            module = self.modules.get(op)
+            if x is None or module is None:
+                return None
+            with torch.no_grad():
+                y = module(torch.from_numpy(x))
+            return self.sim.quantize_key(key, y).numpy() if key in self.points.int8 else y.numpy()
+        if key in self.points.before_q:
+            x = torch.from_numpy(got[self.points.before_q[key]])
+            return self.sim.quantize_key(key, x).numpy()
+        return None
+
+    def tensors(self) -> list[TensorDebug]:
+        out = []
+        for key in sorted(self.vs_fp32, key=lambda k: self.order[k]):
+            grid, steps = self.grid.get(key), self.steps.get(key)
+            local = self.local.get(key)
+            out.append(TensorDebug(
+                key, key.rsplit(":", 1)[0], self.points.value[key], self.order[key],
+                key in self.points.int8, self.vs_fp32[key].cosine, self.vs_fp32[key].sqnr_db,
+                self.vs_sim[key].cosine, self.vs_sim[key].sqnr_db,
+                local.cosine if local else None,
+                grid.use if grid else None,
+                grid.clipped / max(grid.count, 1) if grid else None,
+                steps.apart / max(steps.count, 1) if steps else None,
+                steps.most if steps else None,
+            ))  # fmt: skip
+        return out
+
+
+def _check_artifact(artifact: Path, data: str | Path, limit: int, batch_size: int):
+    """The artifact's ArtifactInfo, once every argument is known to be usable."""
+    from edgevt.data.imagenet import no_images_message
+    from edgevt.targets import read_artifact_info, target_for_path
+
+    if not artifact.exists():
+        raise EdgevtError(f"artifact {artifact} does not exist.")
+    if limit < 1 or batch_size < 1:
+        raise EdgevtError("--limit and --batch-size must be at least 1.")
+    if not Path(data).is_dir():
+        raise EdgevtError(no_images_message("--data", data))
+    if target_for_path(artifact) is None:
+        raise EdgevtError(f"{artifact} is not an artifact edgevt knows (see `edgevt targets`).")
+    info = read_artifact_info(artifact)
+    if info.target not in DEBUG_TARGETS:
+        raise EdgevtError(
+            f"edgevt debug reads the intermediates of QDQ ONNX files ({', '.join(DEBUG_TARGETS)} "
+            f"targets) today, not {info.target}; debug the same run's --target onnx int8 file, "
+            "which carries the same table."
+        )
+    if info.precision != "int8":
+        raise EdgevtError(
+            f"{artifact.name} is {info.precision}, not int8: there is no quantization to debug; "
+            "pass the run's model_int8 file."
+        )
+    return info
+
+
+def debug_artifact(
+    artifact: str | Path,
+    data: str | Path,
+    *,
+    limit: int = 32,
+    reference: str | Path | None = None,
+    batch_size: int = 4,
+    threads: int | None = None,
+    progress: bool = True,
+) -> DebugResult:
+    """Compare an int8 artifact's intermediates with fp32 and with edgevt's simulation of its
+    target (see the module doc); ``limit`` images of ``data``, ``batch_size`` at a time."""
+    import onnx
+    from tqdm import tqdm
+
+    from edgevt.data.imagenet import no_images_message, open_dataset
+    from edgevt.quant.simulate import QuantSim
+    from edgevt.targets import get_target
+
+    artifact = Path(artifact)
+    info = _check_artifact(artifact, data, limit, batch_size)
+    inputs = _run_inputs(artifact, Path(reference) if reference else None, info)
+    rules = get_target(info.target).quantization_rules()
+    qdq = onnx.load(str(artifact))
+    points = _probe_points(qdq, inputs.table.ops)
+    if not points.value:
+        raise EdgevtError(f"{artifact.name}: no node maps to the calibration table's ops.")
+    grids = _grids(qdq, points)
+    sim = QuantSim.for_export(inputs.fused, inputs.fp32_onnx, inputs.table, inputs.config, rules)
+    session, outputs = _session(qdq, points, threads)
+    dataset = open_dataset(data, require_labels=False).subset(limit)
+    if len(dataset) == 0:
+        raise EdgevtError(no_images_message("--data", data))
+    tally = _Tally(points, grids, sim, inputs.fused)
+    with tqdm(total=len(dataset), desc="debug", unit="img", disable=not progress) as bar:
+        for batch, _ in dataset.batches(info.preprocess, batch_size):
+            images = torch.from_numpy(batch)
+            ref_logits, ref = _capture(inputs.fused, images)
+            sim_logits, simulated = _simulate(sim, images)
+            got = dict(zip(outputs, session.run(outputs, {session.get_inputs()[0].name: batch}),
+                           strict=True))  # fmt: skip
+            tally.add(got, got[outputs[0]], ref_logits, ref, sim_logits, simulated)
+            bar.update(len(batch))
+    tensors = tally.tensors()
+    return DebugResult(
+        str(artifact), info.target, info.model, tally.images,
+        {"cosine_fp32": tally.logits_fp32.cosine, "sqnr_fp32_db": tally.logits_fp32.sqnr_db,
+         "cosine_sim": tally.logits_sim.cosine, "sqnr_sim_db": tally.logits_sim.sqnr_db},
+        tensors, [LayerDebug(op, w.sqnr_db, a.sqnr_db) for op, (w, a) in tally.layers.items()],
+        _departures(tensors, sim, grids),
+        points.unmapped + [f"{k}: {why}" for k, why in tally.skipped.items()],
+    )  # fmt: skip
+
+
+def faithful(t: TensorDebug, simulated: set[str] | None = None) -> bool:
+    """The file computes this tensor as the simulation would from the same upstream values:
+    step by step where it can be recomputed, else both quantize it or neither does."""
+    if t.cosine_local is not None:
+        return t.cosine_local >= FAITHFUL_COSINE
+    return simulated is None or (t.key in simulated) == t.int8
+
+
+def _departures(
+    tensors: list[TensorDebug], sim: Any, grids: dict[str, _GridParams]
+) -> list[Departure]:
+    """Every tensor the file computes otherwise than the simulation, with why where known."""
+    simulated = {k for t in sim.tensors for k in t.keys}
+    out: list[Departure] = []
+    for t in tensors:
+        if faithful(t, simulated):
+            continue
+        file_grid, sim_grid = grids.get(t.key), _sim_grid(sim, t.key)
+        if t.int8 and t.key not in simulated:
+            why = "the file quantizes this tensor, the simulation does not (an exporter rule)"
+        elif not t.int8 and t.key in simulated:
+            why = "the simulation quantizes this tensor, the file keeps it in float"
+        elif file_grid and sim_grid and not (
+            math.isclose(file_grid.scale, sim_grid[0], rel_tol=1e-4)
+            and abs(file_grid.zero - sim_grid[1]) < 0.5
+        ):
+            why = (f"the file's int8 grid (scale {file_grid.scale:.4g}, zero point "
+                   f"{file_grid.zero:g}) is not the table's (scale {sim_grid[0]:.4g}, zero "
+                   f"point {sim_grid[1]:g}): an exporter wrote another range")  # fmt: skip
+        elif t.key.endswith(":out"):
+            why = ("the op's output from the file's own input differs: its weights or bias are "
+                   "quantized otherwise than the simulation's rule (bits, per-channel)")
+        else:
+            why = "unexplained: the file rounds or clips this tensor otherwise"
+        out.append(Departure(t.key, t.op, t.cosine_local or t.cosine_sim, why))
+    return out
+
+
+def format_table(result: DebugResult, top: int | None = None) -> str:
+    """The per-tensor table (depth order) as aligned text, and the faithfulness summary."""
+
+    def db(v: float | None) -> str:
+        return "exact" if v is None else f"{v:6.1f}"
+
+    rows = [("tensor", "int8", "SQNR fp32 dB", "cos sim step", "cos sim e2e", "grid use",
+             "clipped")]  # fmt: skip
+    for t in result.tensors[:top] if top else result.tensors:
+        rows.append((
+            t.key, "yes" if t.int8 else "-", db(t.sqnr_fp32_db),
+            "-" if t.cosine_local is None else f"{t.cosine_local:.6f}", f"{t.cosine_sim:.6f}",
+            "-" if t.range_use is None else f"{100 * t.range_use:5.1f} %",
+            "-" if t.clipped is None else f"{100 * t.clipped:.3f} %",
+        ))  # fmt: skip
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    lg = result.logits
+    lines.append(
+        f"logits: SQNR vs fp32 {db(lg['sqnr_fp32_db'])} dB, cosine vs fp32 "
+        f"{lg['cosine_fp32']:.6f}, vs simulation {lg['cosine_sim']:.6f}"
+    )
+    faithful_n = len(result.tensors) - len(result.departures)
+    lines.append(
+        f"faithful to the simulation step by step (cosine >= {FAITHFUL_COSINE}): {faithful_n} "
+        f"of {len(result.tensors)} tensors ({100 * result.faithful_share:.1f} %)"
+    )
+    if result.drifted:
+        lines.append(
+            f"  {len(result.drifted)} of them drift end to end (first: {result.drifted[0]}): "
+            "rounding-boundary flips of float sums upstream, amplified; not a rule mismatch"
+        )
+    for d in result.departures:
+        lines.append(f"  departs: {d.key} (cosine {d.cosine_sim:.6f}): {d.why}")
+    worst = sorted(
+        (x for x in result.layers if x.sqnr_weights_db is not None),
+        key=lambda x: min(x.sqnr_weights_db or 1e9, x.sqnr_input_db or 1e9),
+    )[:5]
+    if worst:
+        lines.append("noisiest layers (output SQNR, int8 weights only / int8 input only):")
+        for x in worst:
+            lines.append(
+                f"  {x.op}: {db(x.sqnr_weights_db)} / {db(x.sqnr_input_db)} dB -> {x.dominant}"
+            )
+    return "\n".join(lines)
+
+
+def debug(
+    artifact: str | Path,
+    data: str | Path,
+    *,
+    limit: int = 32,
+    reference: str | Path | None = None,
+    out: str | Path | None = None,
+    batch_size: int = 4,
+    threads: int | None = None,
+    progress: bool = True,
+) -> tuple[DebugResult, Path]:
+    """``debug_artifact``, its result written as JSON to ``out`` (a folder; default the
+    artifact's run directory's ``debug/``) as ``<artifact name>.json``; returns both."""
+    from edgevt.io import write_json
+    from edgevt.run import run_lock
+
+    artifact = Path(artifact)
+    folder = Path(out) if out is not None else artifact.parent / "debug"
+    if folder.exists() and not folder.is_dir():
+        raise EdgevtError(f"-o {folder} is a file, not a folder; choose another -o.")
+    result = debug_artifact(
+        artifact, data, limit=limit, reference=reference, batch_size=batch_size,
+        threads=threads, progress=progress,
+    )  # fmt: skip
+    path = folder / f"{artifact.name}.json"
+    if out is None:  # inside the run directory: one writer at a time
+        with run_lock(artifact.parent):
+            folder.mkdir(exist_ok=True)
+            write_json(path, result.to_dict())
+    else:
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json(path, result.to_dict())
+    return result, path

@@ -1,0 +1,109 @@
+"""`edgevt debug`: an int8 file's intermediates against fp32 and edgevt's simulation, at the
+calibration table's names; a file that departs from the simulation is caught and named."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from edgevt import api
+from edgevt.debug import FAITHFUL_COSINE, debug, debug_artifact
+from edgevt.errors import EdgevtError
+from tests.helpers import tiny_model
+
+
+@pytest.fixture(scope="module", params=["onnx", "tensorrt"])
+def int8_run(request, tmp_path_factory, calib_dir: Path) -> Path:
+    out = tmp_path_factory.mktemp(f"debug-{request.param}") / "run"
+    api.export(tiny_model(), request.param, out=out, int8=True, calib=calib_dir, calib_size=16,
+               progress=False)  # fmt: skip
+    return out
+
+
+def test_the_file_computes_what_the_simulation_computes(int8_run: Path, calib_dir) -> None:
+    result, path = debug(int8_run / "model_int8.onnx", calib_dir, limit=6, batch_size=4,
+                         progress=False)  # fmt: skip
+    assert result.images == 6
+    keys = {t.key for t in result.tensors}
+    assert {"conv:in0", "conv2:in0", "head:in0"} <= keys  # the table's own names
+    assert all(t.int8 for t in result.tensors if t.key.endswith(":in0"))
+    assert result.faithful_share == 1.0 and not result.departures and not result.drifted
+    assert all(t.cosine_local > FAITHFUL_COSINE for t in result.tensors if t.int8)
+    assert result.logits["cosine_sim"] > FAITHFUL_COSINE
+    # int8 is not free: the file departs from fp32, and the SQNR says by how much
+    assert all(t.sqnr_fp32_db is not None and 5 < t.sqnr_fp32_db < 80 for t in result.tensors)
+    for t in result.tensors:  # TensorRT's symmetric grid: a ReLU6 output fills half of it
+        if t.int8:
+            assert 0.4 < t.range_use <= 1.0 and 0.0 <= t.clipped < 0.2
+    assert {x.op for x in result.layers} == {"conv", "conv2", "head"}
+    assert all(x.dominant in ("weights", "activations") for x in result.layers)
+    saved = json.loads(path.read_text())
+    assert path == int8_run / "debug" / "model_int8.onnx.json"
+    assert saved["faithful_share"] == 1.0 and len(saved["tensors"]) == len(result.tensors)
+
+
+def test_a_file_that_departs_from_the_simulation_is_named(int8_run: Path, calib_dir,
+                                                          tmp_path: Path) -> None:  # fmt: skip
+    """Double the scale of conv2's input in the file only: the simulation (from the table)
+    no longer matches, and debug says where the two first part."""
+    import onnx
+    from onnx import numpy_helper
+
+    run = tmp_path / "run"
+    shutil.copytree(int8_run, run)
+    proto = onnx.load(str(run / "model_int8.onnx"))
+    conv2 = next(n for n in proto.graph.node if n.op_type == "Conv" and "conv2" in n.name)
+    dq = next(n for n in proto.graph.node if conv2.input[0] in n.output)
+    scale = next(t for t in proto.graph.initializer if t.name == dq.input[1])
+    scale.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(scale) * 2, scale.name))
+    onnx.save(proto, str(run / "model_int8.onnx"))
+
+    result = debug_artifact(run / "model_int8.onnx", calib_dir, limit=4, progress=False)
+    # step by step, only conv2's input departs: what follows computes the simulation's rule
+    # from the file's own (wrong) values, so it drifts end to end without departing
+    assert [d.key for d in result.departures] == ["conv2:in0"]
+    assert "int8 grid" in result.departures[0].why
+    assert "not the table's" in result.departures[0].why
+    assert "conv2:out" in result.drifted and "conv:in0" not in result.drifted
+    assert result.faithful_share == 1 - 1 / len(result.tensors)
+
+
+def test_refusals_are_one_clear_error(int8_run: Path, calib_dir, tmp_path: Path) -> None:
+    with pytest.raises(EdgevtError, match="not int8"):
+        debug_artifact(int8_run / "model.onnx", calib_dir, progress=False)
+    shutil.copy(int8_run / "model_int8.onnx", tmp_path / "lonely.onnx")
+    with pytest.raises(EdgevtError, match="not in an edgevt run directory"):
+        debug_artifact(tmp_path / "lonely.onnx", calib_dir, progress=False)
+    with pytest.raises(EdgevtError, match="does not exist"):
+        debug_artifact(tmp_path / "missing.onnx", calib_dir, progress=False)
+    with pytest.raises(EdgevtError, match="--reference"):
+        debug_artifact(int8_run / "model_int8.onnx", calib_dir, reference=tmp_path / "no.pt",
+                       progress=False)  # fmt: skip
+
+
+def test_cli_prints_the_table_and_fails_in_one_line(int8_run: Path, calib_dir, capsys,
+                                                    tmp_path: Path) -> None:  # fmt: skip
+    from edgevt.cli import main
+
+    code = main(["debug", str(int8_run / "model_int8.onnx"), "--data", str(calib_dir),
+                 "--limit", "2", "-o", str(tmp_path / "dbg"), "--json"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "conv2:in0" in out and "faithful to the simulation" in out
+    assert json.loads(out.splitlines()[-1])["images"] == 2
+    assert (tmp_path / "dbg" / "model_int8.onnx.json").is_file()
+    code = main(["debug", str(int8_run / "model.onnx"), "--data", str(calib_dir)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("edgevt: error:") and len(err.splitlines()) == 1
+
+
+def test_other_targets_are_refused_with_what_to_do(tmp_path: Path, calib_dir) -> None:
+    pytest.importorskip("ai_edge_litert", reason="pip install edgevt[tflite]")
+    out = api.export(tiny_model(), "tflite", out=tmp_path / "run", int8=True, calib=calib_dir,
+                     calib_size=8, progress=False)  # fmt: skip
+    int8 = next(a.path for a in out.artifacts if a.precision == "int8")
+    with pytest.raises(EdgevtError, match="QDQ ONNX"):
+        debug_artifact(int8, calib_dir, progress=False)
