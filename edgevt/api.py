@@ -19,7 +19,7 @@ import torch
 
 from edgevt.bench import bench_artifacts as bench
 from edgevt.data.imagenet import no_images_message, open_dataset
-from edgevt.errors import EdgevtError
+from edgevt.errors import EdgevtError, RuntimeRefusal
 from edgevt.fuse import FuseReport
 from edgevt.fused import (
     FUSED_FILE,
@@ -35,7 +35,7 @@ from edgevt.io import write_json
 from edgevt.models import LoadedModel, get_entry, resolve_checkpoint
 from edgevt.qat_stage import QatOutcome, qat
 from edgevt.quant.table import CalibrationTable
-from edgevt.run import RunDir, library_versions
+from edgevt.run import RunDir, library_versions, undo_on_error
 from edgevt.runners import open_runner
 from edgevt.targets import DEFAULT_TARGET, get_target
 from edgevt.targets.base import Artifact, ExportContext, Target, TargetOptions
@@ -200,27 +200,31 @@ def export(
         from edgevt.quant.config import QuantConfig
 
         config = QuantConfig.load(quant_config)
-    run = RunDir(out or Path("runs") / model)
-    with run.locked():  # one writer at a time; stale temp files of killed runs go
-        fused = fuse(model, checkpoint, pretrained=pretrained, data=data, out=run.path, seed=seed)
-        if int8:
-            table = _table_for(fused, table, calib, calib_size, method, progress)
-            table.save(run / "calibration.json")
-        images, described = check_images(fused.loaded.entry.preprocess, data)
-        ctx = ExportContext(
-            fused.model, model_info(fused.loaded, plugin.spec.name, True), run, wanted, images,
-            table, config, Path(calib) if calib else None, calib_size, max_drop, progress,
-        )  # fmt: skip
-        artifacts = plugin.export(ctx, opts)
-        _check(plugin, artifacts, fused.model, images, accept_degraded)
-        _record_export(plugin, run, fused, artifacts, opts, table, described, max_drop)
-        outcome = ExportOutcome(
-            artifacts[0].path, run, fused.report, fused.loaded.weights, artifacts
-        )
-        if eval_data is not None:
-            outcome.evals = _evaluate_run(
-                fused.loaded, [a.path for a in artifacts], run, eval_data, limit, progress
+    out = Path(out or Path("runs") / model)
+    with undo_on_error(out):  # a refused export leaves the folder as it was
+        run = RunDir(out)
+        with run.locked():  # one writer at a time; stale temp files of killed runs go
+            fused = fuse(
+                model, checkpoint, pretrained=pretrained, data=data, out=run.path, seed=seed
             )
+            if int8:
+                table = _table_for(fused, table, calib, calib_size, method, progress)
+                table.save(run / "calibration.json")
+            images, described = check_images(fused.loaded.entry.preprocess, data)
+            ctx = ExportContext(
+                fused.model, model_info(fused.loaded, plugin.spec.name, True), run, wanted, images,
+                table, config, Path(calib) if calib else None, calib_size, max_drop, progress,
+            )  # fmt: skip
+            artifacts = plugin.export(ctx, opts)
+            _check(plugin, artifacts, fused.model, images, accept_degraded)
+            _record_export(plugin, run, fused, artifacts, opts, table, described, max_drop)
+            outcome = ExportOutcome(
+                artifacts[0].path, run, fused.report, fused.loaded.weights, artifacts
+            )
+            if eval_data is not None:
+                outcome.evals = _evaluate_run(
+                    fused.loaded, [a.path for a in artifacts], run, eval_data, limit, progress
+                )
     return outcome
 
 
@@ -304,7 +308,9 @@ def _check(
             artifact.check = plugin.check(artifact, images.numpy(), reference)
         except Exception as exc:  # the runtime refuses the file it was just given
             _remove_artifact(artifact)
-            if isinstance(exc, EdgevtError):
+            if isinstance(exc, RuntimeRefusal) and exc.__cause__ is not None:
+                exc = exc.__cause__  # the runtime's own words, said as an export's
+            elif isinstance(exc, EdgevtError):
                 raise
             reason = " ".join(str(exc).split())[:200] or type(exc).__name__
             raise EdgevtError(

@@ -191,9 +191,11 @@ def bench_artifacts(
     Returns (BenchResult, json path) pairs, grouped
     by thread count so each group's first entry is the baseline.
     """
+    import contextlib
+
     from edgevt.errors import EdgevtError
     from edgevt.io import write_json
-    from edgevt.run import RunDir
+    from edgevt.run import MANIFEST, RunDir, read_manifest, run_lock
 
     for path in artifacts:
         if not path.exists():
@@ -206,28 +208,33 @@ def bench_artifacts(
     stems = [p.stem for p in artifacts]
     # model.onnx of two runs into one -o folder: name each result by its run too
     by_run = out is not None and len(set(stems)) < len(stems)
-    for n in threads:
-        for path in artifacts:
-            result = benchmark_isolated(path, n, batch, warmup, seconds, iterations)
-            folder = Path(out) if out is not None else path.parent / "bench"
-            name = result_name(path, n, batch)
-            name = f"{path.parent.name}-{name}" if by_run else name
-            json_path = write_json(folder / name, result.to_dict())
-            summaries.setdefault(path.parent, {})[json_path.stem] = {
-                k: getattr(result, k) for k in ("p50_ms", "p90_ms", "p99_ms", "batch")
-            }
-            results.append((result, json_path))
-    for run_dir, summary in summaries.items():  # one manifest update per run directory
-        if out is None and (run_dir / "manifest.json").is_file():
+    runs = [] if out is not None else [
+        d for d in dict.fromkeys(p.parent for p in artifacts) if (d / MANIFEST).is_file()
+    ]  # fmt: skip
+    with contextlib.ExitStack() as held:
+        for run_dir in runs:  # a locked or damaged run fails before any result is written
+            held.enter_context(run_lock(run_dir))
+            read_manifest(run_dir)
+        for n in threads:
+            for path in artifacts:
+                result = benchmark_isolated(path, n, batch, warmup, seconds, iterations)
+                folder = Path(out) if out is not None else path.parent / "bench"
+                name = result_name(path, n, batch)
+                name = f"{path.parent.name}-{name}" if by_run else name
+                json_path = write_json(folder / name, result.to_dict())
+                summaries.setdefault(path.parent, {})[json_path.stem] = {
+                    k: getattr(result, k) for k in ("p50_ms", "p90_ms", "p99_ms", "batch")
+                }
+                results.append((result, json_path))
+        for run_dir in runs:  # one manifest update per run directory
             run = RunDir(run_dir)
-            with run.locked():
-                recorded = run.manifest["stages"].get("bench", {}).get("results", {})
-                run.record(
-                    "bench",
-                    {"artifacts": sorted(p.name for p in artifacts if p.parent == run_dir)},
-                    {"warmup": warmup, "seconds": seconds, "iterations": iterations},
-                    results={**recorded, **summary},
-                )
+            recorded = run.manifest["stages"].get("bench", {}).get("results", {})
+            run.record(
+                "bench",
+                {"artifacts": sorted(p.name for p in artifacts if p.parent == run_dir)},
+                {"warmup": warmup, "seconds": seconds, "iterations": iterations},
+                results={**recorded, **summaries.get(run_dir, {})},
+            )
     return results
 
 

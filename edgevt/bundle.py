@@ -28,7 +28,7 @@ import numpy as np
 
 from edgevt.artifact import ArtifactInfo
 from edgevt.devices import DeviceProfile, load_profile
-from edgevt.errors import EdgevtError
+from edgevt.errors import EdgevtError, as_edgevt_error, path_problem
 from edgevt.io import artifact_size, atomic_path, write_json
 from edgevt.runners import open_runner
 from edgevt.targets import get_target, read_artifact_info, target_for_path
@@ -72,7 +72,10 @@ def make_bundle(
     run_dir, out = Path(run_dir), Path(out)
     profile = load_profile(device)
     if not run_dir.is_dir():
-        raise EdgevtError(f"run directory {run_dir} does not exist.")
+        raise EdgevtError(
+            path_problem(run_dir, "run directory", folder=True)
+            + "; pass the -o folder of `edgevt export`."
+        )
     if (run_dir / "manifest.json").is_file():  # a damaged record of the run: say so now
         from edgevt.run import check_recorded_files, read_manifest
 
@@ -138,8 +141,12 @@ def make_bundle(
         if out.exists():
             shutil.rmtree(out)
         staging.rename(out)  # the bundle appears whole or not at all
-    except BaseException:  # a corrupt artifact, a full disk, Ctrl-C: no half bundle stays
+    except BaseException as exc:  # a corrupt artifact, a full disk, Ctrl-C: no half bundle
         shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(exc, OSError):  # copying names its source; the bundle is what failed
+            named = as_edgevt_error(exc, path=out)
+            if named is not None:
+                raise named from exc
         raise
     return Bundle(out, profile, list(models), samples)
 

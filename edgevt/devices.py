@@ -90,6 +90,8 @@ def _check_values(path: Path, data: dict) -> None:
         if key in ("targets", "precisions", "threads", "compute_units"):
             if not isinstance(value, list) or not value:
                 raise EdgevtError(f"device profile {path}: {key} must be a non-empty list.")
+            if key != "threads" and not all(isinstance(v, str) for v in value):
+                raise EdgevtError(f"device profile {path}: {key} must be a list of names.")
         elif not isinstance(value, str):
             raise EdgevtError(f"device profile {path}: {key} = {value!r} must be a string.")
     if not all(isinstance(t, int) and not isinstance(t, bool) and t >= 1 for t in data["threads"]):
@@ -109,8 +111,10 @@ def _check_targets(path: Path, targets: object) -> None:
     from edgevt.targets import all_targets
 
     known = all_targets()
-    if not isinstance(targets, list) or not targets:
-        raise EdgevtError(f"{path}: targets must be a list of export targets (`edgevt targets`).")
+    if not isinstance(targets, list) or not targets or not all(isinstance(t, str) for t in targets):
+        raise EdgevtError(
+            f"{path}: targets must be a list of export target names (`edgevt targets`)."
+        )
     unknown = [t for t in targets if t not in known]
     if unknown:
         raise EdgevtError(

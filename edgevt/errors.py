@@ -24,6 +24,10 @@ class BackendMissingError(EdgevtError):
     """An optional backend (extra) that is not installed."""
 
 
+class RuntimeRefusal(EdgevtError):
+    """A runtime's own exception while loading or running a file (its cause)."""
+
+
 class FusionError(EdgevtError):
     """A fusion rewrite that changed the model's numerics or left BatchNorm behind."""
 
@@ -72,3 +76,16 @@ def as_edgevt_error(exc: BaseException, path: object = None) -> EdgevtError | No
             "(ulimit -f) was reached — free space or write to another folder (-o)."
         )
     return None
+
+
+def path_problem(path: object, what: str, *, folder: bool = False) -> str:
+    """Why ``what path`` cannot be used: it does not exist, or it is a folder where a file
+    belongs (``folder=False``) or a file where a folder belongs. Callers add the fix."""
+    from pathlib import Path
+
+    p = Path(str(path))
+    if not p.exists():
+        return f"{what} {p} does not exist"
+    if folder:
+        return f"{what} {p} is a file, not a folder"
+    return f"{what} {p} is a folder, not a file"

@@ -21,7 +21,7 @@ from edgevt.data.imagenet import (
 from edgevt.errors import EdgevtError
 from edgevt.fuse import FuseReport, fuse_model, fused_skeleton
 from edgevt.io import atomic_path, sha256, write_json
-from edgevt.models import LoadedModel, get_entry, load_model
+from edgevt.models import LoadedModel, check_weights, get_entry, load_model
 from edgevt.models.checkpoint import unpickler_reason
 from edgevt.run import RunDir
 
@@ -132,6 +132,7 @@ def load_fused(path: str | Path) -> tuple[nn.Module, ArtifactInfo]:
             f"{path} says it holds {entry.name} but its weights do not fit it ({first}); write "
             "it again with `edgevt fuse`."
         ) from None
+    check_weights(skeleton, path)
     info = ArtifactInfo(
         entry.name,
         entry.preprocess,

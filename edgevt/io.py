@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from edgevt.errors import EdgevtError, as_edgevt_error
+from edgevt.errors import EdgevtError, as_edgevt_error, describe_os_error, path_problem
 
 
 @contextlib.contextmanager
@@ -96,8 +96,12 @@ def read_toml(path: str | os.PathLike[str], what: str) -> dict[str, Any]:
 
     path = Path(path)
     if not path.is_file():
-        raise EdgevtError(f"{what} {path} does not exist.")
+        raise EdgevtError(path_problem(path, what) + "; check the path.")
     try:
-        return tomllib.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        data = path.read_bytes()
+    except OSError as exc:  # permissions: the file is fine, say so
+        raise EdgevtError(describe_os_error(exc, path)) from exc
+    try:
+        return tomllib.loads(data.decode())
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise EdgevtError(f"{what} {path} is not valid TOML: {exc}") from exc

@@ -20,9 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgevt.data.imagenet import open_dataset
 from edgevt.errors import EdgevtError
 from edgevt.io import read_toml, sha256, write_json
 from edgevt.models import resolve_checkpoint
+from edgevt.quant.config import QuantConfig
 from edgevt.run import run_lock
 from edgevt.targets import DEFAULT_TARGET, artifact_name, get_target
 
@@ -97,12 +99,27 @@ def load_config(path: str | Path) -> dict[str, Any]:
         except EdgevtError as exc:
             raise EdgevtError(f"{path}: [[export]] target {target.spec.name}: {exc}") from None
         target.validate(options, precisions, export.get("max_drop"))
+        max_drop = export.get("max_drop")
+        if max_drop is not None and not 0 <= max_drop <= 100:
+            raise EdgevtError(f"{path}: [[export]] max_drop {max_drop}: give 0 to 100 points.")
         if "quant_config" in export:
             export["quant_config"] = resolve(export["quant_config"])
             if not Path(export["quant_config"]).is_file():
                 raise EdgevtError(
                     f"{path}: [[export]] quant_config {export['quant_config']} does not exist."
                 )
+            try:  # a damaged config fails now, not after calibrating
+                QuantConfig.load(export["quant_config"])
+            except EdgevtError as exc:
+                raise EdgevtError(f"{path}: [[export]] quant_config: {exc}") from None
+    if "data" in config.get("eval", {}):  # unlabelled evaluation images fail now
+        try:
+            open_dataset(config["eval"]["data"])
+        except EdgevtError as exc:
+            raise EdgevtError(f"{path}: [eval].data: {exc}") from None
+    report_out = config.get("report", {}).get("out")
+    if report_out is not None and Path(report_out).exists() and not Path(report_out).is_dir():
+        raise EdgevtError(f"{path}: [report].out {report_out} is a file; choose a folder.")
     _check_bench_and_devices(path, config)
     calibration = config.get("calibration", {})
     if any(_wants_int8(e) for e in config["export"]) and "data" not in calibration:
@@ -222,12 +239,29 @@ def _key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _read_state(path: Path) -> dict[str, dict[str, Any]]:
+    """The stages a pipeline finished; a damaged record means none (they run again)."""
+    try:
+        stages = json.loads(path.read_text()).get("stages", {})
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as exc:
+        raise EdgevtError(
+            f"{path} (what `edgevt run` finished) is damaged ({type(exc).__name__}); remove it "
+            "and every stage runs again."
+        ) from None
+    if not isinstance(stages, dict) or not all(isinstance(v, dict) for v in stages.values()):
+        raise EdgevtError(
+            f"{path} (what `edgevt run` finished) is damaged (stages are not records); remove "
+            "it and every stage runs again."
+        )
+    return stages
+
+
 class _State:
     def __init__(self, out: Path) -> None:
         self.path = out / STATE
         self.stages: dict[str, dict[str, Any]] = {}
         if self.path.is_file():
-            self.stages = json.loads(self.path.read_text()).get("stages", {})
+            self.stages = _read_state(self.path)
 
     def fresh(self, stage: str, key: str, outputs: list[Path]) -> bool:
         return self.stages.get(stage, {}).get("key") == key and all(p.exists() for p in outputs)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from edgevt.artifact import ArtifactInfo
-from edgevt.errors import EdgevtError
+from edgevt.errors import EdgevtError, path_problem
 from edgevt.io import artifact_size, atomic_path, write_json
 
 
@@ -80,7 +80,14 @@ def collect(run_dirs: list[Path], device_results: list[Path] = ()) -> Report:
     report = Report([], [], [], {})
     owners: dict[str, tuple[str, str]] = {}  # artifact file name -> (run, model)
     for run_dir in run_dirs:
-        _collect_run(run_dir, report, owners)
+        try:
+            _collect_run(Path(run_dir), report, owners)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise EdgevtError(
+                f"run {run_dir} holds a damaged record ({type(exc).__name__}: {exc}) in its "
+                "manifest or the eval/calibration/sensitivity files beside it; re-run the stage "
+                "that wrote it (`edgevt export`, `edgevt eval`), or export into a fresh -o folder."
+            ) from None
     for path in dict.fromkeys(Path(p).resolve() for p in device_results):  # each file once
         _collect_device(path, report, owners)
     _speedups(report.timings)
@@ -98,6 +105,33 @@ def _artifacts(run_dir: Path) -> dict[str, ArtifactInfo]:
         for p in sorted(run_dir.iterdir())
         if not p.name.startswith(".") and target_for_path(p) is not None
     }
+
+
+def _score(value: Any) -> float | None:
+    """A top-1/top-5 or agreement from a record: absent, or a finite number in [0, 100]."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"score {value!r} is not a number")
+    if not (math.isfinite(value) and 0 <= value <= 100):
+        raise ValueError(f"score {value!r} is not a finite percentage")
+    return float(value)
+
+
+def _check_sensitivity(data: dict[str, Any]) -> dict[str, Any]:
+    ranking = data.get("ranking", [])
+    if not isinstance(ranking, list) or not all(
+        isinstance(r, dict) and isinstance(r.get("op"), str) and _finite(r.get("kl"))
+        for r in ranking
+    ):
+        raise ValueError("sensitivity.json: ranking is not a list of {op, kl} with finite kl")
+    if not isinstance(data.get("kept_float", []), list):
+        raise ValueError("sensitivity.json: kept_float is not a list")
+    return data
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _evaluations(stages: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -129,7 +163,10 @@ def _records(stages: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def _collect_run(run_dir: Path, report: Report, owners: dict[str, tuple[str, str]]) -> None:
     manifest_path = run_dir / "manifest.json"
     if not run_dir.is_dir():
-        raise EdgevtError(f"run directory {run_dir} does not exist.")
+        raise EdgevtError(
+            path_problem(run_dir, "run directory", folder=True)
+            + "; pass the -o folder of `edgevt export`."
+        )
     if not manifest_path.is_file():
         raise EdgevtError(f"{run_dir} is not a run directory (no manifest.json).")
     from edgevt.run import check_recorded_files, read_manifest
@@ -147,8 +184,8 @@ def _collect_run(run_dir: Path, report: Report, owners: dict[str, tuple[str, str
     ref = evals.get("pytorch_fp32")
     if ref:
         report.rows.append(
-            Row(run, model, weights, "PyTorch (unfused)", "pytorch", "fp32", ref["top1"],
-                ref["top5"], ref["n"], 1.0, 1.0)
+            Row(run, model, weights, "PyTorch (unfused)", "pytorch", "fp32", _score(ref["top1"]),
+                _score(ref["top5"]), ref["n"], 1.0, 1.0)
         )  # fmt: skip
     infos = _artifacts(run_dir)
     for name, info in infos.items():
@@ -158,7 +195,7 @@ def _collect_run(run_dir: Path, report: Report, owners: dict[str, tuple[str, str
         report.rows.append(
             Row(
                 run, info.model, weights, name, info.target, info.precision,
-                result.get("top1"), result.get("top5"), result.get("n"),
+                _score(result.get("top1")), _score(result.get("top5")), result.get("n"),
                 vs.get("top1_agreement"), vs.get("cosine"),
                 artifact_size(run_dir / name) / 1e6,
                 vs.get("lost"), vs.get("won"), vs.get("p_value"),
@@ -170,7 +207,9 @@ def _collect_run(run_dir: Path, report: Report, owners: dict[str, tuple[str, str
     if table.is_file():
         report.calibration.append(_calibration(table, run, _records(stages)))
     if (run_dir / "sensitivity.json").is_file():
-        report.sensitivity[run] = _load_json(run_dir / "sensitivity.json", "sensitivity")
+        report.sensitivity[run] = _check_sensitivity(
+            _load_json(run_dir / "sensitivity.json", "sensitivity")
+        )
 
 
 def _host_timing(path: Path, run: str, model: str, infos: dict[str, ArtifactInfo]) -> Timing:
@@ -212,7 +251,10 @@ def _calibration(table: Path, run: str, records: dict[str, dict[str, Any]]) -> d
 
 def _collect_device(path: Path, report: Report, owners: dict[str, tuple[str, str]]) -> None:
     if not path.is_file():
-        raise EdgevtError(f"device results {path} do not exist.")
+        raise EdgevtError(
+            path_problem(path, "device results")
+            + "; pass the results/*.json that run_bundle.py wrote."
+        )
     data = _load_json(path, "device results")
     if data.get("format") != "edgevt.device-results/1":
         raise EdgevtError(f"{path} is not a results file written by run_bundle.py.")
@@ -240,8 +282,12 @@ def _collect_device(path: Path, report: Report, owners: dict[str, tuple[str, str
                 continue
             if not isinstance(r.get("check", {}), dict):
                 raise ValueError(f"check {r['check']!r}")
-            if not isinstance(r["precision"], str):
-                raise ValueError(f"precision {r['precision']!r}")
+            for field in ("precision", "backend", "artifact"):
+                if not isinstance(r[field], str):
+                    raise ValueError(f"{field} {r[field]!r}")
+            for field in ("model", "run"):
+                if not isinstance(r.get(field, ""), str):
+                    raise ValueError(f"{field} {r[field]!r}")
             _positive_int(r.get("batch", 1), "batch")
             run, model = owners.get(r["artifact"], ("device", r.get("model", "?")))
             run = r.get("run") or run  # bundles name the run they came from
@@ -252,7 +298,7 @@ def _collect_device(path: Path, report: Report, owners: dict[str, tuple[str, str
                        r["backend"], _positive_int(r["threads"], "threads"), _time(r["p50_ms"]),
                        _time(r["p90_ms"]), target=target)
             )  # fmt: skip
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise EdgevtError(
             f"device results {path} lack {exc} or hold a wrong value; re-run run_bundle.py."
         ) from None
@@ -291,6 +337,8 @@ def _device_label(data: dict[str, Any]) -> str:
     from edgevt.devices import list_profiles, load_profile
 
     device, machine = data["device"], data.get("host", {}).get("machine", "")
+    if not isinstance(machine, str):
+        raise ValueError(f"host machine {machine!r}")
     if device not in list_profiles() or not machine:
         return device
 
@@ -552,6 +600,9 @@ front (no other artifact of that model is both faster and more accurate).
         "html": out / "report.html",
         "json": out / "report.json",
     }
+    for path in paths.values():  # all three or none
+        if path.is_dir():
+            raise EdgevtError(f"{path} is a folder, not a file; remove it or choose another -o.")
     with atomic_path(paths["markdown"]) as tmp:
         tmp.write_text("\n".join(md) + "\n")
     with atomic_path(paths["html"]) as tmp:

@@ -19,7 +19,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from edgevt.errors import EdgevtError
+from edgevt.errors import EdgevtError, describe_os_error
 from edgevt.io import sha256, write_json
 
 MANIFEST = "manifest.json"
@@ -108,8 +108,12 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
     """``run_dir/manifest.json``, checked: a JSON object whose stages are records."""
     manifest = Path(run_dir) / MANIFEST
     try:
-        data = json.loads(manifest.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raw = manifest.read_bytes()
+    except OSError as exc:  # permissions: the records are fine, never advise removing them
+        raise EdgevtError(describe_os_error(exc, manifest)) from exc
+    try:
+        data = json.loads(raw.decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise EdgevtError(
             f"{manifest} is not readable JSON ({exc}) — remove it (the run's records are lost) "
             "or write to a fresh -o folder."
@@ -218,6 +222,40 @@ def run_lock(path: str | Path) -> Iterator[None]:
     finally:
         _HELD.pop(key, None)
         os.close(fd)  # closing releases the flock
+
+
+@contextlib.contextmanager
+def undo_on_error(path: str | Path) -> Iterator[None]:
+    """A command that fails leaves its run directory as it found it: what it added is removed
+    (the folder itself, if it made it) and the manifest is restored. Files it replaced stay
+    replaced (they were written whole). An interrupt keeps what finished (see run_lock)."""
+    path = Path(path)
+    existed = path.is_dir()
+    before = set(path.rglob("*")) if existed else set()
+    manifest = path / MANIFEST
+    saved = manifest.read_bytes() if manifest.is_file() else None
+    try:
+        yield
+    except Exception:
+        if not existed:
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            added = sorted(set(path.rglob("*")) - before, key=lambda p: -len(p.parts))
+            for p in added:
+                if p.name == LOCK:
+                    continue
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
+            if saved is None:
+                manifest.unlink(missing_ok=True)
+            elif manifest.is_file() and manifest.read_bytes() != saved:
+                from edgevt.io import atomic_path
+
+                with atomic_path(manifest) as tmp:
+                    tmp.write_bytes(saved)
+        raise
 
 
 def remove_stale_temps(folder: Path) -> list[Path]:

@@ -162,12 +162,12 @@ def check(args: argparse.Namespace) -> None:
 
     import onnx
 
-    from edgevt.errors import EdgevtError
+    from edgevt.errors import EdgevtError, path_problem
     from edgevt.targets.tensorrt import check_tensorrt_qdq
 
     path = Path(args.artifact)
     if not path.is_file():
-        raise EdgevtError(f"{path} does not exist.")
+        raise EdgevtError(path_problem(path, "ONNX model") + "; pass an .onnx file.")
     try:
         model = onnx.load(str(path))
     except Exception as exc:

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from edgevt.data.preprocess import Preprocess
-from edgevt.errors import DataError
+from edgevt.errors import DataError, path_problem
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff"}
 GROUND_TRUTH_NAMES = ("LOC_val_solution.csv", "val.txt", "ground_truth.txt", "labels.txt")
@@ -135,8 +135,11 @@ def open_dataset(
         require_labels: False for calibration data, where labels are not needed.
     """
     root = Path(root)
-    if not root.exists():
-        raise DataError(f"data folder {root} does not exist. Pass --data with an image folder.")
+    if not root.is_dir():
+        raise DataError(
+            path_problem(root, "data folder", folder=True)
+            + "; pass --data with an image folder."
+        )
     if not root.is_dir():
         raise DataError(f"{root} is not a folder. Pass --data with an image folder.")
     synsets = synsets or imagenet_synsets()
@@ -183,7 +186,10 @@ def open_dataset(
 def read_ground_truth(path: Path, index: dict[str, int]) -> dict[str, int]:
     """``{file name: class index}`` from a val.txt-style or LOC_val_solution.csv file."""
     if not path.is_file():
-        raise DataError(f"ground-truth file {path} does not exist.")
+        raise DataError(
+            path_problem(path, "ground-truth file")
+            + "; pass --labels with a val.txt or LOC_val_solution.csv."
+        )
     try:
         return _read_ground_truth(path, index)
     except UnicodeDecodeError as exc:
@@ -197,10 +203,13 @@ def _read_ground_truth(path: Path, index: dict[str, int]) -> dict[str, int]:
     truth: dict[str, int] = {}
     with open(path, newline="") as f:
         if path.suffix.lower() == ".csv":
-            for row in csv.DictReader(f):
+            for n, row in enumerate(csv.DictReader(f), 2):
                 if "ImageId" not in row or "PredictionString" not in row:
                     raise DataError(f"{path}: expected columns ImageId,PredictionString.")
-                truth[row["ImageId"]] = _label(row["PredictionString"].split()[0], index, path)
+                tokens = (row["PredictionString"] or "").split()
+                if not tokens:
+                    raise DataError(f"{path}:{n}: {row['ImageId']} has an empty PredictionString.")
+                truth[row["ImageId"]] = _label(tokens[0], index, path)
             return truth
         for n, line in enumerate(f, 1):
             parts = line.split()

@@ -52,13 +52,25 @@ class Preprocess:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Preprocess:
-        return cls(
+        """What ``to_dict`` wrote; ValueError for values no image can be prepared with."""
+        p = cls(
             input_size=int(data["input_size"]),
             crop_pct=float(data["crop_pct"]),
             interpolation=str(data["interpolation"]),
             mean=tuple(float(v) for v in data["mean"]),  # type: ignore[arg-type]
             std=tuple(float(v) for v in data["std"]),  # type: ignore[arg-type]
         )
+        if not (0 < p.crop_pct <= 1):
+            raise ValueError(f"crop_pct {p.crop_pct} is not in (0, 1]")
+        if len(p.mean) != 3 or len(p.std) != 3:
+            raise ValueError(f"mean and std need 3 values (RGB), not {len(p.mean)}/{len(p.std)}")
+        if not all(math.isfinite(v) for v in p.mean) or not all(
+            math.isfinite(v) and v > 0 for v in p.std
+        ):
+            raise ValueError(f"mean {p.mean} / std {p.std}: finite, std positive")
+        if p.interpolation not in _INTERPOLATIONS:
+            raise ValueError(f"interpolation {p.interpolation!r}")
+        return p
 
     def __call__(self, image: Image.Image) -> np.ndarray:
         """PIL image (any mode) -> float32 CHW array, normalised."""

@@ -91,4 +91,25 @@ def load_model(
 
     checkpoint = Path(checkpoint)
     fmt = load_checkpoint(model, entry, checkpoint)
+    check_weights(model, checkpoint)
     return LoadedModel(model.eval(), entry, f"{fmt} from {checkpoint}", checkpoint)
+
+
+def check_weights(model: nn.Module, source: str | Path) -> None:
+    """Refuse weights no export can use: NaN or inf anywhere, or a negative BatchNorm
+    variance (its square root is NaN). Without this, fusion is blamed for the NaN logits."""
+    import torch
+
+    for name, t in (*model.named_parameters(), *model.named_buffers()):
+        if not t.is_floating_point():
+            continue
+        if not bool(torch.isfinite(t).all()):
+            raise CheckpointError(
+                f"checkpoint {source} holds NaN or inf in {name}: it is damaged or from a "
+                "diverged training run — use another checkpoint."
+            )
+        if name.endswith("running_var") and bool((t < 0).any()):
+            raise CheckpointError(
+                f"checkpoint {source} holds a negative BatchNorm variance in {name}: it is "
+                "damaged — use another checkpoint."
+            )

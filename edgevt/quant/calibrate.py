@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from edgevt.errors import DataError, EdgevtError
+from edgevt.errors import DataError, EdgevtError, path_problem
 from edgevt.quant.observers import DEFAULT_PERCENTILE, METHODS, RangeObserver
 from edgevt.quant.table import CalibrationTable, TensorRange
 
@@ -248,7 +248,10 @@ def calibration_batches(
 
     folder = Path(folder)
     if not folder.is_dir():
-        raise DataError(f"calibration folder {folder} does not exist.")
+        raise DataError(
+            path_problem(folder, "calibration folder", folder=True)
+            + "; pass a folder of images."
+        )
     dataset = open_dataset(folder, require_labels=False).subset(n)
     if len(dataset) == 0:
         raise DataError(f"calibration folder {folder} holds no images (.jpg/.jpeg/.png...).")

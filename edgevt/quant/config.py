@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgevt.errors import EdgevtError
+from edgevt.errors import EdgevtError, path_problem
 
 OP_TYPES = ("Conv2d", "Linear", "matmul", "add")
 GRANULARITIES = ("per_channel", "per_tensor")
@@ -135,7 +135,7 @@ class QuantConfig:
     def load(cls, path: str | Path) -> QuantConfig:
         path = Path(path)
         if not path.is_file():
-            raise EdgevtError(f"quantization config {path} does not exist.")
+            raise EdgevtError(path_problem(path, "quantization config") + "; pass a .json file.")
         try:
             data = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgevt.errors import EdgevtError
+from edgevt.errors import EdgevtError, path_problem
 from edgevt.io import write_json
 
 FORMAT = "edgevt.calibration/1"
@@ -96,6 +96,15 @@ class CalibrationTable:
                 f"expected {FORMAT!r}); write one with `edgevt calibrate`."
             )
         acts = {}
+        source = data.get("source", {})
+        if not isinstance(source, dict) or not isinstance(source.get("ops", {}), dict) or not all(
+            isinstance(k, str) and v in ("Conv2d", "Linear", "matmul")
+            for k, v in source.get("ops", {}).items()
+        ):
+            raise EdgevtError(
+                f"{origin} is a damaged calibration table: source must be an object whose ops "
+                "map op names to Conv2d / Linear / matmul; calibrate again."
+            )
         for section in ("activations", "weight_amax"):
             if not isinstance(data.get(section), dict):
                 raise EdgevtError(
@@ -170,7 +179,10 @@ class CalibrationTable:
     def load(cls, path: str | Path) -> CalibrationTable:
         path = Path(path)
         if not path.is_file():
-            raise EdgevtError(f"calibration table {path} does not exist.")
+            raise EdgevtError(
+                path_problem(path, "calibration table")
+                + "; pass the .json `edgevt calibrate -o` wrote."
+            )
         try:
             data = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:

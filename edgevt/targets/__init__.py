@@ -60,8 +60,13 @@ def _load_builtins() -> None:
     for name in plugins:
         try:
             importlib.import_module(name.strip())
-        except ImportError as exc:
-            raise EdgevtError(f"cannot import the target plug-in {name!r}: {exc}") from exc
+        except EdgevtError:
+            raise
+        except Exception as exc:  # a plug-in's own bug (SyntaxError, RuntimeError...) too
+            raise EdgevtError(
+                f"cannot import the target plug-in {name!r} ({type(exc).__name__}: {exc}) — fix "
+                "it, or remove it from $EDGEVT_TARGET_MODULES / uninstall its package."
+            ) from exc
 
 
 def all_targets() -> dict[str, Target]:

@@ -23,6 +23,7 @@ import dataclasses
 import importlib.util
 import types
 import typing
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -30,7 +31,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from edgevt.artifact import ArtifactInfo
-from edgevt.errors import BackendMissingError, EdgevtError
+from edgevt.errors import BackendMissingError, EdgevtError, RuntimeRefusal
 
 if TYPE_CHECKING:  # heavy imports stay out of `edgevt --help`
     from torch import nn
@@ -52,7 +53,8 @@ class Runner(abc.ABC):
 
     def activate(self) -> None:
         if not self.is_active:
-            self._activate()
+            with self._runtime_errors("load"):
+                self._activate()
             self.is_active = True
 
     def deactivate(self) -> None:
@@ -64,7 +66,28 @@ class Runner(abc.ABC):
         """Logits (N, classes) float32 for images (N, 3, H, W) float32."""
         if not self.is_active:
             self.activate()
-        return self._infer(np.ascontiguousarray(batch, dtype=np.float32))
+        with self._runtime_errors("run"):
+            return self._infer(np.ascontiguousarray(batch, dtype=np.float32))
+
+    @contextlib.contextmanager
+    def _runtime_errors(self, verb: str) -> Iterator[None]:
+        """A runtime's own exception while loading or running a file (a damaged graph or
+        flatbuffer, metadata that does not fit the graph) is the file's fault: one EdgevtError
+        naming it, not an internal error. What edgevt already names passes through."""
+        from edgevt.errors import as_edgevt_error
+
+        try:
+            yield
+        except Exception as exc:
+            if as_edgevt_error(exc) is not None:
+                raise
+            what = getattr(self, "path", None) or getattr(self.info, "model", "the artifact")
+            said = " ".join(str(exc).split())[:300]  # one line, whatever the runtime printed
+            raise RuntimeRefusal(
+                f"its runtime could not {verb} {what} ({type(exc).__name__}: {said}) — the file "
+                "or its edgevt metadata is damaged, or it was not exported by edgevt; export it "
+                "again."
+            ) from exc
 
     @abc.abstractmethod
     def describe(self) -> dict[str, Any]:

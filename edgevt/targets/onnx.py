@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from edgevt.artifact import METADATA_KEY, ArtifactInfo
-from edgevt.errors import EdgevtError
+from edgevt.errors import EdgevtError, describe_os_error
 from edgevt.io import atomic_path
 from edgevt.quant.rules import TargetRules
 from edgevt.targets import register_target
@@ -75,6 +75,8 @@ def read_onnx_info(path: str | Path) -> ArtifactInfo | None:
 
     try:
         proto = onnx.load(str(path), load_external_data=False)
+    except OSError as exc:  # unreadable (permissions), not damaged
+        raise EdgevtError(describe_os_error(exc, path)) from exc
     except Exception as exc:  # protobuf raises DecodeError and others on a damaged file
         raise EdgevtError(
             f"{path} is not a readable ONNX model (corrupt or truncated?): {exc}; re-export it."

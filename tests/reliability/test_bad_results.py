@@ -161,7 +161,7 @@ def report_bench_result_an_array(world, run, d):
 
 
 # --- edgevt report --device-results
-@case("do not exist")
+@case("does not exist")
 def device_results_missing(world, run, d):
     return _report(run, d, "--device-results", d / "none.json")
 

@@ -4,6 +4,7 @@ must not ship the int8 file it gives (NaN logits or a cosine far from fp32) as a
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -31,9 +32,26 @@ def test_a_grossly_wrong_int8_model_is_an_error_and_removed(target, factor, worl
     code, err = cli(argv, capsys)
     line = assert_clean_error(code, err, "departs grossly", run)
     assert "--accept-degraded" in line and "recalibrate" in line
-    assert not (run / "model_int8.onnx").exists()
+    assert not run.exists(), "a refused export leaves no run folder it made"
+
+
+def test_a_refused_export_leaves_an_existing_run_as_it_was(world, tmp_path, capsys) -> None:
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(world.run, run)
+    before = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    argv = ["export", world.model, "--int8", "--calib-table",
+            _shrunk_table(world, tmp_path, 1e-3), "-o", run]  # fmt: skip
+    code, err = cli(argv, capsys)
+    assert_clean_error(code, err, "departs grossly", run)
+    added = [p.relative_to(run) for p in run.rglob("*") if p.is_file()
+             and p.relative_to(run) not in before and p.name != ".edgevt.lock"]  # fmt: skip
+    assert not added, f"files the refused export added are left: {added}"
     manifest = json.loads((run / "manifest.json").read_text())
-    assert "export" not in manifest["stages"], "a refused export was recorded as done"
+    assert "export" in manifest["stages"]  # the earlier fp32 export's record, restored
+    assert (run / "manifest.json").read_bytes() == before[Path("manifest.json")]
+    assert not (run / "model_int8.onnx").exists()
 
 
 def test_accept_degraded_keeps_it_and_records_the_cosine(world, tmp_path, capsys):
@@ -73,4 +91,5 @@ def test_a_file_its_runtime_refuses_is_removed_whatever_the_error(world, tmp_pat
     code, err = cli(["export", world.model, "--int8", "--calib-table", world.table, "-o", run],
                     capsys)  # fmt: skip
     assert_clean_error(code, err, "cannot load model_int8.onnx", run)
-    assert not (run / "model_int8.onnx").exists() and (run / "calibration.json").is_file()
+    assert not run.exists(), "a refused export leaves no run folder it made"
+    assert world.table.is_file()  # the user's own table is never touched
