@@ -717,9 +717,11 @@ def debug(
     threads: int | None = None,
     progress: bool = True,
 ) -> tuple[DebugResult, Path]:
-    """``debug_artifact``, its result written as JSON to ``out`` (a folder; default the
-    artifact's run directory's ``debug/``) as ``<artifact name>.json``; returns both."""
-    from edgevt.io import write_json
+    """``debug_artifact``, its result written to ``out`` (a folder; default the artifact's run
+    directory's ``debug/``) as ``<artifact name>.json`` and ``.html``; returns the result and
+    the JSON's path."""
+    from edgevt.debug_page import render
+    from edgevt.io import atomic_path, write_json
     from edgevt.run import run_lock
 
     artifact = Path(artifact)
@@ -731,11 +733,16 @@ def debug(
         threads=threads, progress=progress,
     )  # fmt: skip
     path = folder / f"{artifact.name}.json"
+
+    def write() -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path.with_suffix(".html")) as tmp:
+            tmp.write_text(render(result))
+        write_json(path, result.to_dict())
+
     if out is None:  # inside the run directory: one writer at a time
         with run_lock(artifact.parent):
-            folder.mkdir(exist_ok=True)
-            write_json(path, result.to_dict())
+            write()
     else:
-        folder.mkdir(parents=True, exist_ok=True)
-        write_json(path, result.to_dict())
+        write()
     return result, path

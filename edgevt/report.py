@@ -11,7 +11,8 @@ from __future__ import annotations
 import html
 import json
 import math
-from dataclasses import asdict, dataclass
+import os
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,7 @@ class Report:
     timings: list[Timing]
     calibration: list[dict[str, Any]]
     sensitivity: dict[str, dict[str, Any]]  # run -> sensitivity.json
+    debug: list[dict[str, Any]] = field(default_factory=list)  # RUN/debug/*.json summaries
 
 
 def _load_json(path: Path, what: str) -> dict[str, Any]:
@@ -116,6 +118,21 @@ def _score(value: Any) -> float | None:
     if not (math.isfinite(value) and 0 <= value <= 100):
         raise ValueError(f"score {value!r} is not a finite percentage")
     return float(value)
+
+
+def _debug_summary(path: Path, run: str) -> dict[str, Any]:
+    """One `edgevt debug` result, as the report lists it (with its page, when there is one)."""
+    data = _load_json(path, "debug result")
+    share = data["faithful_share"]
+    if not _finite(share) or not 0 <= share <= 1:
+        raise ValueError(f"{path.name}: faithful_share {share!r}")
+    page = path.with_suffix(".html")
+    return {
+        "run": run, "file": Path(str(data["artifact"])).name, "target": str(data["target"]),
+        "images": int(data["images"]), "faithful": 100 * share,
+        "departures": len(data["departures"]), "drifted": len(data.get("drifted", [])),
+        "sqnr_db": data["logits"]["sqnr_fp32_db"], "page": page if page.is_file() else None,
+    }  # fmt: skip
 
 
 def _check_sensitivity(data: dict[str, Any]) -> dict[str, Any]:
@@ -206,6 +223,8 @@ def _collect_run(run_dir: Path, report: Report, owners: dict[str, tuple[str, str
     table = run_dir / "calibration.json"
     if table.is_file():
         report.calibration.append(_calibration(table, run, _records(stages)))
+    for path in sorted((run_dir / "debug").glob("*.json")):
+        report.debug.append(_debug_summary(path, run))
     if (run_dir / "sensitivity.json").is_file():
         report.sensitivity[run] = _check_sensitivity(
             _load_json(run_dir / "sensitivity.json", "sensitivity")
@@ -533,6 +552,28 @@ def _target_notes(report: Report) -> str:
     return " ".join(sorted(n for n in notes if n))
 
 
+def _link(page: Path, out: Path) -> str:
+    return Path(os.path.relpath(page.resolve(), out.resolve())).as_posix()
+
+
+def _debug_html(debug: list[dict[str, Any]], out: Path) -> str:
+    if not debug:
+        return ""
+    table = [["run", "file", "target", "images", "faithful", "departures", "drifted",
+              "logits SQNR dB"]]  # fmt: skip
+    table += [[d["run"], d["file"], d["target"], str(d["images"]), f"{d['faithful']:.1f} %",
+               str(d["departures"]), str(d["drifted"]), _fmt(d["sqnr_db"], ".1f")]
+              for d in debug]  # fmt: skip
+    links = "".join(
+        f'<li><a href="{html.escape(_link(d["page"], out))}">{html.escape(d["run"])} '
+        f"{html.escape(d['file'])}</a></li>"
+        for d in debug
+        if d["page"]
+    )
+    return (f"<h2>int8 debug (edgevt debug)</h2>{_html_table(table)}"
+            f"<ul>{links}</ul>")  # fmt: skip
+
+
 def write_report(report: Report, out: Path, title: str) -> dict[str, Path]:
     """``out/report.md``, ``out/report.html`` and ``out/report.json``, each written atomically."""
     accuracy, latency = accuracy_table(report), latency_table(report)
@@ -565,6 +606,14 @@ def write_report(report: Report, out: Path, title: str) -> dict[str, Path]:
                f"Kept in float: {', '.join(sens.get('kept_float', [])) or 'none'}; "
                f"{sens.get('measure', '')}: all int8 {sens.get('drop_all_int8')}, "
                f"chosen {sens.get('drop_chosen')}."]  # fmt: skip
+    if report.debug:
+        md += ["", "## int8 debug (`edgevt debug`)", ""]
+        md += [f"- {d['run']} `{d['file']}` ({d['target']}, {d['images']} images): "
+               f"{d['faithful']:.1f} % of tensors faithful to the simulation, "
+               f"{d['departures']} departures, {d['drifted']} drifted; logits SQNR "
+               f"{_fmt(d['sqnr_db'], '.1f', ' dB')}"
+               + (f" ([page]({_link(d['page'], out)}))" if d["page"] else "")
+               for d in report.debug]  # fmt: skip
     sens_html = "".join(
         f"<h2>Per-layer sensitivity ({html.escape(run)})</h2>"
         "<p>KL divergence of the logits when only that op is int8; red: kept in float.</p>"
@@ -591,6 +640,7 @@ front (no other artifact of that model is both faster and more accurate).
 <h2>Calibration</h2><ul>{
         "".join(f"<li>{html.escape(c)}</li>" for c in calib) or "<li>no int8 in these runs</li>"
     }</ul>
+{_debug_html(report.debug, out)}
 {sens_html}
 </body></html>
 """

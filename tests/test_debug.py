@@ -107,3 +107,25 @@ def test_other_targets_are_refused_with_what_to_do(tmp_path: Path, calib_dir) ->
     int8 = next(a.path for a in out.artifacts if a.precision == "int8")
     with pytest.raises(EdgevtError, match="QDQ ONNX"):
         debug_artifact(int8, calib_dir, progress=False)
+
+
+def test_the_page_and_the_report_show_it(int8_run: Path, calib_dir, tmp_path: Path) -> None:
+    """debug writes ARTIFACT.html beside the JSON (SQNR along the depth, departures), and
+    `edgevt report` of the run lists the result and links the page."""
+    from xml.dom import minidom
+
+    from edgevt.report import collect, write_report
+
+    run = tmp_path / "run"
+    shutil.copytree(int8_run, run)
+    result, path = debug(run / "model_int8.onnx", calib_dir, limit=2, progress=False)
+    page = path.with_suffix(".html").read_text()
+    assert "<svg" in page and "SQNR along the depth" in page and "conv2:in0" in page
+    assert page.count("<circle") == len(result.tensors)
+    svg = page[page.index("<svg"): page.index("</svg>") + len("</svg>")]
+    minidom.parseString(svg)  # well-formed: browsers draw nothing of a broken inline SVG
+    report = collect([run])
+    assert [(d["file"], d["departures"]) for d in report.debug] == [("model_int8.onnx", 0)]
+    paths = write_report(report, tmp_path / "report", "t")
+    assert "../run/debug/model_int8.onnx.html" in paths["html"].read_text()
+    assert "int8 debug" in paths["markdown"].read_text()
