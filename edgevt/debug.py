@@ -169,6 +169,7 @@ class DebugResult:
     layers: list[LayerDebug]
     departures: list[Departure]
     unmapped: list[str] = field(default_factory=list)
+    bisect: dict[str, Any] | None = None  # --max-drop / --fix-to: the float set it chose
 
     @property
     def faithful_share(self) -> float:
@@ -693,6 +694,15 @@ def format_table(result: DebugResult, top: int | None = None) -> str:
         )
     for d in result.departures:
         lines.append(f"  departs: {d.key} (cosine {d.cosine_sim:.6f}): {d.why}")
+    if result.bisect:
+        b = result.bisect
+        kept = ", ".join(b["kept_float"]) or "none"
+        lines.append(
+            f"goal {b['goal']}: {'met' if b['met'] else 'NOT met'} with {len(b['kept_float'])} "
+            f"ops in float ({kept}); measured on exported files: {b['measured']:.4g} (as "
+            f"exported: {b['as_given']:.4g}; {b['files_checked']} files checked); "
+            f"config: {b['config']}"
+        )
     worst = sorted(
         (x for x in result.layers if x.sqnr_weights_db is not None),
         key=lambda x: min(x.sqnr_weights_db or 1e9, x.sqnr_input_db or 1e9),
@@ -715,6 +725,9 @@ def debug(
     out: str | Path | None = None,
     batch_size: int = 4,
     threads: int | None = None,
+    max_drop: float | None = None,
+    fix_to: float | None = None,
+    bisect_images: int = 256,
     progress: bool = True,
 ) -> tuple[DebugResult, Path]:
     """``debug_artifact``, its result written to ``out`` (a folder; default the artifact's run
@@ -728,10 +741,22 @@ def debug(
     folder = Path(out) if out is not None else artifact.parent / "debug"
     if folder.exists() and not folder.is_dir():
         raise EdgevtError(f"-o {folder} is a file, not a folder; choose another -o.")
+    if max_drop is not None and fix_to is not None:
+        raise EdgevtError("give one goal: --max-drop POINTS or --fix-to COSINE, not both.")
     result = debug_artifact(
         artifact, data, limit=limit, reference=reference, batch_size=batch_size,
         threads=threads, progress=progress,
     )  # fmt: skip
+    if max_drop is not None or fix_to is not None:
+        from edgevt.debug_bisect import bisect
+        from edgevt.targets import read_artifact_info
+
+        info = read_artifact_info(artifact)
+        inputs = _run_inputs(artifact, Path(reference) if reference else None, info)
+        result.bisect = bisect(
+            artifact, data, inputs, info, max_drop=max_drop, fix_to=fix_to,
+            limit=bisect_images, out=folder, progress=progress,
+        ).to_dict()  # fmt: skip
     path = folder / f"{artifact.name}.json"
 
     def write() -> None:

@@ -129,3 +129,29 @@ def test_the_page_and_the_report_show_it(int8_run: Path, calib_dir, tmp_path: Pa
     paths = write_report(report, tmp_path / "report", "t")
     assert "../run/debug/model_int8.onnx.html" in paths["html"].read_text()
     assert "int8 debug" in paths["markdown"].read_text()
+
+
+def test_bisect_finds_a_float_set_export_takes(int8_run: Path, calib_dir, tmp_path: Path) -> None:
+    """A cosine goal the all-int8 file misses: the chosen float set, verified on exported
+    files, is written as a quant config; exporting with it gives a file that meets the goal."""
+    from edgevt.quant.config import QuantConfig
+
+    run = tmp_path / "run"
+    shutil.copytree(int8_run, run)
+    as_exported = debug_artifact(run / "model_int8.onnx", calib_dir, limit=4, progress=False)
+    goal = 1 - (1 - as_exported.logits["cosine_fp32"]) / 4  # a quarter of the error left
+    result, _ = debug(run / "model_int8.onnx", calib_dir, limit=2, fix_to=goal,
+                      bisect_images=8, progress=False)  # fmt: skip
+    b = result.bisect
+    assert b["met"] and b["measured"] >= goal > b["as_given"]
+    assert 1 <= len(b["kept_float"]) <= 3 and b["kept_float"][0] == b["ranking"][0][0]
+    config = QuantConfig.load(b["config"])
+    assert all(config.resolve(op, "Linear" if op == "head" else "Conv2d") is None
+               for op in b["kept_float"])  # fmt: skip
+    target = json.loads((run / "manifest.json").read_text())["stages"]["export"]["settings"]
+    out = api.export(tiny_model(), target["target"], out=tmp_path / "again", int8=True,
+                     calib_table=run / "calibration.json", quant_config=b["config"],
+                     progress=False)  # fmt: skip
+    assert sorted(out.artifacts[1].quantization.float_ops) == sorted(b["kept_float"])
+    with pytest.raises(EdgevtError, match="one goal"):
+        debug(run / "model_int8.onnx", calib_dir, max_drop=1, fix_to=0.9, progress=False)

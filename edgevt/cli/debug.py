@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from edgevt.cli.common import add_json, count, given, print_json
+from edgevt.cli.common import add_json, count, given, number, print_json
 
 
 def add_parser(sub) -> None:
@@ -34,6 +34,17 @@ def add_parser(sub) -> None:
     )  # fmt: skip
     p.add_argument("--batch-size", type=count(1), help="images per step (default 4; bounds memory)")
     p.add_argument("--threads", type=count(1), help="ONNX Runtime threads")
+    goal = p.add_argument_group(
+        "bisect: a small float set that reaches a goal, verified on exported files, written as "
+        "ARTIFACT.float.json for `edgevt export --quant-config`"
+    )
+    goal.add_argument("--max-drop", type=number(0, inclusive=True), metavar="PT",
+                      help="top-1 drop budget in points (vs labels; without labels, "
+                      "disagreement with fp32)")  # fmt: skip
+    goal.add_argument("--fix-to", type=number(0), metavar="COSINE",
+                      help="logits cosine to fp32 to reach, e.g. 0.999")  # fmt: skip
+    goal.add_argument("--bisect-images", type=count(1), metavar="N",
+                      help="images the goal is measured on (default 256)")  # fmt: skip
     p.add_argument("-o", "--out", metavar="DIR", help="write the JSON here (default RUN/debug/)")
     add_json(p)
     p.set_defaults(func=debug)
@@ -45,7 +56,8 @@ def debug(args: argparse.Namespace) -> None:
 
     result, path = run_debug(
         args.artifact, args.data, out=args.out,
-        **given(args, "limit", "reference", "batch_size", "threads"),
+        **given(args, "limit", "reference", "batch_size", "threads", "max_drop", "fix_to",
+                "bisect_images"),
     )  # fmt: skip
     print(f"{result.model} {result.target} int8 on {result.images} images")
     print(format_table(result))

@@ -1,0 +1,166 @@
+"""`edgevt debug --max-drop PT | --fix-to COSINE`: a small set of ops to keep in float that
+reaches the goal, measured on exported files (not on the simulation), written as a quant
+config that `edgevt export --quant-config` takes as is.
+
+1. Rank: each op alone in int8 in edgevt's simulation of the target (``QuantSim``), by the KL
+   divergence of its logits from fp32 (the sensitivity ranking the report charts).
+2. Bisect: the fewest of the top-ranked ops kept in float whose *exported file* (the same
+   table, config and rules, written with those ops in float and run by the target's runner)
+   meets the goal on the images: top-1 drop against their labels (or disagreement with fp32
+   without labels) at most ``max_drop`` points, or logits cosine to fp32 at least ``fix_to``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from edgevt.errors import EdgevtError
+
+RANK_IMAGES = 32  # images the one-op-at-a-time ranking runs on
+
+
+@dataclass
+class BisectResult:
+    goal: str
+    kept_float: list[str]
+    measured: float  # the goal's measure on the file with ``kept_float`` in float
+    as_given: float  # the same measure on the artifact as exported
+    met: bool
+    files_checked: int
+    ranking: list[tuple[str, float]]  # (op, KL when only it is int8), most sensitive first
+    config: str  # the quant config written
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _images(data: str | Path, preprocess, limit: int) -> tuple[torch.Tensor, np.ndarray]:
+    from edgevt.data.imagenet import open_dataset
+
+    dataset = open_dataset(data, require_labels=False).subset(limit)
+    batches = list(dataset.batches(preprocess, 32))
+    if not batches:
+        raise EdgevtError(f"{data} holds no images to bisect on.")
+    return (torch.from_numpy(np.concatenate([b[0] for b in batches])),
+            np.concatenate([b[1] for b in batches]))  # fmt: skip
+
+
+def _kl(p: torch.Tensor, q: torch.Tensor) -> float:
+    lp, lq = torch.log_softmax(p.double(), 1), torch.log_softmax(q.double(), 1)
+    return float((lp.exp() * (lp - lq)).sum(1).mean())
+
+
+def rank_ops(sim: Any, images: torch.Tensor, reference: torch.Tensor, progress: bool):
+    """(op, KL of the logits when only that op is int8), most sensitive first."""
+    from tqdm import tqdm
+
+    ops = sorted(sim.ops)
+    scores = []
+    with torch.no_grad():
+        for op in tqdm(ops, desc="rank ops", unit="op", disable=not progress):
+            sim.set_active([op])
+            scores.append((op, _kl(reference, sim(images))))
+    sim.set_active(ops)
+    return sorted(scores, key=lambda s: -s[1])
+
+
+def bisect(
+    artifact: Path,
+    data: str | Path,
+    inputs: Any,  # debug._Inputs of the artifact's run
+    info: Any,
+    *,
+    max_drop: float | None = None,
+    fix_to: float | None = None,
+    limit: int = 256,
+    out: Path,
+    progress: bool = True,
+) -> BisectResult:
+    """See the module doc. Writes ``out/<artifact name>.float.json``."""
+    import onnx
+
+    from edgevt.artifact import ArtifactInfo
+    from edgevt.io import write_json
+    from edgevt.quant.onnx_qdq import write_qdq_onnx
+    from edgevt.quant.simulate import QuantSim
+    from edgevt.targets import get_target
+
+    if (max_drop is None) == (fix_to is None):
+        raise EdgevtError("give one goal: --max-drop POINTS or --fix-to COSINE.")
+    if max_drop is not None and not 0 <= max_drop <= 100:
+        raise EdgevtError(f"--max-drop {max_drop}: give 0 to 100 points.")
+    if fix_to is not None and not 0 < fix_to < 1:
+        raise EdgevtError(f"--fix-to {fix_to}: give a cosine between 0 and 1, e.g. 0.999.")
+    plugin = get_target(info.target)
+    rules = plugin.quantization_rules()
+    images, labels = _images(data, info.preprocess, limit)
+    labelled = bool((labels >= 0).all())
+    with torch.no_grad():
+        reference = inputs.fused(images)
+    sim = QuantSim.for_export(inputs.fused, inputs.fp32_onnx, inputs.table, inputs.config, rules)
+    ranking = rank_ops(sim, images[:RANK_IMAGES], reference[:RANK_IMAGES], progress)
+    order = [op for op, _ in ranking]
+    ref = reference.numpy()
+
+    def measure(logits: np.ndarray) -> float:
+        if fix_to is not None:
+            a, b = logits.astype(np.float64), ref.astype(np.float64)
+            norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+            return float(((a * b).sum(1) / np.maximum(norms, 1e-30)).mean())
+        q, r = logits.argmax(1), ref.argmax(1)
+        if labelled:
+            return 100.0 * float((r == labels).mean() - (q == labels).mean())
+        return 100.0 * float((q != r).mean())
+
+    def met(value: float) -> bool:
+        return value >= fix_to if fix_to is not None else value <= max_drop
+
+    checked = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = Path(tmp) / "model.onnx"
+        onnx.save(inputs.fp32_onnx, str(fp32))
+
+        def on_file(kept: list[str]) -> float:
+            nonlocal checked
+            if len(kept) >= len(order):  # every op in float: the fp32 model itself
+                return measure(ref)
+            path = Path(tmp) / f"k{len(kept)}.onnx"
+            copy = ArtifactInfo.from_json(info.to_json())
+            try:
+                write_qdq_onnx(fp32, path, inputs.table, inputs.config.keep_float(kept), rules,
+                               copy)  # fmt: skip
+            except EdgevtError:  # no int8 graph this target runs with that set in float
+                return -1.0 if fix_to is not None else 100.0
+            checked += 1
+            runner = plugin.runner(path)
+            logits = np.concatenate([runner.infer(images[i : i + 32].numpy())
+                                     for i in range(0, len(images), 32)])  # fmt: skip
+            runner.deactivate()
+            return measure(logits)
+
+        as_given = on_file([])
+        best, value = [], as_given
+        if not met(as_given):
+            lo, hi = 1, len(order)
+            best, value = list(order), on_file(list(order))
+            while lo <= hi:
+                mid = (lo + hi) // 2
+                v = on_file(order[:mid])
+                if met(v):
+                    best, value, hi = order[:mid], v, mid - 1
+                else:
+                    lo = mid + 1
+    goal = (f"logits cosine to fp32 >= {fix_to}" if fix_to is not None else
+            f"top-1 {'drop vs labels' if labelled else 'disagreement with fp32'} <= "
+            f"{max_drop} pt")  # fmt: skip
+    config_path = out / f"{artifact.name}.float.json"
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(config_path, inputs.config.keep_float(list(best)).to_dict())
+    return BisectResult(goal, list(best), value, as_given, met(value), checked, ranking,
+                        str(config_path))  # fmt: skip
