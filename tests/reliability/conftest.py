@@ -116,3 +116,21 @@ def expect_error(world: World, capsys):
         return assert_clean_error(code, err, keyword, folder, status)
 
     return check
+
+
+def copy_into(src: Path, d: Path, name: str = "run") -> Path:
+    """A copy of ``src`` (file or folder) as ``d/name``, for a case to damage."""
+    dst = d / name
+    (shutil.copytree if src.is_dir() else shutil.copy)(src, dst)
+    return dst
+
+
+def edited_table(world: World, d: Path, edit: Callable[[dict], None]) -> Path:
+    """The world's calibration table with ``edit`` applied, as ``d/t.json``."""
+    import json
+
+    data = json.loads(world.table.read_text())
+    edit(data)
+    (d / "t.json").write_text(json.dumps(data))
+    return d / "t.json"
+

@@ -11,15 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability.conftest import case_table
+from tests.reliability.conftest import case_table, copy_into, edited_table
 
 CASES, case = case_table()
 
-
-def _copy(src: Path, d: Path, name: str = "run") -> Path:
-    dst = d / name
-    (shutil.copytree if src.is_dir() else shutil.copy)(src, dst)
-    return dst
 
 
 # --- bundle --force must never replace what is not a bundle
@@ -30,19 +25,19 @@ def _bundle(world, run, out, *extra) -> list:
 
 @case("run directory")
 def bundle_into_its_own_run_directory(world, d):
-    run = _copy(world.run, d)
+    run = copy_into(world.run, d)
     return _bundle(world, run, run)
 
 
 @case("run directory")
 def bundle_into_the_folder_holding_the_run(world, d):
-    run = _copy(world.run, d)
+    run = copy_into(world.run, d)
     return _bundle(world, run, d)
 
 
 @case("--data folder")
 def bundle_into_the_data_folder(world, d):
-    images = _copy(world.images, d, "images")
+    images = copy_into(world.images, d, "images")
     return ["bundle", world.run, "--device", "x86-host", "--samples", "1", "--data", images,
             "-o", images, "--force"]  # fmt: skip
 
@@ -130,7 +125,7 @@ def eval_onnx_metadata_a_list(world, d):
 
 @case("corrupt edgevt metadata")
 def bundle_of_a_run_with_tampered_metadata(world, d):
-    run = _copy(world.run, d)
+    run = copy_into(world.run, d)
     (run / "model.onnx").unlink()
     shutil.move(_onnx_with_metadata(world, d, "{garbage"), run / "model.onnx")
     return ["bundle", run, "--device", "x86-host", "--samples", "1", "--data", world.images,
@@ -234,7 +229,7 @@ def device_results_without_rows(world, d):
 
 @case("latency")
 def report_bench_result_p50_nan(world, d):
-    run = _copy(world.run, d)
+    run = copy_into(world.run, d)
     from edgevt import api
 
     api.bench([run / "model.onnx"], threads=[1], seconds=0.01, iterations=1, warmup=0)
@@ -381,17 +376,11 @@ def check_an_empty_graph(world, d):
 
 @case("manifest.json")
 def bundle_a_run_with_a_corrupt_manifest(world, d):
-    run = _copy(world.run, d)
+    run = copy_into(world.run, d)
     (run / "manifest.json").write_text("{ not json")
     return ["bundle", run, "--device", "x86-host", "--samples", "1", "--data", world.images,
             "-o", d / "bundle"]  # fmt: skip
 
-
-def _table(world, d, edit: Callable[[dict], None]) -> Path:
-    data = json.loads(world.table.read_text())
-    edit(data)
-    (d / "t.json").write_text(json.dumps(data))
-    return d / "t.json"
 
 
 @case("far wider than")
@@ -399,7 +388,7 @@ def table_range_far_wider_than_observed(world, d):
     def edit(t):
         t["activations"]["conv2:in0"].update(min=-1e30, max=1e30)
 
-    return ["export", world.model, "--int8", "--calib-table", _table(world, d, edit),
+    return ["export", world.model, "--int8", "--calib-table", edited_table(world, d, edit),
             "-o", d / "run"]  # fmt: skip
 
 
@@ -408,7 +397,7 @@ def table_weight_amax_of_the_wrong_length(world, d):
     def edit(t):
         t["weight_amax"]["conv"] = t["weight_amax"]["conv"][:3]
 
-    return ["export", world.model, "--int8", "--calib-table", _table(world, d, edit),
+    return ["export", world.model, "--int8", "--calib-table", edited_table(world, d, edit),
             "-o", d / "run"]  # fmt: skip
 
 
@@ -417,13 +406,13 @@ def table_weight_amax_finite_but_extreme(world, d):
     def edit(t):
         t["weight_amax"]["conv"] = [v * 1e6 for v in t["weight_amax"]["conv"]]
 
-    return ["export", world.model, "--int8", "--calib-table", _table(world, d, edit),
+    return ["export", world.model, "--int8", "--calib-table", edited_table(world, d, edit),
             "-o", d / "run"]  # fmt: skip
 
 
 # --- run directories whose records and files disagree
 def _manifest(world, d, edit: Callable[[dict], None]) -> Path:
-    run = _copy(world.run, d)
+    run = copy_into(world.run, d)
     data = json.loads((run / "manifest.json").read_text())
     edit(data)
     (run / "manifest.json").write_text(json.dumps(data))
@@ -444,14 +433,14 @@ def report_a_manifest_whose_file_records_are_a_list(world, d):
 
 @case("gone")
 def report_a_run_whose_recorded_artifact_was_deleted(world, d):
-    run = _copy(world.run, d)
+    run = copy_into(world.run, d)
     (run / "model.onnx").unlink()
     return ["report", run, "-o", d / "report"]
 
 
 @case("gone")
 def bundle_a_run_whose_recorded_artifact_was_deleted(world, d):
-    run = _copy(world.run, d)
+    run = copy_into(world.run, d)
     (run / "model.onnx").unlink()
     return ["bundle", run, "--device", "x86-host", "--samples", "1", "--data", world.images,
             "-o", d / "bundle"]  # fmt: skip

@@ -14,15 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability.conftest import case_table
+from tests.reliability.conftest import case_table, copy_into, edited_table
 
 CASES, case = case_table()
 
-
-def _copy(src: Path, d: Path, name: str = "run") -> Path:
-    dst = d / name
-    (shutil.copytree if src.is_dir() else shutil.copy)(src, dst)
-    return dst
 
 
 def _checkpoint(world, d, edit: Callable[[dict], None]) -> Path:
@@ -57,12 +52,6 @@ def calibrate_a_checkpoint_with_negative_variance(world, d):
 
 
 # --- a refused export leaves nothing (it used to leave fused.pt, model.onnx, the table copy)
-def _table(world, d, edit: Callable[[dict], None]) -> Path:
-    data = json.loads(world.table.read_text())
-    edit(data)
-    (d / "t.json").write_text(json.dumps(data))
-    return d / "t.json"
-
 
 @case("departs grossly")
 def export_with_huge_ranges_and_no_observed_values(world, d):
@@ -71,7 +60,7 @@ def export_with_huge_ranges_and_no_observed_values(world, d):
             r.update(min=-1e4, max=1e4)
             r.pop("observed_min", None), r.pop("observed_max", None)
 
-    return ["export", world.model, "--int8", "--calib-table", _table(world, d, edit),
+    return ["export", world.model, "--int8", "--calib-table", edited_table(world, d, edit),
             "-o", d / "run"]  # fmt: skip
 
 
@@ -80,14 +69,14 @@ def export_with_a_table_missing_a_tensor(world, d):
     def edit(t):
         t["activations"].pop("conv2:in0")
 
-    return ["export", world.model, "--int8", "--calib-table", _table(world, d, edit),
+    return ["export", world.model, "--int8", "--calib-table", edited_table(world, d, edit),
             "-o", d / "run"]  # fmt: skip
 
 
 @case("source must be an object")
 def export_with_a_table_whose_source_is_a_string(world, d):
-    return ["export", world.model, "--int8", "--calib-table",
-            _table(world, d, lambda t: t.update(source="imagenet")), "-o", d / "run"]  # fmt: skip
+    table = edited_table(world, d, lambda t: t.update(source="imagenet"))
+    return ["export", world.model, "--int8", "--calib-table", table, "-o", d / "run"]
 
 
 @case("is a folder")
@@ -183,7 +172,7 @@ def eval_with_a_solution_csv_without_predictions(world, d):
 
 # --- damaged records the report crashed on
 def _report_of(world, d, edit: Callable[[dict], None]) -> list:
-    run = _copy(world.run, d)
+    run = copy_into(world.run, d)
     manifest = json.loads((run / "manifest.json").read_text())
     manifest["stages"]["eval"] = {"inputs": {}, "settings": {}, "artifacts": {}, "results": {
         "evaluations": {"pytorch_fp32": {"top1": 50.0, "top5": 75.0, "n": 4},
@@ -215,7 +204,7 @@ def report_a_comparison_that_is_a_string(world, d):
 
 @case("damaged record")
 def report_a_sensitivity_ranking_that_is_garbage(world, d):
-    run = _copy(world.run, d)
+    run = copy_into(world.run, d)
     (run / "sensitivity.json").write_text(json.dumps({"ranking": [{"op": 3, "kl": "big"}]}))
     return ["report", run, "-o", d / "report"]
 
@@ -306,7 +295,7 @@ def test_an_unreadable_manifest_is_a_permission_problem(world, tmp_path, capsys,
 
     from tests.reliability.conftest import assert_clean_error, cli
 
-    run = _copy(world.run, tmp_path)
+    run = copy_into(world.run, tmp_path)
     real = Path.read_bytes
 
     def withheld(self: Path) -> bytes:
