@@ -225,6 +225,11 @@ def _run_inputs(artifact: Path, reference: Path | None, info) -> _Inputs:
         )
     record = _record(read_manifest(run), artifact.name)
     files = record.get("files", {}) if record else {}
+    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+        raise EdgevtError(
+            f"{run / MANIFEST}: the record of {artifact.name} is damaged (its files are not "
+            "names) — export the run again."
+        )
     table_path = run / files.get("calibration", "calibration.json")
     if not table_path.is_file():
         raise EdgevtError(
@@ -266,7 +271,13 @@ def _fp32_graph(run: Path, fused: nn.Module, info) -> Any:
     from edgevt.targets.onnx import export_onnx
 
     if (run / "model.onnx").is_file():
-        return onnx.load(str(run / "model.onnx"))
+        try:
+            return onnx.load(str(run / "model.onnx"))
+        except Exception as exc:  # protobuf's DecodeError and others on a damaged file
+            raise EdgevtError(
+                f"{run / 'model.onnx'} (the fp32 file the int8 one was made from) is not a "
+                f"readable ONNX model ({type(exc).__name__}) — export the run again."
+            ) from exc
     with tempfile.TemporaryDirectory() as tmp:
         info.target, info.precision = "onnx", "fp32"
         return onnx.load(str(export_onnx(fused, info, Path(tmp) / "model.onnx")))
@@ -546,7 +557,7 @@ def _check_artifact(artifact: Path, data: str | Path, limit: int, batch_size: in
     from edgevt.targets import read_artifact_info, target_for_path
 
     if not artifact.exists():
-        raise EdgevtError(f"artifact {artifact} does not exist.")
+        raise EdgevtError(f"artifact {artifact} does not exist — check the path.")
     if limit < 1 or batch_size < 1:
         raise EdgevtError("--limit and --batch-size must be at least 1.")
     if not Path(data).is_dir():
@@ -741,6 +752,10 @@ def debug(
     folder = Path(out) if out is not None else artifact.parent / "debug"
     if folder.exists() and not folder.is_dir():
         raise EdgevtError(f"-o {folder} is a file, not a folder; choose another -o.")
+    path = folder / f"{artifact.name}.json"
+    for target in (path, path.with_suffix(".html")):  # both or neither
+        if target.is_dir():
+            raise EdgevtError(f"{target} is a folder, not a file; remove it or choose another -o.")
     if max_drop is not None and fix_to is not None:
         raise EdgevtError("give one goal: --max-drop POINTS or --fix-to COSINE, not both.")
     result = debug_artifact(
@@ -757,7 +772,6 @@ def debug(
             artifact, data, inputs, info, max_drop=max_drop, fix_to=fix_to,
             limit=bisect_images, out=folder, progress=progress,
         ).to_dict()  # fmt: skip
-    path = folder / f"{artifact.name}.json"
 
     def write() -> None:
         folder.mkdir(parents=True, exist_ok=True)

@@ -70,7 +70,8 @@ def load_profile(name_or_path: str | Path) -> DeviceProfile:
             + (f"missing {', '.join(missing)}" if missing else "")
             + ("; " if missing and unknown else "")
             + (f"unknown key(s) {', '.join(sorted(unknown))}" if unknown else "")
-            + "."
+            + f" — a profile has {', '.join(REQUIRED)} (optional: the rest of a shipped one); "
+            "copy one from targets/ and edit it."
         )
     _check_targets(path, data["targets"])
     _check_values(path, data)

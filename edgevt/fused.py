@@ -23,7 +23,7 @@ from edgevt.fuse import FuseReport, fuse_model, fused_skeleton
 from edgevt.io import atomic_path, sha256, write_json
 from edgevt.models import LoadedModel, check_weights, get_entry, load_model
 from edgevt.models.checkpoint import unpickler_reason
-from edgevt.run import RunDir
+from edgevt.run import RunDir, undo_on_error
 
 FUSED_FILE = "fused.pt"
 
@@ -122,7 +122,13 @@ def load_fused(path: str | Path) -> tuple[nn.Module, ArtifactInfo]:
         raise EdgevtError(f"{path} is not an edgevt fused model (written by `edgevt fuse`).")
     if not isinstance(saved["edgevt_fused"], str) or not isinstance(saved.get("state_dict"), dict):
         raise EdgevtError(f"{path} is a damaged edgevt fused model; write it again (edgevt fuse).")
-    entry = get_entry(saved["edgevt_fused"])
+    try:
+        entry = get_entry(saved["edgevt_fused"])
+    except EdgevtError:  # a name the user never typed: say where it came from
+        raise EdgevtError(
+            f"{path} holds a fused {saved['edgevt_fused']!r}, a model this edgevt does not know "
+            "(`edgevt models`) — write it again with `edgevt fuse`."
+        ) from None
     skeleton = fused_skeleton(entry.build(), entry.family, entry.preprocess.input_size)
     try:
         skeleton.load_state_dict(saved["state_dict"])
@@ -177,15 +183,16 @@ def fuse(
         fused, report = fuse_model(loaded.model, loaded.entry.family, images, described)
     run = None
     if out is not None:
-        run = RunDir(out)
-        with run.locked():
-            save_fused(run / FUSED_FILE, loaded.entry.name, loaded.weights, fused)
-            write_json(run / "fuse.json", report.to_dict())
-            run.record(
-                "fuse",
-                model_inputs(loaded),
-                {"verify_inputs": described},
-                {"fused": run / FUSED_FILE, "report": run / "fuse.json"},
-                report.to_dict(),
-            )
+        with undo_on_error(out):  # fused.pt without its report and record is not kept
+            run = RunDir(out)
+            with run.locked():
+                save_fused(run / FUSED_FILE, loaded.entry.name, loaded.weights, fused)
+                write_json(run / "fuse.json", report.to_dict())
+                run.record(
+                    "fuse",
+                    model_inputs(loaded),
+                    {"verify_inputs": described},
+                    {"fused": run / FUSED_FILE, "report": run / "fuse.json"},
+                    report.to_dict(),
+                )
     return FuseOutcome(fused, report, loaded, run)

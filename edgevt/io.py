@@ -104,4 +104,7 @@ def read_toml(path: str | os.PathLike[str], what: str) -> dict[str, Any]:
     try:
         return tomllib.loads(data.decode())
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise EdgevtError(f"{what} {path} is not valid TOML: {exc}") from exc
+        raise EdgevtError(
+            f"{what} {path} is not valid TOML: {exc} — fix it (configs/ and targets/ hold "
+            "working examples)."
+        ) from exc

@@ -87,7 +87,7 @@ def load_config(path: str | Path) -> dict[str, Any]:
             if not Path(config[section]["data"]).is_dir():
                 raise EdgevtError(
                     f"{path}: [{section}].data {config[section]['data']} does not exist or is "
-                    "not a folder of images."
+                    "not a folder of images — paths are relative to the config file's folder."
                 )
     if "out" in config.get("report", {}):
         config["report"]["out"] = resolve(config["report"]["out"])
@@ -106,7 +106,8 @@ def load_config(path: str | Path) -> dict[str, Any]:
             export["quant_config"] = resolve(export["quant_config"])
             if not Path(export["quant_config"]).is_file():
                 raise EdgevtError(
-                    f"{path}: [[export]] quant_config {export['quant_config']} does not exist."
+                    f"{path}: [[export]] quant_config {export['quant_config']} does not exist — "
+                    "paths are relative to the config file's folder."
                 )
             try:  # a damaged config fails now, not after calibrating
                 QuantConfig.load(export["quant_config"])
@@ -122,6 +123,13 @@ def load_config(path: str | Path) -> dict[str, Any]:
         raise EdgevtError(f"{path}: [report].out {report_out} is a file; choose a folder.")
     _check_bench_and_devices(path, config)
     calibration = config.get("calibration", {})
+    from edgevt.quant.observers import METHODS
+
+    if calibration.get("method", "percentile") not in METHODS:
+        raise EdgevtError(
+            f"{path}: [calibration].method {calibration['method']!r}: choose one of "
+            f"{', '.join(METHODS)}."
+        )
     if any(_wants_int8(e) for e in config["export"]) and "data" not in calibration:
         raise EdgevtError(f"{path}: int8 exports need [calibration] data = IMAGE_DIR.")
     return config

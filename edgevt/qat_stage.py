@@ -23,7 +23,7 @@ from edgevt.quant.calibrate import quantized_keys
 from edgevt.quant.config import QuantConfig
 from edgevt.quant.rules import TargetRules
 from edgevt.quant.table import CalibrationTable
-from edgevt.run import RunDir
+from edgevt.run import RunDir, undo_on_error
 from edgevt.targets import DEFAULT_TARGET, all_targets
 
 
@@ -105,34 +105,36 @@ def qat(
     device = _device(device)
     table, config, dataset = _inputs(model, calib_table, quant_config, data, images)
     n_steps = steps or (math.ceil(epochs * len(dataset) / batch) if epochs else 300)
-    run = RunDir(out)
-    with run.locked():  # one writer; a resumed run finds only whole files
-        fused = fuse(model, checkpoint, pretrained=pretrained, seed=seed)
-        loaded = fused.loaded
-        table.check_for(model, quantized_keys(fused.model, loaded.entry.preprocess))
-        sim = _simulation(fused, table, config, rules, progress)
-        if lr_unit == "absolute" and progress:
-            _advise_step_unit(sim)
-        x, teacher = _qat_data(
-            fused.model, dataset, loaded.entry.preprocess, progress, logits=crop_scale >= 1.0
-        )
-        settings = QatSettings(
-            n_steps, batch, lr, lr_unit, range_lr, clip_lr, temperature, crop_scale, seed,
-            str(data), len(dataset), sha256(calib_table), target,
-        )  # fmt: skip
-        ckpt = run / QAT_CHECKPOINT
-        if restart:
-            ckpt.unlink(missing_ok=True)
-        start = time.perf_counter()
-        state = train(
-            sim, x, teacher, settings, ckpt, save_every=save_every, device=device,
-            progress=progress, on_step=on_step, teacher=fused.model,
-        )  # fmt: skip
-        summary = _summary(state, sim, time.perf_counter() - start, device)
-        model_path = _save(run, sim, table, config, settings, state, summary, fused.loaded,
-                           f"QAT ({n_steps} steps on {Path(data).name}) of {loaded.weights}",
-                           calib_table, (fused.model, x[:8]))  # fmt: skip
-        return QatOutcome(model_path, run / "calibration.json", run, state.step, summary)
+    # a refused run leaves nothing it made, but the checkpoint to resume from
+    with undo_on_error(out, keep=(QAT_CHECKPOINT,)):
+        run = RunDir(out)
+        with run.locked():  # one writer; a resumed run finds only whole files
+            fused = fuse(model, checkpoint, pretrained=pretrained, seed=seed)
+            loaded = fused.loaded
+            table.check_for(model, quantized_keys(fused.model, loaded.entry.preprocess))
+            sim = _simulation(fused, table, config, rules, progress)
+            if lr_unit == "absolute" and progress:
+                _advise_step_unit(sim)
+            x, teacher = _qat_data(
+                fused.model, dataset, loaded.entry.preprocess, progress, logits=crop_scale >= 1.0
+            )
+            settings = QatSettings(
+                n_steps, batch, lr, lr_unit, range_lr, clip_lr, temperature, crop_scale, seed,
+                str(data), len(dataset), sha256(calib_table), target,
+            )  # fmt: skip
+            ckpt = run / QAT_CHECKPOINT
+            if restart:
+                ckpt.unlink(missing_ok=True)
+            start = time.perf_counter()
+            state = train(
+                sim, x, teacher, settings, ckpt, save_every=save_every, device=device,
+                progress=progress, on_step=on_step, teacher=fused.model,
+            )  # fmt: skip
+            summary = _summary(state, sim, time.perf_counter() - start, device)
+            model_path = _save(run, sim, table, config, settings, state, summary, fused.loaded,
+                               f"QAT ({n_steps} steps on {Path(data).name}) of {loaded.weights}",
+                               calib_table, (fused.model, x[:8]))  # fmt: skip
+            return QatOutcome(model_path, run / "calibration.json", run, state.step, summary)
 
 
 def _save(run: RunDir, sim, table: CalibrationTable, config: QuantConfig, settings, state,

@@ -8,6 +8,7 @@ and ``report.json`` with every number that went into them.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import math
@@ -18,7 +19,7 @@ from typing import Any
 
 from edgevt.artifact import ArtifactInfo
 from edgevt.errors import EdgevtError, path_problem
-from edgevt.io import artifact_size, atomic_path, write_json
+from edgevt.io import artifact_size, atomic_path
 
 
 @dataclass
@@ -74,7 +75,9 @@ def _load_json(path: Path, what: str) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise EdgevtError(f"cannot read {what} {path} (corrupt? {exc}); write it again.") from exc
     if not isinstance(data, dict):
-        raise EdgevtError(f"{what} {path} is not a JSON object.")
+        raise EdgevtError(
+            f"{what} {path} is not a JSON object — pass the file edgevt wrote, or write it again."
+        )
     return data
 
 
@@ -131,8 +134,26 @@ def _debug_summary(path: Path, run: str) -> dict[str, Any]:
         "run": run, "file": Path(str(data["artifact"])).name, "target": str(data["target"]),
         "images": int(data["images"]), "faithful": 100 * share,
         "departures": len(data["departures"]), "drifted": len(data.get("drifted", [])),
-        "sqnr_db": data["logits"]["sqnr_fp32_db"], "page": page if page.is_file() else None,
+        "sqnr_db": _number(data["logits"]["sqnr_fp32_db"]),
+        "page": page if page.is_file() else None,
     }  # fmt: skip
+
+
+def _count(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"image count {value!r} is not a whole number")
+    return value
+
+
+def _number(value: Any) -> float | None:
+    """A cosine, an agreement, an SQNR: absent, or a finite number."""
+    if value is None:
+        return None
+    if not _finite(value):
+        raise ValueError(f"{value!r} is not a finite number")
+    return float(value)
 
 
 def _check_sensitivity(data: dict[str, Any]) -> dict[str, Any]:
@@ -185,7 +206,10 @@ def _collect_run(run_dir: Path, report: Report, owners: dict[str, tuple[str, str
             + "; pass the -o folder of `edgevt export`."
         )
     if not manifest_path.is_file():
-        raise EdgevtError(f"{run_dir} is not a run directory (no manifest.json).")
+        raise EdgevtError(
+            f"{run_dir} is not a run directory (no manifest.json) — pass the -o folder of "
+            "`edgevt export`."
+        )
     from edgevt.run import check_recorded_files, read_manifest
 
     manifest = read_manifest(run_dir)
@@ -196,13 +220,15 @@ def _collect_run(run_dir: Path, report: Report, owners: dict[str, tuple[str, str
     run = run_dir.name
     inputs = next(iter(stages.values()), {}).get("inputs", {})
     model = inputs.get("model", "?")
+    if not isinstance(model, str) or not isinstance(inputs.get("weights", ""), str):
+        raise ValueError("its inputs' model and weights must be strings")
     weights = "random" if str(inputs.get("weights", "")).startswith("random") else "real"
     evals = _evaluations(stages)
     ref = evals.get("pytorch_fp32")
     if ref:
         report.rows.append(
             Row(run, model, weights, "PyTorch (unfused)", "pytorch", "fp32", _score(ref["top1"]),
-                _score(ref["top5"]), ref["n"], 1.0, 1.0)
+                _score(ref["top5"]), _count(ref["n"]), 1.0, 1.0)
         )  # fmt: skip
     infos = _artifacts(run_dir)
     for name, info in infos.items():
@@ -212,8 +238,8 @@ def _collect_run(run_dir: Path, report: Report, owners: dict[str, tuple[str, str
         report.rows.append(
             Row(
                 run, info.model, weights, name, info.target, info.precision,
-                _score(result.get("top1")), _score(result.get("top5")), result.get("n"),
-                vs.get("top1_agreement"), vs.get("cosine"),
+                _score(result.get("top1")), _score(result.get("top5")), _count(result.get("n")),
+                _number(vs.get("top1_agreement")), _number(vs.get("cosine")),
                 artifact_size(run_dir / name) / 1e6,
                 vs.get("lost"), vs.get("won"), vs.get("p_value"),
             )
@@ -239,7 +265,8 @@ def _host_timing(path: Path, run: str, model: str, infos: dict[str, ArtifactInfo
         info = infos.get(artifact)
         return Timing(
             run, model, artifact, info.precision if info else runner.get("precision", "?"),
-            "host", runner.get("backend", "?"), int(runner.get("threads", 0)),
+            "host", runner.get("backend", "?"),
+            0 if runner.get("threads") is None else _positive_int(runner["threads"], "threads"),
             _time(bench["p50_ms"]), _time(bench["p90_ms"]),
             target=info.target if info else "pytorch",
         )  # fmt: skip
@@ -325,6 +352,8 @@ def _collect_device(path: Path, report: Report, owners: dict[str, tuple[str, str
 
 def _time(value: Any) -> float:
     """A latency in ms: finite and positive, or the file is damaged."""
+    if isinstance(value, bool):
+        raise ValueError(f"latency {value!r} ms")
     ms = float(value)
     if not (math.isfinite(ms) and ms > 0):
         raise ValueError(f"latency {value!r} ms")
@@ -653,13 +682,13 @@ front (no other artifact of that model is both faster and more accurate).
     for path in paths.values():  # all three or none
         if path.is_dir():
             raise EdgevtError(f"{path} is a folder, not a file; remove it or choose another -o.")
-    with atomic_path(paths["markdown"]) as tmp:
-        tmp.write_text("\n".join(md) + "\n")
-    with atomic_path(paths["html"]) as tmp:
-        tmp.write_text(page)
-    write_json(
-        paths["json"],
-        {"rows": [asdict(r) for r in report.rows], "timings": [asdict(t) for t in report.timings],
-         "points": points, "calibration": report.calibration},
-    )  # fmt: skip
+    data = {"rows": [asdict(r) for r in report.rows],
+            "timings": [asdict(t) for t in report.timings],
+            "points": points, "calibration": report.calibration}  # fmt: skip
+    texts = {"markdown": "\n".join(md) + "\n", "html": page,
+             "json": json.dumps(data, indent=2) + "\n"}  # fmt: skip
+    with contextlib.ExitStack() as stack:  # all three whole, or none replaced
+        temps = {k: stack.enter_context(atomic_path(paths[k])) for k in paths}
+        for key, tmp in temps.items():
+            tmp.write_text(texts[key])
     return paths

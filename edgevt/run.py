@@ -225,10 +225,11 @@ def run_lock(path: str | Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def undo_on_error(path: str | Path) -> Iterator[None]:
+def undo_on_error(path: str | Path, keep: tuple[str, ...] = ()) -> Iterator[None]:
     """A command that fails leaves its run directory as it found it: what it added is removed
     (the folder itself, if it made it) and the manifest is restored. Files it replaced stay
-    replaced (they were written whole). An interrupt keeps what finished (see run_lock)."""
+    replaced (they were written whole); files named in ``keep`` stay (a QAT checkpoint to
+    resume from). An interrupt keeps what finished (see run_lock)."""
     path = Path(path)
     existed = path.is_dir()
     before = set(path.rglob("*")) if existed else set()
@@ -237,12 +238,12 @@ def undo_on_error(path: str | Path) -> Iterator[None]:
     try:
         yield
     except Exception:
-        if not existed:
+        if not existed and not any((path / name).exists() for name in keep):
             shutil.rmtree(path, ignore_errors=True)
-        else:
+        elif path.is_dir():
             added = sorted(set(path.rglob("*")) - before, key=lambda p: -len(p.parts))
             for p in added:
-                if p.name == LOCK:
+                if p.name == LOCK or p.relative_to(path).as_posix() in keep:
                     continue
                 if p.is_dir() and not p.is_symlink():
                     shutil.rmtree(p, ignore_errors=True)

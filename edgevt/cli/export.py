@@ -171,9 +171,14 @@ def check(args: argparse.Namespace) -> None:
     try:
         model = onnx.load(str(path))
     except Exception as exc:
-        raise EdgevtError(f"{path} is not a readable ONNX model (corrupt?): {exc}") from exc
+        raise EdgevtError(
+            f"{path} is not a readable ONNX model (corrupt?): {exc} — export it again."
+        ) from exc
     if not model.graph.node:
-        raise EdgevtError(f"{path} holds an empty graph (no nodes): nothing to check.")
+        raise EdgevtError(
+            f"{path} holds an empty graph (no nodes): nothing to check — pass the file "
+            "`edgevt export` wrote."
+        )
     problems = check_tensorrt_qdq(model)
     for p in problems:
         print(f"  {p}")

@@ -179,7 +179,10 @@ def open_dataset(
         if path is not None:
             samples.append(Sample(path, label))
     if not samples:
-        raise DataError(f"none of the images in {root} is named in {gt_path}.")
+        raise DataError(
+            f"none of the images in {root} is named in {gt_path} — pass the labels of these "
+            "images (file names as they are in the folder)."
+        )
     return ImageDataset(samples, root, "flat")
 
 
@@ -208,7 +211,10 @@ def _read_ground_truth(path: Path, index: dict[str, int]) -> dict[str, int]:
                     raise DataError(f"{path}: expected columns ImageId,PredictionString.")
                 tokens = (row["PredictionString"] or "").split()
                 if not tokens:
-                    raise DataError(f"{path}:{n}: {row['ImageId']} has an empty PredictionString.")
+                    raise DataError(
+                        f"{path}:{n}: {row['ImageId']} has an empty PredictionString — give its "
+                        "wnid first (ILSVRC's LOC_val_solution.csv layout)."
+                    )
                 truth[row["ImageId"]] = _label(tokens[0], index, path)
             return truth
         for n, line in enumerate(f, 1):
@@ -233,7 +239,10 @@ def _label(token: str, index: dict[str, int], path: Path) -> int:
         return index[token]
     if token.isdigit() and int(token) < len(index):
         return int(token)
-    raise DataError(f"{path}: label {token!r} is neither a known wnid nor a class index.")
+    raise DataError(
+        f"{path}: label {token!r} is neither a known wnid nor a class index — use ImageNet wnids "
+        "(n01440764) or indices 0-999."
+    )
 
 
 def sample_batch(
@@ -254,5 +263,5 @@ def no_images_message(flag: str, data: str | Path) -> str:
     if not path.exists():
         return f"{flag} {data} does not exist; check the path."
     if not path.is_dir():
-        return f"{flag} {data} is a file, not a folder of images."
+        return f"{flag} {data} is a file, not a folder of images — pass the folder that holds it."
     return f"{flag} {data} holds no images (.jpg/.jpeg/.png...)."

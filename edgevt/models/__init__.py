@@ -69,6 +69,8 @@ def load_model(
 
     entry = get_entry(name)
     checkpoint = resolve_checkpoint(name, checkpoint, pretrained)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise CheckpointError(f"seed {seed!r}: give an integer from 0 to {2**32 - 1}.")
     torch.manual_seed(seed)
     model = entry.build()
     if checkpoint is None:

@@ -32,7 +32,7 @@ def read_state_dict(path: str | Path) -> StateDict:
         except Exception as exc:
             raise CheckpointError(
                 f"cannot read {path} as safetensors ({_short(exc)}): the file is truncated or "
-                "not a safetensors file."
+                "not a safetensors file — copy it again, or pass the checkpoint you meant."
             ) from exc
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -68,7 +68,10 @@ def unwrap_state_dict(obj: object, path: Path) -> StateDict:
             )
         obj = inner
     if not isinstance(obj, dict) or not obj:
-        raise CheckpointError(f"{path} does not hold a state_dict (found {type(obj).__name__}).")
+        raise CheckpointError(
+            f"{path} does not hold a state_dict (found {type(obj).__name__}) — pass a checkpoint "
+            "of weights (torch.save(model.state_dict(), path))."
+        )
     tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if all(k.startswith("module.") for k in tensors):
         tensors = {k[len("module.") :]: v for k, v in tensors.items()}

@@ -147,7 +147,10 @@ def plan_qdq(
             "them too (e.g. Linear layers), or export for TensorRT's rules (its own target)."
         )
     if not quantized:
-        raise EdgevtError("nothing to quantize: the config keeps every op in float.")
+        raise EdgevtError(
+            "nothing to quantize: the config keeps every op in float — quantize at least one op "
+            "type (remove its null), or export without --int8."
+        )
     add = config.resolve("add", "add") is not None
     return QdqPlan(quantized, kept, notes, ranges, nodes, per_channel, add)
 

@@ -227,12 +227,20 @@ def _resume(path: Path, sim: QuantSim, optimizer, settings: QatSettings) -> QatS
         ) from exc
     if not isinstance(saved, dict) or saved.get("format") != CHECKPOINT_FORMAT:
         raise EdgevtError(f"{path} is not an edgevt QAT checkpoint; delete it or pass --restart.")
+    if not isinstance(saved.get("settings"), dict):
+        raise EdgevtError(f"{path} is a damaged QAT checkpoint (no settings); pass --restart.")
     if saved["settings"] != settings.to_dict():
         changed = sorted(k for k, v in settings.to_dict().items() if saved["settings"].get(k) != v)
         raise EdgevtError(
             f"{path} holds a QAT run with other settings ({', '.join(changed)} differ); pass "
             "--restart to start over, or -o another run directory."
         )
-    sim.load_state_dict(saved["sim"])
-    optimizer.load_state_dict(saved["optimizer"])
-    return QatState(int(saved["step"]), list(saved["history"]))
+    try:
+        sim.load_state_dict(saved["sim"])
+        optimizer.load_state_dict(saved["optimizer"])
+        return QatState(int(saved["step"]), list(saved["history"]))
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise EdgevtError(
+            f"{path} is a damaged QAT checkpoint ({type(exc).__name__}: "
+            f"{' '.join(str(exc).split())[:150]}) — pass --restart to start over."
+        ) from None

@@ -116,6 +116,8 @@ class CalibrationTable:
                 acts[key] = TensorRange(
                     **{f: None if x is None else float(x) for f, x in value.items()}
                 )
+                if acts[key].min is None or acts[key].max is None:
+                    raise ValueError("min and max must be numbers")
             except (TypeError, ValueError, AttributeError) as exc:
                 raise EdgevtError(
                     f"{origin}: the range of {key} is damaged ({exc}); calibrate again or fix "
@@ -130,8 +132,16 @@ class CalibrationTable:
                 weight_amax={k: [float(x) for x in v] for k, v in data["weight_amax"].items()},
                 source=data.get("source", {}),
             )
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise EdgevtError(f"{origin} is a damaged calibration table: {exc!r}") from exc
+        except KeyError as exc:
+            raise EdgevtError(
+                f"{origin} is a damaged calibration table: it lacks {exc}; calibrate again "
+                "(`edgevt calibrate`)."
+            ) from exc
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise EdgevtError(
+                f"{origin} is a damaged calibration table ({exc}): weight_amax must map ops to "
+                "lists of numbers; calibrate again (`edgevt calibrate`)."
+            ) from exc
         table.validate(origin)
         return table
 

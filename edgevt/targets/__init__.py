@@ -101,7 +101,7 @@ def read_artifact_info(path: str | Path) -> ArtifactInfo:
         known = sorted({s for t in all_targets().values() for s in t.spec.suffixes})
         raise EdgevtError(f"{path}: unknown artifact type (known: {', '.join(known)}, fused .pt).")
     if not path.exists():
-        raise EdgevtError(f"{path} does not exist.")
+        raise EdgevtError(f"{path} does not exist — check the path.")
     if path.is_file() and path.stat().st_size == 0:
         raise EdgevtError(f"{path} is empty (0 bytes): corrupt or truncated; re-export it.")
     if path.is_dir() and not any(path.iterdir()):

@@ -83,7 +83,9 @@ def read_ir_info(path: Path) -> ArtifactInfo | None:
     try:
         root = ElementTree.parse(xml).getroot()
     except ElementTree.ParseError as exc:
-        raise EdgevtError(f"{xml} is not readable XML (corrupt or truncated?): {exc}") from exc
+        raise EdgevtError(
+            f"{xml} is not readable XML (corrupt or truncated?): {exc} — export it again."
+        ) from exc
     node = root.find("rt_info/" + "/".join(RT_INFO))
     return None if node is None else ArtifactInfo.from_json(node.get("value", ""), str(path))
 
