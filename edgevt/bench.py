@@ -196,10 +196,13 @@ def bench_artifacts(
     from edgevt.errors import EdgevtError
     from edgevt.io import write_json
     from edgevt.run import MANIFEST, RunDir, read_manifest, run_lock
+    from edgevt.targets import read_artifact_info, target_for_path
 
     for path in artifacts:
         if not path.exists():
             raise EdgevtError(f"{path} does not exist (edgevt bench takes exported artifacts).")
+        if target_for_path(path) is not None:  # a damaged file fails before any result is written
+            read_artifact_info(path)
     bad = [n for n in threads if n < 1]
     if bad:
         raise EdgevtError(f"--threads {bad[0]}: thread counts must be >= 1.")

@@ -60,6 +60,11 @@ class RunDir:
             raise EdgevtError(
                 f"{self.path} is a file, not a run directory — choose another -o or remove it."
             )
+        if (self.path / MANIFEST).is_dir():
+            raise EdgevtError(
+                f"{self.path / MANIFEST} is a folder, not the run's record — remove it or "
+                "choose another -o."
+            )
         self.path.mkdir(parents=True, exist_ok=True)
         self.manifest = self._read()
 

@@ -113,6 +113,9 @@ class CalibrationTable:
                 )
         for key, value in data["activations"].items():
             try:
+                if not all(x is None or (isinstance(x, (int, float)) and not isinstance(x, bool))
+                           for x in value.values()):  # fmt: skip
+                    raise ValueError("its values must be numbers")
                 acts[key] = TensorRange(
                     **{f: None if x is None else float(x) for f, x in value.items()}
                 )

@@ -99,6 +99,25 @@ def qat_from_a_garbage_checkpoint_into_a_new_folder(world, d):
             "-o", d / "q"]  # fmt: skip
 
 
+# --- from a fourth probe (442 fresh cases, 98.4 % clean): what it still found
+@case("must be numbers")
+def export_with_a_table_range_of_true(world, d):
+    table = edited_table(world, d, lambda t: t["activations"]["conv2:in0"].update(max=True))
+    return ["export", world.model, "--int8", "--calib-table", table, "-o", d / "run"]
+
+
+@case("is a folder")
+def export_into_a_run_whose_manifest_is_a_folder(world, d):
+    (d / "run" / "manifest.json").mkdir(parents=True)
+    return ["export", world.model, "-o", d / "run"]
+
+
+@case("not a readable ONNX model")
+def bench_a_good_and_a_junk_artifact(world, d):
+    (d / "junk.onnx").write_bytes(b"\x08junk" * 10)
+    return ["bench", world.onnx, d / "junk.onnx", "--seconds", "0.01", "-o", d / "b"]
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_third_probe_input(name, world, expect_error) -> None:
     make, keyword = CASES[name]
