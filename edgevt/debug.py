@@ -374,7 +374,7 @@ def _sim_grid(sim: Any, key: str) -> tuple[float, float] | None:
     i = sim.group.get(key)
     if i is None:
         return None
-    lo, hi = (float(t[i]) for t in sim.ranges())
+    lo, hi = (float(t[i].detach()) for t in sim.ranges())
     scale, zero, _, _ = activation_qparams(lo, hi, sim.signed)
     return scale, float(zero)
 

@@ -134,3 +134,18 @@ def edited_table(world: World, d: Path, edit: Callable[[dict], None]) -> Path:
     (d / "t.json").write_text(json.dumps(data))
     return d / "t.json"
 
+
+def refused_leaving_nothing(case: tuple[Callable, str], name: str, world: World,
+                            expect_error: Callable) -> str:  # fmt: skip
+    """Run a ``case_table`` case in a fresh folder: one clear error, and nothing in the folder
+    that was not there before (the run lock aside). Returns the error line."""
+    make, keyword = case
+    d = world.path(name)
+    d.mkdir()
+    argv = make(world, d)
+    before = sorted(p.relative_to(d) for p in d.rglob("*"))
+    line = expect_error(argv, keyword, folder=d)
+    after = sorted(p.relative_to(d) for p in d.rglob("*") if p.name != ".edgevt.lock")
+    assert [p for p in after if p not in before] == [], "refused, yet something was written"
+    return line
+

@@ -14,7 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability.conftest import case_table, copy_into, edited_table
+from tests.reliability.conftest import (
+    case_table,
+    copy_into,
+    edited_table,
+    refused_leaving_nothing,
+)
 
 CASES, case = case_table()
 
@@ -254,22 +259,9 @@ def bundle_with_a_profile_of_nested_targets(world, d):
             "--data", world.images, "-o", d / "bundle"]  # fmt: skip
 
 
-FOUND_AFTER_FUSING = {  # refused once the model or the export exists: the folder must be gone
-    "export-with-huge-ranges-and-no-observed-values", "export-with-a-table-missing-a-tensor",
-    "export-into-a-run-whose-model-onnx-is-a-folder",
-}  # fmt: skip
-
-
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_second_probe_input(name, world, expect_error) -> None:
-    make, keyword = CASES[name]
-    d = world.path("second-" + name)
-    d.mkdir()
-    argv = make(world, d)
-    before = sorted(p.relative_to(d) for p in d.rglob("*"))
-    expect_error(argv, keyword, folder=d)
-    after = sorted(p.relative_to(d) for p in d.rglob("*") if p.name != ".edgevt.lock")
-    assert [p for p in after if p not in before] == [], "refused, yet something was written"
+    refused_leaving_nothing(CASES[name], f"second-{name}", world, expect_error)
 
 
 def test_a_plugin_that_raises_is_one_line(world, tmp_path, capsys, monkeypatch) -> None:

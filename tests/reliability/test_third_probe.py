@@ -10,7 +10,12 @@ import shutil
 
 import pytest
 
-from tests.reliability.conftest import case_table, copy_into, edited_table
+from tests.reliability.conftest import (
+    case_table,
+    copy_into,
+    edited_table,
+    refused_leaving_nothing,
+)
 
 CASES, case = case_table()
 
@@ -120,14 +125,7 @@ def bench_a_good_and_a_junk_artifact(world, d):
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_third_probe_input(name, world, expect_error) -> None:
-    make, keyword = CASES[name]
-    d = world.path("third-" + name)
-    d.mkdir()
-    argv = make(world, d)
-    before = sorted(p.relative_to(d) for p in d.rglob("*"))
-    expect_error(argv, keyword, folder=d)
-    after = sorted(p.relative_to(d) for p in d.rglob("*") if p.name != ".edgevt.lock")
-    assert [p for p in after if p not in before] == [], "refused, yet something was written"
+    refused_leaving_nothing(CASES[name], f"third-{name}", world, expect_error)
 
 
 def _int8_run(world, tmp_path):
