@@ -30,11 +30,10 @@ import torch
 from torch import nn
 
 from edgevt.errors import EdgevtError
+from edgevt.probes import GridParams, Points, Probe
 
 FAITHFUL_COSINE = 0.9999
 LAYER_IMAGES = 8  # images the weights-or-activations split of each layer is measured on
-DEBUG_TARGETS = ("onnx", "tensorrt")  # QDQ ONNX files; the others' readers come later
-_INT_RANGE = {2: (0, 255), 3: (-128, 127)}  # ONNX TensorProto UINT8 / INT8
 
 
 def _flat(x: np.ndarray) -> np.ndarray:
@@ -170,6 +169,8 @@ class DebugResult:
     departures: list[Departure]
     unmapped: list[str] = field(default_factory=list)
     bisect: dict[str, Any] | None = None  # --max-drop / --fix-to: the float set it chose
+    runtime: str = ""  # how the file's intermediates were read
+    drift: str = ""  # why faithful tensors still part from the simulation end to end
 
     @property
     def faithful_share(self) -> float:
@@ -205,6 +206,7 @@ class _Inputs:
     fused: nn.Module
     table: Any  # CalibrationTable
     config: Any  # QuantConfig
+    config_given: bool  # the run names one (else the target's default: TFLite's full integer)
     fp32_onnx: Any  # onnx.ModelProto
 
 
@@ -251,7 +253,7 @@ def _run_inputs(artifact: Path, reference: Path | None, info) -> _Inputs:
             "pass the fused.pt of the artifact's own run."
         )
     fp32 = _fp32_graph(run, fused, fused_info)
-    return _Inputs(fused.eval(), table, config, fp32)
+    return _Inputs(fused.eval(), table, config, bool(files.get("config")), fp32)
 
 
 def _record(manifest: dict[str, Any], name: str) -> dict[str, Any] | None:
@@ -283,124 +285,23 @@ def _fp32_graph(run: Path, fused: nn.Module, info) -> Any:
         return onnx.load(str(export_onnx(fused, info, Path(tmp) / "model.onnx")))
 
 
-@dataclass
-class _Points:
-    """Where the artifact holds each table key's value."""
-
-    value: dict[str, str]  # key -> tensor as the op sees it (after its DequantizeLinear)
-    before_q: dict[str, str]  # int8 key -> the float tensor its QuantizeLinear reads
-    unmapped: list[str]
-
-    @property
-    def int8(self) -> set[str]:
-        return set(self.before_q)
-
-
-def _probe_points(qdq: Any, ops: dict[str, str]) -> _Points:
-    """The artifact's tensors of every table key (see ``_Points``)."""
-    from edgevt.quant.onnx_qdq import map_nodes
-
-    mapping = map_nodes(qdq.graph, ops)
-    producer = {out: n for n in qdq.graph.node for out in n.output}
-    consumers: dict[str, list[Any]] = defaultdict(list)
-    for n in qdq.graph.node:
-        for i in n.input:
-            consumers[i].append(n)
-    points = _Points({}, {}, mapping.unmapped)
-    for pairs in mapping.inputs.values():
-        for tensor, key in pairs:
-            points.value[key] = tensor
-            dq = producer.get(tensor)
-            if dq is not None and dq.op_type == "DequantizeLinear":
-                q = producer.get(dq.input[0])
-                if q is not None and q.op_type == "QuantizeLinear":
-                    points.before_q[key] = q.input[0]
-    for tensor, key in mapping.output.values():
-        q = next((n for n in consumers[tensor] if n.op_type == "QuantizeLinear"), None)
-        dq = q and next(
-            (n for n in consumers[q.output[0]] if n.op_type == "DequantizeLinear"), None
-        )
-        points.value[key] = dq.output[0] if dq else tensor
-        if dq:
-            points.before_q[key] = tensor
-    return points
-
-
-@dataclass(frozen=True)
-class _GridParams:
-    scale: float
-    zero: float
-    qmin: int
-    qmax: int
-
-    @property
-    def range(self) -> tuple[float, float]:
-        return (self.qmin - self.zero) * self.scale, (self.qmax - self.zero) * self.scale
-
-
-def _grids(qdq: Any, points: _Points) -> dict[str, _GridParams]:
-    """Each int8 key's grid, from its DequantizeLinear's parameters."""
-    from onnx import numpy_helper
-
-    inits = {t.name: t for t in qdq.graph.initializer}
-    consts = {n.output[0]: n for n in qdq.graph.node if n.op_type == "Constant"}
-    producer = {out: n for n in qdq.graph.node for out in n.output}
-
-    def value(name: str) -> np.ndarray | None:
-        if name in inits:
-            return numpy_helper.to_array(inits[name])
-        if name in consts:
-            return numpy_helper.to_array(consts[name].attribute[0].t)
-        return None
-
-    out = {}
-    for key in points.int8:
-        dq = producer[points.value[key]]
-        scale = value(dq.input[1])
-        zero = value(dq.input[2]) if len(dq.input) > 2 and dq.input[2] else None
-        if scale is None or scale.size != 1:
-            continue
-        dtype = inits[dq.input[2]].data_type if zero is not None and dq.input[2] in inits else 3
-        qmin, qmax = _INT_RANGE.get(dtype, (-128, 127))
-        z = float(zero.reshape(-1)[0]) if zero is not None else 0.0
-        out[key] = _GridParams(float(scale.reshape(-1)[0]), z, qmin, qmax)
-    return out
-
-
-def _sim_grid(sim: Any, key: str) -> tuple[float, float] | None:
-    """(scale, zero point) the simulation quantizes ``key`` with, None where it does not."""
+def _sim_grid(sim: Any, key: str) -> GridParams | None:
+    """The grid the simulation quantizes ``key`` on, None where it does not."""
     from edgevt.quant.simulate import activation_qparams
 
     i = sim.group.get(key)
     if i is None:
         return None
     lo, hi = (float(t[i].detach()) for t in sim.ranges())
-    scale, zero, _, _ = activation_qparams(lo, hi, sim.signed)
-    return scale, float(zero)
+    return GridParams(*activation_qparams(lo, hi, sim.signed))
 
 
-def _session(qdq: Any, points: _Points, threads: int | None):
-    """ONNX Runtime without graph optimizations, every probe point an extra output."""
-    import onnx
-    import onnxruntime as ort
-
-    model = onnx.ModelProto()
-    model.CopyFrom(qdq)
-    have = {o.name for o in model.graph.output}
-    for tensor in dict.fromkeys([*points.value.values(), *points.before_q.values()]):
-        if tensor not in have:
-            model.graph.output.append(
-                onnx.helper.make_tensor_value_info(tensor, onnx.TensorProto.FLOAT, None)
-            )
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 3
-    if threads:
-        opts.intra_op_num_threads = threads
-    session = ort.InferenceSession(
-        model.SerializeToString(), opts, providers=["CPUExecutionProvider"]
-    )
-    return session, [o.name for o in session.get_outputs()]
+def _same_grid(a: GridParams, b: GridParams) -> bool:
+    """The same int8 grid, whatever integer type stores it (int8 zero point -4 is uint8 124);
+    a symmetric grid may end at -127 or -128."""
+    (a_lo, a_hi), (b_lo, b_hi) = a.range, b.range
+    return (math.isclose(a.scale, b.scale, rel_tol=1e-4) and abs(a_hi - b_hi) < 0.5 * a.scale
+            and abs(a_lo - b_lo) < 1.01 * a.scale)  # fmt: skip
 
 
 def _capture(model: nn.Module, images: torch.Tensor) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -461,6 +362,13 @@ def _layer_errors(modules: dict[str, nn.Module], sim: Any, fp32: dict[str, np.nd
         sums[name][1].add(_flat(y_a.numpy()), r)
 
 
+def _unpadded(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """A conv (timm's Conv2dSame too) on an input its graph already padded (a Pad op)."""
+    return torch.nn.functional.conv2d(
+        x, conv.weight, conv.bias, conv.stride, 0, conv.dilation, conv.groups
+    )
+
+
 def _apply(module: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """The module's own forward (its padding too: timm's Conv2dSame) with another weight."""
     return torch.func.functional_call(module, {"weight": weight}, (x,), strict=False)
@@ -469,7 +377,7 @@ def _apply(module: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> torch.Te
 class _Tally:
     """The statistics of one debug run, accumulated a batch at a time."""
 
-    def __init__(self, points: _Points, grids: dict[str, _GridParams], sim: Any,
+    def __init__(self, points: Points, grids: dict[str, GridParams], sim: Any,
                  fused: nn.Module) -> None:  # fmt: skip
         self.points, self.grids, self.sim = points, grids, sim
         self.modules = dict(sim.model.named_modules())  # weights fake-quantized as simulated
@@ -496,29 +404,35 @@ class _Tally:
         for key, tensor in self.points.value.items():
             if key not in ref or key in self.skipped:
                 continue
-            a, s = got[tensor], simulated.get(key, ref[key])
-            if a.shape != ref[key].shape:  # e.g. TF "same" padding: a Pad before the Conv
+            a, r, s = got[tensor], ref[key], simulated.get(key, ref[key])
+            if a.shape != r.shape and a.size == r.size and a.shape[-1] == r.shape[-1]:
+                a = a.reshape(r.shape)  # a Linear's tokens flattened to rows in the file
+            if a.shape != r.shape:  # e.g. TF "same" padding: a Pad before the Conv
                 self.skipped[key] = (f"{tensor} is {list(a.shape)} in the file, "
-                                     f"{list(ref[key].shape)} in PyTorch (padded in the graph)")
+                                     f"{list(r.shape)} in PyTorch (padded in the graph)")
                 continue
+            if key in self.points.clip:  # the file's fused activation: compare after it
+                r, s = np.clip(r, *self.points.clip[key]), np.clip(s, *self.points.clip[key])
             a64 = _flat(a)
-            self.vs_fp32[key].add(a64, _flat(ref[key]))
+            self.vs_fp32[key].add(a64, _flat(r))
             self.vs_sim[key].add(a64, _flat(s))
-            local = self._local(key, got)
+            local = self._local(key, got, a)
             if local is not None and local.shape == a.shape:
                 self.local[key].add(a64, _flat(local))
             if key in self.grid:
-                self.grid[key].add(ref[key])
+                self.grid[key].add(r)
                 self.steps[key].add(a, s)
         if self.images < LAYER_IMAGES:  # a stable ranking needs few images; it costs 2 passes
             _layer_errors(self.fp32_modules, self.sim, ref, self.layers, self._weights)
         self.images += len(logits)
 
-    def _local(self, key: str, got: dict[str, np.ndarray]) -> np.ndarray | None:
+    def _local(self, key: str, got: dict[str, np.ndarray], value: np.ndarray):
         """What the simulation computes for ``key`` from the file's own values one step
         upstream: the file's float tensor quantized by the simulation's rule, or the op run
         with the simulation's weights on the file's own input. Upstream drift cancels out,
-        so this is the file's faithfulness to the simulation, step by step."""
+        so this is the file's faithfulness to the simulation, step by step. An int8 tensor
+        with no float tensor before it (an int8 op's output in a full-integer file) is put
+        on the simulation's grid: the same values come back when the grids agree."""
         op, slot = key.rsplit(":", 1)
         if slot == "out":
             x = got.get(self.points.value.get(f"{op}:in0", ""))
@@ -527,11 +441,28 @@ class _Tally:
                 return None
             with torch.no_grad():
                 y = module(torch.from_numpy(x))
-            return self.sim.quantize_key(key, y).numpy() if key in self.points.int8 else y.numpy()
+                if y.shape != value.shape and isinstance(module, nn.Conv2d):
+                    y = _unpadded(module, torch.from_numpy(x))  # the file padded the input
+            if key in self.points.clip:
+                y = y.clamp(*self.points.clip[key])
+            if key not in self.points.int8:
+                return y.numpy()
+            return self.sim.quantize_key(self._grid_key(key), y).numpy()
         if key in self.points.before_q:
             x = torch.from_numpy(got[self.points.before_q[key]])
             return self.sim.quantize_key(key, x).numpy()
+        if key in self.points.int8 and key in self.sim.group:
+            return self.sim.quantize_key(key, torch.from_numpy(value)).numpy()
         return None
+
+    def _grid_key(self, key: str) -> str:
+        """The key whose simulated grid the file's tensor at ``key`` is stored on: its own, or
+        (an op output the simulation quantizes only where it is read) its reader's."""
+        if key in self.sim.group:
+            return key
+        tensor = self.points.value[key]
+        return next((k for k, t in self.points.value.items()
+                     if t == tensor and k in self.sim.group), key)  # fmt: skip
 
     def tensors(self) -> list[TensorDebug]:
         out = []
@@ -554,7 +485,7 @@ class _Tally:
 def _check_artifact(artifact: Path, data: str | Path, limit: int, batch_size: int):
     """The artifact's ArtifactInfo, once every argument is known to be usable."""
     from edgevt.data.imagenet import no_images_message
-    from edgevt.targets import read_artifact_info, target_for_path
+    from edgevt.targets import all_targets, get_target, read_artifact_info, target_for_path
 
     if not artifact.exists():
         raise EdgevtError(f"artifact {artifact} does not exist — check the path.")
@@ -565,11 +496,13 @@ def _check_artifact(artifact: Path, data: str | Path, limit: int, batch_size: in
     if target_for_path(artifact) is None:
         raise EdgevtError(f"{artifact} is not an artifact edgevt knows (see `edgevt targets`).")
     info = read_artifact_info(artifact)
-    if info.target not in DEBUG_TARGETS:
+    target = get_target(info.target)
+    if not target.supports_debug:
+        readable = [n for n, t in all_targets().items() if t.supports_debug]
         raise EdgevtError(
-            f"edgevt debug reads the intermediates of QDQ ONNX files ({', '.join(DEBUG_TARGETS)} "
-            f"targets) today, not {info.target}; debug the same run's --target onnx int8 file, "
-            "which carries the same table."
+            f"edgevt debug reads the intermediates of {', '.join(readable)} files, not "
+            f"{info.target} ones yet; debug the same run's --target onnx int8 file, which "
+            "carries the same table."
         )
     if info.precision != "int8":
         raise EdgevtError(
@@ -591,36 +524,32 @@ def debug_artifact(
 ) -> DebugResult:
     """Compare an int8 artifact's intermediates with fp32 and with edgevt's simulation of its
     target (see the module doc); ``limit`` images of ``data``, ``batch_size`` at a time."""
-    import onnx
     from tqdm import tqdm
 
     from edgevt.data.imagenet import no_images_message, open_dataset
-    from edgevt.quant.simulate import QuantSim
     from edgevt.targets import get_target
 
     artifact = Path(artifact)
     info = _check_artifact(artifact, data, limit, batch_size)
     inputs = _run_inputs(artifact, Path(reference) if reference else None, info)
-    rules = get_target(info.target).quantization_rules()
-    qdq = onnx.load(str(artifact))
-    points = _probe_points(qdq, inputs.table.ops)
-    if not points.value:
-        raise EdgevtError(f"{artifact.name}: no node maps to the calibration table's ops.")
-    grids = _grids(qdq, points)
-    sim = QuantSim.for_export(inputs.fused, inputs.fp32_onnx, inputs.table, inputs.config, rules)
-    session, outputs = _session(qdq, points, threads)
+    target = get_target(info.target)
+    modules = [name for name, _ in inputs.fused.named_modules()]
+    probe = target.debug_probe(artifact, inputs.table, modules, threads)
+    if not probe.points.value:
+        raise EdgevtError(f"{artifact.name}: no tensor maps to the calibration table's ops.")
+    sim = target.simulation(inputs.fused, inputs.fp32_onnx, inputs.table,
+                            inputs.config if inputs.config_given else None, artifact)
     dataset = open_dataset(data, require_labels=False).subset(limit)
     if len(dataset) == 0:
         raise EdgevtError(no_images_message("--data", data))
-    tally = _Tally(points, grids, sim, inputs.fused)
+    tally = _Tally(probe.points, probe.grids, sim, inputs.fused)
     with tqdm(total=len(dataset), desc="debug", unit="img", disable=not progress) as bar:
         for batch, _ in dataset.batches(info.preprocess, batch_size):
             images = torch.from_numpy(batch)
             ref_logits, ref = _capture(inputs.fused, images)
             sim_logits, simulated = _simulate(sim, images)
-            got = dict(zip(outputs, session.run(outputs, {session.get_inputs()[0].name: batch}),
-                           strict=True))  # fmt: skip
-            tally.add(got, got[outputs[0]], ref_logits, ref, sim_logits, simulated)
+            logits, got = probe.run(batch)
+            tally.add(got, logits, ref_logits, ref, sim_logits, simulated)
             bar.update(len(batch))
     tensors = tally.tensors()
     return DebugResult(
@@ -628,8 +557,9 @@ def debug_artifact(
         {"cosine_fp32": tally.logits_fp32.cosine, "sqnr_fp32_db": tally.logits_fp32.sqnr_db,
          "cosine_sim": tally.logits_sim.cosine, "sqnr_sim_db": tally.logits_sim.sqnr_db},
         tensors, [LayerDebug(op, w.sqnr_db, a.sqnr_db) for op, (w, a) in tally.layers.items()],
-        _departures(tensors, sim, grids),
-        points.unmapped + [f"{k}: {why}" for k, why in tally.skipped.items()],
+        _departures(tensors, sim, probe),
+        probe.points.unmapped + [f"{k}: {why}" for k, why in tally.skipped.items()],
+        runtime=probe.runtime, drift=probe.drift,
     )  # fmt: skip
 
 
@@ -641,27 +571,29 @@ def faithful(t: TensorDebug, simulated: set[str] | None = None) -> bool:
     return simulated is None or (t.key in simulated) == t.int8
 
 
-def _departures(
-    tensors: list[TensorDebug], sim: Any, grids: dict[str, _GridParams]
-) -> list[Departure]:
+def _departures(tensors: list[TensorDebug], sim: Any, probe: Probe) -> list[Departure]:
     """Every tensor the file computes otherwise than the simulation, with why where known."""
     simulated = {k for t in sim.tensors for k in t.keys}
+    # an op output the simulation quantizes where it is read: the same tensor in the file
+    value = probe.points.value
+    simulated |= {k for k in value if any(value[j] == value[k] for j in simulated if j in value)}
     out: list[Departure] = []
     for t in tensors:
         if faithful(t, simulated):
             continue
-        file_grid, sim_grid = grids.get(t.key), _sim_grid(sim, t.key)
-        if t.int8 and t.key not in simulated:
+        file_grid, sim_grid = probe.grids.get(t.key), _sim_grid(sim, t.key)
+        forced = probe.why(t.key)
+        if forced:
+            why = forced
+        elif t.int8 and t.key not in simulated:
             why = "the file quantizes this tensor, the simulation does not (an exporter rule)"
         elif not t.int8 and t.key in simulated:
             why = "the simulation quantizes this tensor, the file keeps it in float"
-        elif file_grid and sim_grid and not (
-            math.isclose(file_grid.scale, sim_grid[0], rel_tol=1e-4)
-            and abs(file_grid.zero - sim_grid[1]) < 0.5
-        ):
-            why = (f"the file's int8 grid (scale {file_grid.scale:.4g}, zero point "
-                   f"{file_grid.zero:g}) is not the table's (scale {sim_grid[0]:.4g}, zero "
-                   f"point {sim_grid[1]:g}): an exporter wrote another range")  # fmt: skip
+        elif file_grid and sim_grid and not _same_grid(file_grid, sim_grid):
+            lo, hi = file_grid.range
+            why = (f"the file's int8 grid (scale {file_grid.scale:.4g}, [{lo:.4g}, {hi:.4g}]) "
+                   f"is not the table's (scale {sim_grid.scale:.4g}, [{sim_grid.range[0]:.4g}, "
+                   f"{sim_grid.range[1]:.4g}]): an exporter wrote another range")  # fmt: skip
         elif t.key.endswith(":out"):
             why = ("the op's output from the file's own input differs: its weights or bias are "
                    "quantized otherwise than the simulation's rule (bits, per-channel)")
@@ -701,7 +633,7 @@ def format_table(result: DebugResult, top: int | None = None) -> str:
     if result.drifted:
         lines.append(
             f"  {len(result.drifted)} of them drift end to end (first: {result.drifted[0]}): "
-            "rounding-boundary flips of float sums upstream, amplified; not a rule mismatch"
+            f"{result.drift}; not a rule mismatch"
         )
     for d in result.departures:
         lines.append(f"  departs: {d.key} (cosine {d.cosine_sim:.6f}): {d.why}")

@@ -100,12 +100,36 @@ def test_cli_prints_the_table_and_fails_in_one_line(int8_run: Path, calib_dir, c
     assert code == 2 and err.startswith("edgevt: error:") and len(err.splitlines()) == 1
 
 
-def test_other_targets_are_refused_with_what_to_do(tmp_path: Path, calib_dir) -> None:
+@pytest.fixture(scope="module")
+def tflite_run(tmp_path_factory, calib_dir: Path) -> Path:
     pytest.importorskip("ai_edge_litert", reason="pip install edgevt[tflite]")
-    out = api.export(tiny_model(), "tflite", out=tmp_path / "run", int8=True, calib=calib_dir,
+    out = tmp_path_factory.mktemp("debug-tflite") / "run"
+    api.export(tiny_model(), "tflite", out=out, int8=True, calib=calib_dir, calib_size=16,
+               progress=False)  # fmt: skip
+    return out
+
+
+def test_a_tflite_file_is_read_back_tensor_by_tensor(tflite_run: Path, calib_dir) -> None:
+    """LiteRT's own int8 tensors (NHWC in the file) at the table's names, against fp32 and
+    the simulation of LiteRT's rules: conv's fused ReLU6 is compared after the same clip."""
+    result = debug_artifact(tflite_run / "model_int8.tflite", calib_dir, limit=4,
+                            progress=False)  # fmt: skip
+    keys = {t.key for t in result.tensors}
+    assert {"conv:in0", "conv:out", "conv2:in0", "conv2:out", "head:in0"} <= keys
+    assert all(t.int8 for t in result.tensors)  # full integer: every tensor on a grid
+    assert "LiteRT" in result.runtime
+    assert result.faithful_share >= 0.95
+    assert all(d.why and not d.why.startswith("unexplained") for d in result.departures)
+    conv_out = next(t for t in result.tensors if t.key == "conv:out")
+    assert conv_out.cosine_local > FAITHFUL_COSINE and conv_out.sqnr_fp32_db > 20
+
+
+def test_other_targets_are_refused_with_what_to_do(tmp_path: Path, calib_dir) -> None:
+    pytest.importorskip("openvino", reason="pip install edgevt[openvino]")
+    out = api.export(tiny_model(), "openvino", out=tmp_path / "run", int8=True, calib=calib_dir,
                      calib_size=8, progress=False)  # fmt: skip
     int8 = next(a.path for a in out.artifacts if a.precision == "int8")
-    with pytest.raises(EdgevtError, match="QDQ ONNX"):
+    with pytest.raises(EdgevtError, match="onnx, tensorrt, tflite files, not openvino"):
         debug_artifact(int8, calib_dir, progress=False)
 
 

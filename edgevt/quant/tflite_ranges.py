@@ -43,22 +43,47 @@ FIXED_OUTPUT_OPS = frozenset(("SOFTMAX", "LOGISTIC", "TANH"))
 ACTIVATION_CLIP = {1: (0.0, np.inf), 2: (-1.0, 1.0), 3: (0.0, 6.0)}  # RELU, RELU_N1_TO_1, RELU6
 
 
-def module_scope(tensor_name: str, modules: set[str]) -> str | None:
-    """``Root/a.Sequential_stages/a.Stage_0/b.Linear_qkv;1`` -> ``stages.0.qkv`` if a module."""
-    location = tensor_name.split(";")[0]
+def module_scope(
+    tensor_name: str, modules: set[str], wanted: set[str] | None = None
+) -> str | None:
+    """``Root/a.Sequential_stages/a.Stage_0/b.Linear_qkv;1`` -> ``stages.0.qkv`` if a module.
+
+    The scope names only modules whose forward ran: a ModuleList's children appear without
+    the list (HF CvT's ``CvtStage_0`` is ``encoder.stages.0``), so a part that is no child
+    may be a grandchild through such a container. A tensor the converter merged carries
+    several scopes joined by ";": the first that names a module of ``wanted`` (the table's
+    ops of the right kind) wins; without ``wanted``, the first scope's deepest module.
+    """
+    found = [_resolve(loc, modules) for loc in tensor_name.split(";") if loc]
+    if wanted is not None:
+        return next((m for m in found if m in wanted), None)
+    return found[0] if found else None
+
+
+def _resolve(location: str, modules: set[str]) -> str | None:
     parts = []
     for comp in location.split("/")[1:]:
         cls_and_attr = comp.rsplit(".", 1)[-1]
         if "_" not in cls_and_attr:
             return None
         parts.append(cls_and_attr.split("_", 1)[1])
-    # The longest prefix that names a module: tensors inside a module's own forward carry
-    # only that module's scope.
-    for end in range(len(parts), 0, -1):
-        name = ".".join(parts[:end])
-        if name in modules:
-            return name
-    return None
+    path, deepest = "", None
+    for part in parts:  # the deepest module the scope reaches
+        child = f"{path}.{part}" if path else part
+        if child not in modules:
+            child = _through_container(path, part, modules) or child
+        path = child
+        if path in modules:
+            deepest = path
+    return deepest
+
+
+def _through_container(parent: str, part: str, modules: set[str]) -> str | None:
+    """``parent.<list>.part`` when exactly one such module exists (a ModuleList between)."""
+    prefix = f"{parent}." if parent else ""
+    hits = [m for m in modules if m.startswith(prefix) and m.endswith(f".{part}")
+            and m.count(".") == prefix.count(".") + 1]  # fmt: skip
+    return hits[0] if len(hits) == 1 else None
 
 
 @dataclass
@@ -79,11 +104,18 @@ def read_ops(model_t: Any) -> list[TfliteOp]:
     for i, op in enumerate(graph.operators):
         code = model_t.operatorCodes[op.opcodeIndex]
         builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
-        name = fu.TFL_OP_CODE_TO_NAME.get(builtin)
-        op_type = name.value if name is not None else f"code{builtin}"
+        name = fu.TFL_OP_CODE_TO_NAME.get(builtin)  # the ops the quantizer knows
+        op_type = name.value if name else _builtin_names().get(builtin, f"code{builtin}")
         act = getattr(op.builtinOptions, "fusedActivationFunction", 0) or 0
         ops.append(TfliteOp(i, op_type, list(op.inputs), list(op.outputs), act))
     return ops
+
+
+def _builtin_names() -> dict[int, str]:
+    """Every TFLite builtin op code's name (QUANTIZE, DEQUANTIZE...)."""
+    from ai_edge_litert.schema_py_generated import BuiltinOperator
+
+    return {v: k for k, v in vars(BuiltinOperator).items() if not k.startswith("_")}
 
 
 def tensors_of_ops(model_t: Any, exclude: tuple[str, ...] = ()) -> set[int]:
@@ -106,6 +138,8 @@ class TableMapping:
     tensor_of_key: dict[str, int] = field(default_factory=dict)
     range_of_key: dict[str, tuple[float, float]] = field(default_factory=dict)
     unmatched_ops: list[str] = field(default_factory=list)  # quantizable ops with no module
+    # keys with no tensor of their own in the file, and why (the quantizer ranges it)
+    unplaced: dict[str, str] = field(default_factory=dict)
 
 
 def map_table(model_t: Any, table: CalibrationTable, modules: Iterable[str]) -> TableMapping:
@@ -124,14 +158,26 @@ def map_table(model_t: Any, table: CalibrationTable, modules: Iterable[str]) -> 
         mapping.tensor_of_key[key] = tensor
         mapping.range_of_key[key] = (lo, hi)
 
-    for op in read_ops(model_t):
+    ops = read_ops(model_t)
+    before_bias = {op.outputs[0]: _biased_output(model_t, ops, op)[0] for op in ops
+                   if op.op_type in WEIGHTED_OPS}  # fmt: skip
+    before_bias = {t: b for t, b in before_bias.items() if t != b}
+    weighted = {n for n, t in table.ops.items() if t in ("Conv2d", "Linear")}
+    for op in ops:
         if op.op_type in WEIGHTED_OPS:
-            module = module_scope(tensor_name(model_t, op.inputs[1]), modules)
+            module = module_scope(tensor_name(model_t, op.inputs[1]), modules, weighted)
             if module is None:
                 mapping.unmatched_ops.append(f"{op.op_type} #{op.index}")
                 continue
-            assign(f"{module}:in0", op.inputs[0])
-            assign(f"{module}:out", op.outputs[0], ACTIVATION_CLIP.get(op.fused_activation))
+            if op.inputs[0] in before_bias and f"{module}:in0" in table.activations:
+                mapping.unplaced[f"{module}:in0"] = (
+                    "the converter folded the bias of the op before into this one, which reads "
+                    "that op's output without its bias: the table's range does not apply there"
+                )
+            else:
+                assign(f"{module}:in0", op.inputs[0])
+            out, act = _biased_output(model_t, ops, op)
+            assign(f"{module}:out", out, ACTIVATION_CLIP.get(act))
         elif op.op_type == "BATCH_MATMUL":
             module = module_scope(tensor_name(model_t, op.outputs[0]), modules)
             if module is None:
@@ -142,6 +188,21 @@ def map_table(model_t: Any, table: CalibrationTable, modules: Iterable[str]) -> 
             assign(f"{module}@matmul{i}:in0", op.inputs[0])
             assign(f"{module}@matmul{i}:in1", op.inputs[1])
     return mapping
+
+
+def _biased_output(model_t: Any, ops: list[TfliteOp], op: TfliteOp) -> tuple[int, int]:
+    """The tensor holding a conv/FC module's output, and its fused activation: the op's own
+    output, or where litert-torch left the bias out of the op, the ADD's. (LeViT's downsample:
+    ``proj`` comes out as FULLY_CONNECTED without bias, read by an ADD of the bias for the
+    residual and by ``mlp.ln1``, into whose bias the converter folded it.)"""
+    if len(op.inputs) > 2 and op.inputs[2] >= 0:
+        return op.outputs[0], op.fused_activation
+    graph = model_t.subgraphs[0]
+    for add in (o for o in ops if op.outputs[0] in o.inputs and o.op_type == "ADD"):
+        other = next((t for t in add.inputs if t != op.outputs[0]), -1)
+        if other >= 0 and _is_constant(model_t, graph.tensors[other]):
+            return add.outputs[0], add.fused_activation
+    return op.outputs[0], op.fused_activation
 
 
 # TFLite op -> the QuantConfig op type it implements
@@ -159,16 +220,21 @@ class OpChoice:
     per_channel: bool
 
 
-def choose_ops(model_t: Any, config: Any, modules: Iterable[str]) -> list[OpChoice]:
-    """The compute ops ``config`` (a QuantConfig) puts in int8, by their quantizer scope."""
+def choose_ops(
+    model_t: Any, config: Any, modules: Iterable[str], ops: dict[str, str] | None = None
+) -> list[OpChoice]:
+    """The compute ops ``config`` (a QuantConfig) puts in int8, by their quantizer scope
+    (``ops``: the table's ``{op: type}``, to tell a merged tensor's module)."""
     modules = set(modules)
+    weighted = {n for n, t in ops.items() if t in ("Conv2d", "Linear")} if ops else None
     chosen, matmuls_seen = [], {}
     for op in read_ops(model_t):
         kind = CONFIG_OP_TYPE.get(op.op_type)
         if kind is None:
             continue
         probe = op.outputs[0] if kind == "matmul" else op.inputs[1]
-        module = module_scope(tensor_name(model_t, probe), modules)
+        module = module_scope(tensor_name(model_t, probe), modules,
+                              None if kind == "matmul" else weighted)  # fmt: skip
         if module is None:
             continue
         name = module
@@ -268,6 +334,7 @@ def apply_table(
                     f"(one int8 scale with {others}: the same tensor, or joined by ops that "
                     "keep their input's scale)"
                 )
+    not_honoured += [f"{key}: {why}" for key, why in mapping.unplaced.items()]
     return RangePlan(qsvs, honoured, not_honoured)
 
 

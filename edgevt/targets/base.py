@@ -36,8 +36,10 @@ from edgevt.errors import BackendMissingError, EdgevtError, RuntimeRefusal
 if TYPE_CHECKING:  # heavy imports stay out of `edgevt --help`
     from torch import nn
 
+    from edgevt.probes import Probe
     from edgevt.quant.config import QuantConfig
     from edgevt.quant.rules import TargetRules
+    from edgevt.quant.simulate import QuantSim
     from edgevt.quant.table import CalibrationTable
     from edgevt.run import RunDir
 
@@ -280,6 +282,8 @@ class Target(abc.ABC):
     cli_options: ClassVar[tuple[tuple[str, dict[str, Any]], ...]] = ()
     #: whether ``--max-drop`` (the accuracy-budgeted float-op search) runs for this target.
     supports_max_drop: ClassVar[bool] = False
+    #: whether ``edgevt debug`` reads this target's int8 files (``debug_probe``).
+    supports_debug: ClassVar[bool] = False
     #: distributions whose versions the manifest records for its files.
     version_packages: ClassVar[tuple[str, ...]] = ()
 
@@ -330,6 +334,28 @@ class Target(abc.ABC):
     def quantization_rules(self) -> TargetRules | None:
         """The int8 rules this target quantizes by (what QAT and ``--max-drop`` simulate)."""
         return None
+
+    def simulation(
+        self, model: nn.Module, fp32_onnx: Any, table: CalibrationTable,
+        config: QuantConfig | None, artifact: Path | None = None,
+    ) -> QuantSim:  # fmt: skip
+        """edgevt's simulation of this target's int8 numerics for the fused ``model`` (what
+        ``edgevt debug`` holds an int8 ``artifact`` to; ``config`` None: the target's
+        default): by default the QDQ graph of ``quantization_rules()``. A target whose file
+        format adds constraints of its own (scales TFLite fixes or shares) overrides it."""
+        from edgevt.quant.config import QuantConfig
+        from edgevt.quant.simulate import QuantSim
+
+        return QuantSim.for_export(model, fp32_onnx, table, config or QuantConfig(),
+                                   self.quantization_rules())  # fmt: skip
+
+    def debug_probe(
+        self, path: Path, table: CalibrationTable, modules: list[str], threads: int | None = None
+    ) -> Probe:
+        """A probe that reads the intermediate tensors of one of this target's int8 files
+        (``edgevt debug``; see ``edgevt.probes``). Targets that set ``supports_debug`` override
+        it."""
+        raise EdgevtError(f"edgevt debug cannot read {self.spec.name} files yet.")
 
     @abc.abstractmethod
     def export(self, ctx: ExportContext, options: TargetOptions) -> list[Artifact]:

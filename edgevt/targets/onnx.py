@@ -173,6 +173,7 @@ class OnnxTarget(Target):
     )
     Options = OnnxOptions
     supports_max_drop = True
+    supports_debug = True
     version_packages = ("onnx", "onnxruntime")
     cli_options = (
         ("opset", {"type": int, "metavar": "N",
@@ -184,6 +185,11 @@ class OnnxTarget(Target):
 
     def quantization_rules(self) -> TargetRules:
         return ORT_RULES
+
+    def debug_probe(self, path: Path, table, modules: list[str], threads: int | None = None):
+        from edgevt.probes import QdqProbe
+
+        return QdqProbe(path, table.ops, threads)
 
     def validate(self, options, precisions, max_drop) -> None:
         super().validate(options, precisions, max_drop)

@@ -150,6 +150,7 @@ class OpenvinoTarget(OnnxTarget):
     )
     requires = ("openvino", "onnx", "onnxruntime")
     supports_max_drop = True
+    supports_debug = False  # IR files: ONNX's QDQ probe does not read them
     version_packages = ("openvino", "onnx")
     cli_options = ()
     ort_optimization = "none"  # the QDQ graph's own numerics: what OpenVINO's kernels follow

@@ -144,6 +144,7 @@ class TfliteQuantReport:
     unmatched_ops: list[str] = field(default_factory=list)
     config_ops: int | None = None  # ops a QuantConfig put in int8 (None: full integer)
     float_ops: list[str] = field(default_factory=list)  # op types kept float (--float-ops)
+    widened_weights: list[str] = field(default_factory=list)  # see quant.tflite_bias
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -156,6 +157,7 @@ class TfliteQuantReport:
             "unmatched_ops": self.unmatched_ops,
             "config_ops": self.config_ops,
             "float_ops": self.float_ops,
+            "widened_weights": self.widened_weights,
         }
 
 
@@ -222,10 +224,17 @@ def quantize(
         result = qt.quantize(qsvs, enable_progress_report=False)
     buffer = bytes(result.quantized_model)
     if precision == "int8":
-        from edgevt.quant import tflite_ranges
+        from ai_edge_litert.tools import flatbuffer_utils
 
+        from edgevt.quant import tflite_ranges
+        from edgevt.quant.tflite_bias import fit_int32_biases
+
+        quantized_t = fu.read_model(buffer)
+        report.widened_weights = fit_int32_biases(quantized_t, fu.read_model(fp32))
+        if report.widened_weights:
+            buffer = bytes(flatbuffer_utils.convert_object_to_bytearray(quantized_t))
         report.scale_problems = tflite_ranges.check_scales(
-            fu.read_model(buffer), plan.honoured, mapping.range_of_key
+            quantized_t, plan.honoured, mapping.range_of_key
         )
     _write(Path(out), buffer)
     return report
@@ -273,7 +282,7 @@ def _full_integer(
         qt = quantizer.Quantizer(source, recipe.static_wi8_ai8())
     else:  # only the compute ops the config names; the rest stays float between Q/DQ
         qt = quantizer.Quantizer(source)
-        chosen = tflite_ranges.choose_ops(model_t, config, modules)
+        chosen = tflite_ranges.choose_ops(model_t, config, modules, table.ops)
         if not chosen:
             raise EdgevtError("the quantization config keeps every op in float.")
         for op in chosen:
@@ -295,11 +304,14 @@ def _full_integer(
             num_threads=os.cpu_count(),
         )
     mapping = tflite_ranges.map_table(model_t, table, modules)
-    if config is not None:  # only the chosen ops' tensors are quantized at all
-        names = {op.name for op in chosen}
+    if config is not None:  # only the chosen ops' tensors are quantized at all (not the ADD
+        names = {op.name for op in chosen}  # of a bias the converter split off, either)
+        direct = {t for op in tflite_ranges.read_ops(model_t) for t in op.outputs
+                  if op.op_type in tflite_ranges.CONFIG_OP_TYPE}  # fmt: skip
         mapping.tensor_of_key = {
-            k: t for k, t in mapping.tensor_of_key.items() if k.split(":")[0] in names
-        }
+            k: t for k, t in mapping.tensor_of_key.items()
+            if k.split(":")[0] in names and (not k.endswith(":out") or t in direct)
+        }  # fmt: skip
     if float_ops:  # a tensor that only float ops touch stays float: nothing to honour
         kept = tflite_ranges.tensors_of_ops(model_t, exclude=float_ops)
         mapping.tensor_of_key = {k: t for k, t in mapping.tensor_of_key.items() if t in kept}
@@ -409,6 +421,7 @@ class TfliteTarget(Target):
     )
     Options = TfliteOptions
     requires = REQUIRES
+    supports_debug = True
     version_packages = ("litert-torch", "ai-edge-quantizer", "ai-edge-litert")
     cli_options = (
         ("int8_io", {"action": "store_true",
@@ -422,6 +435,25 @@ class TfliteTarget(Target):
 
     def quantization_rules(self) -> TargetRules:
         return LITERT_RULES
+
+    def debug_probe(self, path: Path, table, modules: list[str], threads: int | None = None):
+        require("ai_edge_litert")
+        from edgevt.targets.tflite_debug import TfliteProbe
+
+        return TfliteProbe(path, table, modules, threads)
+
+    def simulation(self, model, fp32_onnx, table, config, artifact: Path | None = None):
+        """The QDQ simulation of LiteRT's rules, with what a full-integer .tflite adds: one
+        scale through reshape-like ops, fixed Softmax scales, every int8 op's output stored
+        int8 (read from the run's fp32 .tflite, or ``artifact``'s own graph)."""
+        if artifact is None:
+            return super().simulation(model, fp32_onnx, table, config)
+        require("ai_edge_quantizer")
+        from edgevt.targets.tflite_debug import litert_simulation
+
+        fp32 = artifact.parent / "model.tflite"
+        graph = fp32 if fp32.is_file() else artifact
+        return litert_simulation(model, fp32_onnx, table, config, LITERT_RULES, graph)
 
     def validate(self, options: TfliteOptions, precisions, max_drop) -> None:
         super().validate(options, precisions, max_drop)
@@ -451,6 +483,7 @@ class TfliteTarget(Target):
                     float_ops=options.float_ops if int8 else (),
                 )  # fmt: skip
             artifacts.append(Artifact(path, precision, _quantization(report) if int8 else None,
+                                      notes=report.widened_weights,
                                       details=report.to_dict()))  # fmt: skip
         if ctx.config is not None:
             from edgevt.io import write_json

@@ -61,12 +61,14 @@ def test_files_carry_their_info_and_shrink(levit_tflite: api.ExportOutcome) -> N
 
 def test_int8_carries_the_table_scales(levit_tflite: api.ExportOutcome) -> None:
     """Every honoured key's tensor has exactly the scale its table range gives; the ones not
-    honoured say why (softmax outputs, tensors that must share one scale)."""
+    honoured say why (softmax outputs, tensors that must share one scale, an input the
+    converter moved the bias of the op before into)."""
     run = levit_tflite.run_dir.path
     q = levit_tflite.get("int8").details
     assert q["scale_problems"] == [] and q["unmatched_ops"] == []
     assert q["honoured"] >= 0.6 * q["table_keys"]
-    assert all("softmax" in n.lower() or "one int8 scale" in n for n in q["not_honoured"])
+    assert all("softmax" in n.lower() or "one int8 scale" in n or "folded the bias" in n
+               for n in q["not_honoured"])  # fmt: skip
 
     table = CalibrationTable.load(run / "calibration.json")
     from ai_edge_litert.interpreter import Interpreter
