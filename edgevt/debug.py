@@ -207,6 +207,7 @@ class _Inputs:
     table: Any  # CalibrationTable
     config: Any  # QuantConfig
     config_given: bool  # the run names one (else the target's default: TFLite's full integer)
+    details: dict[str, Any]  # what the export recorded about the artifact
     fp32_onnx: Any  # onnx.ModelProto
 
 
@@ -253,7 +254,9 @@ def _run_inputs(artifact: Path, reference: Path | None, info) -> _Inputs:
             "pass the fused.pt of the artifact's own run."
         )
     fp32 = _fp32_graph(run, fused, fused_info)
-    return _Inputs(fused.eval(), table, config, bool(files.get("config")), fp32)
+    details = record.get("details") if record else None
+    return _Inputs(fused.eval(), table, config, bool(files.get("config")),
+                   details if isinstance(details, dict) else {}, fp32)  # fmt: skip
 
 
 def _record(manifest: dict[str, Any], name: str) -> dict[str, Any] | None:
@@ -362,6 +365,17 @@ def _layer_errors(modules: dict[str, nn.Module], sim: Any, fp32: dict[str, np.nd
         sums[name][1].add(_flat(y_a.numpy()), r)
 
 
+def _window(got: tuple[int, ...], want: tuple[int, ...]) -> tuple[slice, ...] | None:
+    """The part of an (N, C, H, W) tensor the graph padded (a conv's input with TF "same"
+    padding, smaller half before) that is the unpadded tensor; None if not such a one."""
+    if len(got) != 4 or got[:2] != want[:2] or got == want:
+        return None
+    if any(g < w or g - w > 4 for g, w in zip(got[2:], want[2:], strict=True)):
+        return None
+    sizes = zip(got[2:], want[2:], strict=True)
+    return (slice(None), slice(None), *(slice((g - w) // 2, (g - w) // 2 + w) for g, w in sizes))
+
+
 def _unpadded(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """A conv (timm's Conv2dSame too) on an input its graph already padded (a Pad op)."""
     return torch.nn.functional.conv2d(
@@ -407,16 +421,20 @@ class _Tally:
             a, r, s = got[tensor], ref[key], simulated.get(key, ref[key])
             if a.shape != r.shape and a.size == r.size and a.shape[-1] == r.shape[-1]:
                 a = a.reshape(r.shape)  # a Linear's tokens flattened to rows in the file
-            if a.shape != r.shape:  # e.g. TF "same" padding: a Pad before the Conv
+            window = _window(a.shape, r.shape)
+            if a.shape != r.shape and window is None:
                 self.skipped[key] = (f"{tensor} is {list(a.shape)} in the file, "
-                                     f"{list(r.shape)} in PyTorch (padded in the graph)")
+                                     f"{list(r.shape)} in PyTorch")
                 continue
+            stored, a = a, a[window] if window else a
             if key in self.points.clip:  # the file's fused activation: compare after it
                 r, s = np.clip(r, *self.points.clip[key]), np.clip(s, *self.points.clip[key])
             a64 = _flat(a)
             self.vs_fp32[key].add(a64, _flat(r))
             self.vs_sim[key].add(a64, _flat(s))
-            local = self._local(key, got, a)
+            local = self._local(key, got, stored)
+            if local is not None and window and local.shape == stored.shape:
+                local = local[window]
             if local is not None and local.shape == a.shape:
                 self.local[key].add(a64, _flat(local))
             if key in self.grid:
@@ -485,7 +503,13 @@ class _Tally:
 def _check_artifact(artifact: Path, data: str | Path, limit: int, batch_size: int):
     """The artifact's ArtifactInfo, once every argument is known to be usable."""
     from edgevt.data.imagenet import no_images_message
-    from edgevt.targets import all_targets, get_target, read_artifact_info, target_for_path
+    from edgevt.targets import (
+        all_targets,
+        artifact_name,
+        get_target,
+        read_artifact_info,
+        target_for_path,
+    )
 
     if not artifact.exists():
         raise EdgevtError(f"artifact {artifact} does not exist — check the path.")
@@ -504,10 +528,11 @@ def _check_artifact(artifact: Path, data: str | Path, limit: int, batch_size: in
             f"{info.target} ones yet; debug the same run's --target onnx int8 file, which "
             "carries the same table."
         )
-    if info.precision != "int8":
+    int8 = target.spec.int8_precision
+    if info.precision != int8:
         raise EdgevtError(
-            f"{artifact.name} is {info.precision}, not int8: there is no quantization to debug; "
-            "pass the run's model_int8 file."
+            f"{artifact.name} is {info.precision}, not {int8}: there is no activation "
+            f"quantization to debug; pass the run's {artifact_name(target.spec, int8)}."
         )
     return info
 
@@ -534,7 +559,7 @@ def debug_artifact(
     inputs = _run_inputs(artifact, Path(reference) if reference else None, info)
     target = get_target(info.target)
     modules = [name for name, _ in inputs.fused.named_modules()]
-    probe = target.debug_probe(artifact, inputs.table, modules, threads)
+    probe = target.debug_probe(artifact, inputs.table, modules, inputs.details, threads)
     if not probe.points.value:
         raise EdgevtError(f"{artifact.name}: no tensor maps to the calibration table's ops.")
     sim = target.simulation(inputs.fused, inputs.fp32_onnx, inputs.table,

@@ -124,12 +124,29 @@ def test_a_tflite_file_is_read_back_tensor_by_tensor(tflite_run: Path, calib_dir
     assert conv_out.cosine_local > FAITHFUL_COSINE and conv_out.sqnr_fp32_db > 20
 
 
+def test_a_core_ml_package_is_read_back_operand_by_operand(tmp_path: Path, calib_dir) -> None:
+    """The w8a8 package's quantize/dequantize pairs, run by the MIL interpreter, at the keys
+    the export recorded; Core ML quantizes op inputs only, so outputs are float."""
+    pytest.importorskip("coremltools", reason="pip install edgevt[coreml]")
+    out = api.export(tiny_model(), "coreml", out=tmp_path / "run", int8=True, calib=calib_dir,
+                     calib_size=8, progress=False)  # fmt: skip
+    package = next(a.path for a in out.artifacts if a.precision == "w8a8")
+    result = debug_artifact(package, calib_dir, limit=4, progress=False)
+    int8 = {t.key for t in result.tensors if t.int8}
+    assert int8 == {"conv:in0", "conv2:in0", "head:in0"}
+    assert {t.key for t in result.tensors} - int8 == {"conv:out", "conv2:out", "head:out"}
+    assert result.faithful_share == 1.0 and "MIL" in result.runtime
+    assert all(t.cosine_local > FAITHFUL_COSINE for t in result.tensors if t.int8)
+    with pytest.raises(EdgevtError, match="not w8a8.*model_w8a8.mlpackage"):
+        debug_artifact(package.with_name("model.mlpackage"), calib_dir, progress=False)
+
+
 def test_other_targets_are_refused_with_what_to_do(tmp_path: Path, calib_dir) -> None:
     pytest.importorskip("openvino", reason="pip install edgevt[openvino]")
     out = api.export(tiny_model(), "openvino", out=tmp_path / "run", int8=True, calib=calib_dir,
                      calib_size=8, progress=False)  # fmt: skip
     int8 = next(a.path for a in out.artifacts if a.precision == "int8")
-    with pytest.raises(EdgevtError, match="onnx, tensorrt, tflite files, not openvino"):
+    with pytest.raises(EdgevtError, match="tflite, coreml files, not openvino"):
         debug_artifact(int8, calib_dir, progress=False)
 
 

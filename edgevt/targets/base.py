@@ -350,11 +350,13 @@ class Target(abc.ABC):
                                    self.quantization_rules())  # fmt: skip
 
     def debug_probe(
-        self, path: Path, table: CalibrationTable, modules: list[str], threads: int | None = None
-    ) -> Probe:
+        self, path: Path, table: CalibrationTable, modules: list[str], details: dict[str, Any],
+        threads: int | None = None,
+    ) -> Probe:  # fmt: skip
         """A probe that reads the intermediate tensors of one of this target's int8 files
-        (``edgevt debug``; see ``edgevt.probes``). Targets that set ``supports_debug`` override
-        it."""
+        (``edgevt debug``; see ``edgevt.probes``); ``modules`` are the fused model's module
+        names, ``details`` what the export recorded about the file (``Artifact.details``).
+        Targets that set ``supports_debug`` override it."""
         raise EdgevtError(f"edgevt debug cannot read {self.spec.name} files yet.")
 
     @abc.abstractmethod

@@ -186,7 +186,7 @@ class OnnxTarget(Target):
     def quantization_rules(self) -> TargetRules:
         return ORT_RULES
 
-    def debug_probe(self, path: Path, table, modules: list[str], threads: int | None = None):
+    def debug_probe(self, path: Path, table, modules, details, threads: int | None = None):
         from edgevt.probes import QdqProbe
 
         return QdqProbe(path, table.ops, threads)

@@ -436,7 +436,7 @@ class TfliteTarget(Target):
     def quantization_rules(self) -> TargetRules:
         return LITERT_RULES
 
-    def debug_probe(self, path: Path, table, modules: list[str], threads: int | None = None):
+    def debug_probe(self, path: Path, table, modules, details, threads: int | None = None):
         require("ai_edge_litert")
         from edgevt.targets.tflite_debug import TfliteProbe
 

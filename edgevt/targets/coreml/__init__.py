@@ -49,6 +49,7 @@ class CoremlTarget(Target):
     )
     Options = CoremlOptions
     requires = ("coremltools",)
+    supports_debug = True
     version_packages = ("coremltools",)
     cli_options = (
         ("deployment_target", {"metavar": "OS",
@@ -59,6 +60,12 @@ class CoremlTarget(Target):
 
     def quantization_rules(self) -> TargetRules:
         return COREML_RULES
+
+    def debug_probe(self, path: Path, table, modules, details, threads: int | None = None):
+        self.require()
+        from edgevt.targets.coreml.debug import CoremlProbe
+
+        return CoremlProbe(path, table, details, threads)
 
     def validate(self, options: CoremlOptions, precisions, max_drop) -> None:
         super().validate(options, precisions, max_drop)
@@ -83,7 +90,7 @@ class CoremlTarget(Target):
                     table=ctx.table if precision == "w8a8" else None, example=ctx.images[:1],
                     minimum_deployment_target=options.deployment_target, config=config,
                 )  # fmt: skip
-            details = {k: v for k, v in done.to_dict().items() if k != "activation_keys"}
+            details = done.to_dict()  # activation_keys: what `edgevt debug` reads back
             quant = None
             if precision == "w8a8":
                 quant = Quantization(
