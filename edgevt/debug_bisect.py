@@ -4,7 +4,10 @@ config that `edgevt export --quant-config` takes as is.
 
 1. Rank: each op alone in int8 in edgevt's simulation of the target (``QuantSim``), by the KL
    divergence of its logits from fp32 (the sensitivity ranking the report charts).
-2. Bisect: the fewest of the top-ranked ops kept in float whose *exported file* (the same
+2. Order: greedily, the op whose return to float lowers that KL most, given the ones already
+   chosen (among the ``GREEDY_POOL`` ops that help most alone; the rest follow by rank). Ops
+   that hurt together are found together, where ranking each alone misses them.
+3. Bisect: the shortest prefix of that order kept in float whose *exported file* (the same
    table, config and rules, written with those ops in float and run by the target's runner)
    meets the goal on the images: top-1 drop against their labels (or disagreement with fp32
    without labels) at most ``max_drop`` points, or logits cosine to fp32 at least ``fix_to``.
@@ -13,7 +16,7 @@ config that `edgevt export --quant-config` takes as is.
 from __future__ import annotations
 
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +25,9 @@ import torch
 
 from edgevt.errors import EdgevtError
 
-RANK_IMAGES = 32  # images the one-op-at-a-time ranking runs on
+RANK_IMAGES = 32  # images the simulated rankings run on
+GREEDY_POOL = 16  # ops the greedy order picks among (the ones that help most alone)
+GREEDY_STEPS = 10  # picks the greedy order makes before following the plain ranking
 
 
 @dataclass
@@ -35,6 +40,9 @@ class BisectResult:
     files_checked: int
     ranking: list[tuple[str, float]]  # (op, KL when only it is int8), most sensitive first
     config: str  # the quant config written
+    # (op, simulated KL with it and the ones before it in float): the order the bisection
+    # keeps ops in float in
+    order: list[tuple[str, float]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -70,6 +78,36 @@ def rank_ops(sim: Any, images: torch.Tensor, reference: torch.Tensor, progress: 
     return sorted(scores, key=lambda s: -s[1])
 
 
+def float_order(sim: Any, images: torch.Tensor, reference: torch.Tensor, progress: bool):
+    """[(op, simulated KL with it and all before it in float)], greedily (see the module
+    doc), then the ops the greedy part did not pick, most helpful alone first."""
+    from tqdm import tqdm
+
+    ops = sorted(sim.ops)
+
+    def kl_without(kept: list[str]) -> float:
+        sim.set_active(set(ops) - set(kept))
+        return _kl(reference, sim(images))
+
+    with torch.no_grad():
+        alone = sorted(((op, kl_without([op])) for op in tqdm(
+            ops, desc="each op in float", unit="op", disable=not progress)),
+            key=lambda s: s[1])  # fmt: skip
+        pool = [op for op, _ in alone[:GREEDY_POOL]]
+        order: list[tuple[str, float]] = []
+        steps = min(GREEDY_STEPS, len(pool))
+        with tqdm(total=steps, desc="greedy float set", unit="op", disable=not progress) as bar:
+            for _ in range(steps):
+                kept = [op for op, _ in order]
+                op, kl = min(((op, kl_without([*kept, op])) for op in pool if op not in kept),
+                             key=lambda s: s[1])  # fmt: skip
+                order.append((op, kl))
+                bar.update()
+    sim.set_active(ops)
+    picked = {op for op, _ in order}
+    return order + [(op, kl) for op, kl in alone if op not in picked]
+
+
 def bisect(
     artifact: Path,
     data: str | Path,
@@ -83,29 +121,26 @@ def bisect(
     progress: bool = True,
 ) -> BisectResult:
     """See the module doc. Writes ``out/<artifact name>.float.json``."""
-    import onnx
-
-    from edgevt.artifact import ArtifactInfo
-    from edgevt.io import write_json
-    from edgevt.quant.onnx_qdq import write_qdq_onnx
-    from edgevt.quant.simulate import QuantSim
-    from edgevt.targets import get_target
-
     if (max_drop is None) == (fix_to is None):
         raise EdgevtError("give one goal: --max-drop POINTS or --fix-to COSINE.")
     if max_drop is not None and not 0 <= max_drop <= 100:
         raise EdgevtError(f"--max-drop {max_drop}: give 0 to 100 points.")
     if fix_to is not None and not 0 < fix_to < 1:
         raise EdgevtError(f"--fix-to {fix_to}: give a cosine between 0 and 1, e.g. 0.999.")
+    from edgevt.artifact import ArtifactInfo
+    from edgevt.io import write_json
+    from edgevt.targets import get_target
+
     plugin = get_target(info.target)
-    rules = plugin.quantization_rules()
     images, labels = _images(data, info.preprocess, limit)
     labelled = bool((labels >= 0).all())
     with torch.no_grad():
         reference = inputs.fused(images)
-    sim = QuantSim.for_export(inputs.fused, inputs.fp32_onnx, inputs.table, inputs.config, rules)
+    sim = plugin.simulation(inputs.fused, inputs.fp32_onnx, inputs.table,
+                            inputs.config if inputs.config_given else None, artifact)
     ranking = rank_ops(sim, images[:RANK_IMAGES], reference[:RANK_IMAGES], progress)
-    order = [op for op, _ in ranking]
+    order = float_order(sim, images[:RANK_IMAGES], reference[:RANK_IMAGES], progress)
+    ops = [op for op, _ in order]
     ref = reference.numpy()
 
     def measure(logits: np.ndarray) -> float:
@@ -121,39 +156,40 @@ def bisect(
     def met(value: float) -> bool:
         return value >= fix_to if fix_to is not None else value <= max_drop
 
+    def run(path: Path) -> float:
+        runner = plugin.runner(path)
+        logits = np.concatenate([runner.infer(images[i : i + 32].numpy())
+                                 for i in range(0, len(images), 32)])  # fmt: skip
+        runner.deactivate()
+        return measure(logits)
+
     checked = 0
     with tempfile.TemporaryDirectory() as tmp:
-        fp32 = Path(tmp) / "model.onnx"
-        onnx.save(inputs.fp32_onnx, str(fp32))
 
         def on_file(kept: list[str]) -> float:
             nonlocal checked
-            if len(kept) >= len(order):  # every op in float: the fp32 model itself
+            if len(kept) >= len(ops):  # every op in float: the fp32 model itself
                 return measure(ref)
-            path = Path(tmp) / f"k{len(kept)}.onnx"
+            path = Path(tmp) / f"k{len(kept)}{plugin.spec.suffix}"
             copy = ArtifactInfo.from_json(info.to_json())
             try:
-                write_qdq_onnx(fp32, path, inputs.table, inputs.config.keep_float(kept), rules,
-                               copy)  # fmt: skip
-            except EdgevtError:  # no int8 graph this target runs with that set in float
+                plugin.int8_variant(artifact.parent, path, inputs.table,
+                                    inputs.config.keep_float(kept), copy)  # fmt: skip
+            except EdgevtError:  # no int8 file this target writes with that set in float
                 return -1.0 if fix_to is not None else 100.0
             checked += 1
-            runner = plugin.runner(path)
-            logits = np.concatenate([runner.infer(images[i : i + 32].numpy())
-                                     for i in range(0, len(images), 32)])  # fmt: skip
-            runner.deactivate()
-            return measure(logits)
+            return run(path)
 
-        as_given = on_file([])
+        as_given = run(artifact)  # the file itself, as exported
         best, value = [], as_given
         if not met(as_given):
-            lo, hi = 1, len(order)
-            best, value = list(order), on_file(list(order))
+            lo, hi = 1, len(ops)
+            best, value = list(ops), on_file(list(ops))
             while lo <= hi:
                 mid = (lo + hi) // 2
-                v = on_file(order[:mid])
+                v = on_file(ops[:mid])
                 if met(v):
-                    best, value, hi = order[:mid], v, mid - 1
+                    best, value, hi = ops[:mid], v, mid - 1
                 else:
                     lo = mid + 1
     goal = (f"logits cosine to fp32 >= {fix_to}" if fix_to is not None else
@@ -163,4 +199,4 @@ def bisect(
     out.mkdir(parents=True, exist_ok=True)
     write_json(config_path, inputs.config.keep_float(list(best)).to_dict())
     return BisectResult(goal, list(best), value, as_given, met(value), checked, ranking,
-                        str(config_path))  # fmt: skip
+                        str(config_path), order)  # fmt: skip

@@ -124,6 +124,24 @@ def test_a_tflite_file_is_read_back_tensor_by_tensor(tflite_run: Path, calib_dir
     assert conv_out.cosine_local > FAITHFUL_COSINE and conv_out.sqnr_fp32_db > 20
 
 
+def test_bisect_on_tflite_measures_tflite_files(tflite_run: Path, calib_dir,
+                                                tmp_path: Path) -> None:  # fmt: skip
+    """The candidates are .tflite files the export would write with the config, run by LiteRT;
+    the config written gives such a file."""
+    run = tmp_path / "run"
+    shutil.copytree(tflite_run, run)
+    as_exported = debug_artifact(run / "model_int8.tflite", calib_dir, limit=4, progress=False)
+    goal = 1 - (1 - as_exported.logits["cosine_fp32"]) / 4
+    result, _ = debug(run / "model_int8.tflite", calib_dir, limit=2, fix_to=goal,
+                      bisect_images=8, progress=False)  # fmt: skip
+    b = result.bisect
+    assert b["met"] and b["measured"] >= goal > b["as_given"] and b["files_checked"] >= 1
+    out = api.export(tiny_model(), "tflite", out=tmp_path / "again", int8=True,
+                     calib_table=run / "calibration.json", quant_config=b["config"],
+                     calib=calib_dir, progress=False)  # fmt: skip
+    assert out.artifacts[1].quantization.summary.startswith(f"{3 - len(b['kept_float'])} ops")
+
+
 def test_a_core_ml_package_is_read_back_operand_by_operand(tmp_path: Path, calib_dir) -> None:
     """The w8a8 package's quantize/dequantize pairs, run by the MIL interpreter, at the keys
     the export recorded; Core ML quantizes op inputs only, so outputs are float."""
@@ -185,7 +203,10 @@ def test_bisect_finds_a_float_set_export_takes(int8_run: Path, calib_dir, tmp_pa
                       bisect_images=8, progress=False)  # fmt: skip
     b = result.bisect
     assert b["met"] and b["measured"] >= goal > b["as_given"]
-    assert 1 <= len(b["kept_float"]) <= 3 and b["kept_float"][0] == b["ranking"][0][0]
+    assert 1 <= len(b["kept_float"]) <= 3
+    assert b["kept_float"] == [op for op, _ in b["order"][: len(b["kept_float"])]]
+    kls = [kl for _, kl in b["order"][:2]]  # the greedy order: each pick lowers the KL
+    assert kls == sorted(kls, reverse=True)
     config = QuantConfig.load(b["config"])
     assert all(config.resolve(op, "Linear" if op == "head" else "Conv2d") is None
                for op in b["kept_float"])  # fmt: skip

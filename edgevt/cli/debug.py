@@ -16,13 +16,18 @@ def add_parser(sub) -> None:
         "calibration table's names: SQNR against fp32 along the depth, how much of each int8 "
         "grid the values use and how many are clipped, whether weights or activations dominate "
         "each layer's error, and every tensor where the file departs from the simulation "
-        "(cosine < 0.9999). Reads QDQ ONNX files (targets onnx and tensorrt; the latter in "
-        "ONNX Runtime, without TensorRT's fusions). Writes RUN/debug/ARTIFACT.json.",
-        epilog="example:\n  edgevt debug runs/lite0/model_int8.onnx "
-        "--data ../shared/data/imagenet-sample1000 --limit 32",
+        "(cosine < 0.9999). Reads int8 files of the onnx and tensorrt targets (QDQ ONNX, in "
+        "ONNX Runtime without fusions), tflite (LiteRT's built-in kernels, every tensor kept) "
+        "and coreml (w8a8 packages, in edgevt's MIL interpreter). Writes "
+        "RUN/debug/ARTIFACT.json and .html.",
+        epilog="examples:\n  edgevt debug runs/lite0/model_int8.onnx "
+        "--data ../shared/data/imagenet-sample1000 --limit 32\n"
+        "  edgevt debug runs/lite0-tflite/model_int8.tflite "
+        "--data ../shared/data/imagenet-sample1000 --max-drop 0.5",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("artifact", metavar="ARTIFACT", help="an int8 .onnx inside its run directory")
+    p.add_argument("artifact", metavar="ARTIFACT",
+                   help="an int8 .onnx, .tflite or w8a8 .mlpackage inside its run directory")
     p.add_argument(
         "--data", required=True, metavar="DIR",
         help="images to run (labels not needed; use calibration images, not your test set)",
@@ -33,7 +38,7 @@ def add_parser(sub) -> None:
         help="the fp32 fused model (default: fused.pt beside the artifact)",
     )  # fmt: skip
     p.add_argument("--batch-size", type=count(1), help="images per step (default 4; bounds memory)")
-    p.add_argument("--threads", type=count(1), help="ONNX Runtime threads")
+    p.add_argument("--threads", type=count(1), help="threads of the file's runtime")
     goal = p.add_argument_group(
         "bisect: a small float set that reaches a goal, verified on exported files, written as "
         "ARTIFACT.float.json for `edgevt export --quant-config`"

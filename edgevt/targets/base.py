@@ -349,6 +349,15 @@ class Target(abc.ABC):
         return QuantSim.for_export(model, fp32_onnx, table, config or QuantConfig(),
                                    self.quantization_rules())  # fmt: skip
 
+    def int8_variant(
+        self, run: Path, out: Path, table: CalibrationTable, config: QuantConfig,
+        info: ArtifactInfo,
+    ) -> Path:  # fmt: skip
+        """Write, from the fp32 file in ``run``, the int8 file ``edgevt export --quant-config``
+        would write with ``config`` (what ``edgevt debug --max-drop`` measures candidates on).
+        Targets that set ``supports_debug`` override it."""
+        raise EdgevtError(f"edgevt debug cannot write {self.spec.name} int8 variants yet.")
+
     def debug_probe(
         self, path: Path, table: CalibrationTable, modules: list[str], details: dict[str, Any],
         threads: int | None = None,

@@ -3,6 +3,7 @@ with the ONNX Runtime runner that every ONNX file (TensorRT's QDQ graph too) run
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -185,6 +186,16 @@ class OnnxTarget(Target):
 
     def quantization_rules(self) -> TargetRules:
         return ORT_RULES
+
+    def int8_variant(self, run: Path, out: Path, table, config, info: ArtifactInfo) -> Path:
+        from edgevt.quant.onnx_qdq import write_qdq_onnx
+
+        fp32 = run / "model.onnx"
+        if not fp32.is_file():
+            raise EdgevtError(f"{run} has no model.onnx to quantize; export the run again.")
+        write_qdq_onnx(fp32, out, table, config, self.quantization_rules(),
+                       dataclasses.replace(info, precision="int8"))  # fmt: skip
+        return out
 
     def debug_probe(self, path: Path, table, modules, details, threads: int | None = None):
         from edgevt.probes import QdqProbe

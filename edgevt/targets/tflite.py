@@ -442,6 +442,26 @@ class TfliteTarget(Target):
 
         return TfliteProbe(path, table, modules, threads)
 
+    def int8_variant(self, run: Path, out: Path, table, config, info: ArtifactInfo) -> Path:
+        """A ``config`` file (only the ops it names in int8), ranged like the export does."""
+        import torch
+
+        from edgevt.fused import load_fused
+        from edgevt.quant.calibrate import calibration_batches
+
+        fp32 = run / "model.tflite"
+        if not fp32.is_file():
+            raise EdgevtError(f"{run} has no model.tflite to quantize; export the run again.")
+        if table.data is None or not Path(table.data).is_dir():
+            raise EdgevtError(f"the table's calibration images ({table.data}) are not here; "
+                              "rerun calibration with --calib DIR.")  # fmt: skip
+        batches = calibration_batches(info.preprocess, table.data, GAP_CALIBRATION_IMAGES,
+                                      progress=False)  # fmt: skip
+        modules = [n for n, _ in load_fused(run / "fused.pt")[0].named_modules()]
+        quantize(fp32, out, "int8", info, table=table, modules=modules,
+                 images=torch.cat(list(batches)).numpy(), config=config)  # fmt: skip
+        return out
+
     def simulation(self, model, fp32_onnx, table, config, artifact: Path | None = None):
         """The QDQ simulation of LiteRT's rules, with what a full-integer .tflite adds: one
         scale through reshape-like ops, fixed Softmax scales, every int8 op's output stored
