@@ -67,10 +67,43 @@ def sqnr_svg(result: DebugResult, width: int = 900, height: int = 360) -> str:
     return "\n".join(parts)
 
 
+def _bars(rows: list[tuple[str, float]], unit: str, mark: set[str]) -> str:
+    """A horizontal bar per (name, value), longest first; ``mark``ed names in red."""
+    top = max((v for _, v in rows), default=0.0) or 1.0
+    cells = "".join(
+        f"<tr><td><code>{html.escape(name)}</code></td><td><div style=\"background:"
+        f"{'#d62728' if name in mark else '#1f77b4'};height:10px;"
+        f"width:{max(1.0, 300 * value / top):.0f}px\"></div></td><td>{value:.4g} {unit}</td></tr>"
+        for name, value in rows
+    )
+    return f"<table>{cells}</table>"
+
+
+def bisect_html(result: DebugResult, top: int = 20) -> str:
+    """The sensitivity ranking (each op alone in int8) with the float set chosen marked."""
+    b = result.bisect
+    if not b:
+        return ""
+    kept = set(b["kept_float"])
+    verdict = "met" if b["met"] else "NOT met"
+    return (
+        f"<h2>Which ops to keep in float</h2><p>Goal: {html.escape(b['goal'])}: {verdict} "
+        f"with {len(kept)} ops in float, measured on exported files ({b['measured']:.4g}; as "
+        f"exported {b['as_given']:.4g}). Config written: <code>{html.escape(b['config'])}"
+        "</code>.</p><h3>Sensitivity: KL of the logits from fp32 with only that op in int8 "
+        f"(simulation; top {top}, red: kept in float)</h3>"
+        + _bars([(op, kl) for op, kl in b["ranking"][:top]], "", kept)
+        + "<h3>Order the bisection kept ops in float (simulated KL with it and the ones "
+        "before it in float)</h3>"
+        + _bars([(op, kl) for op, kl in (b.get("order") or [])[:top]], "", kept)
+    )
+
+
 def render(result: DebugResult, title: str | None = None) -> str:
     title = title or f"edgevt debug: {result.artifact}"
     summary: dict[str, Any] = {
         "model": result.model, "target": result.target, "images": result.images,
+        "read by": result.runtime,
         "tensors compared": len(result.tensors),
         f"faithful step by step (cosine >= {FAITHFUL_COSINE})":
             f"{100 * result.faithful_share:.1f} %",
@@ -101,6 +134,7 @@ pre {{ font-size: 12px; background: #f7f7f7; padding: 8px; overflow-x: auto; }}
 file against edgevt's simulation run end to end (drift). Red rings: tensors the file computes
 otherwise than the simulation from the same upstream values.</figcaption></figure>
 <h2>Departures from the simulation</h2><ul>{departures}</ul>
+{bisect_html(result)}
 <h2>Every tensor</h2><pre>{html.escape(format_table(result))}</pre>
 </body></html>
 """

@@ -199,11 +199,13 @@ def test_bisect_finds_a_float_set_export_takes(int8_run: Path, calib_dir, tmp_pa
     shutil.copytree(int8_run, run)
     as_exported = debug_artifact(run / "model_int8.onnx", calib_dir, limit=4, progress=False)
     goal = 1 - (1 - as_exported.logits["cosine_fp32"]) / 4  # a quarter of the error left
-    result, _ = debug(run / "model_int8.onnx", calib_dir, limit=2, fix_to=goal,
-                      bisect_images=8, progress=False)  # fmt: skip
+    result, path = debug(run / "model_int8.onnx", calib_dir, limit=2, fix_to=goal,
+                         bisect_images=8, progress=False)  # fmt: skip
     b = result.bisect
     assert b["met"] and b["measured"] >= goal > b["as_given"]
     assert 1 <= len(b["kept_float"]) <= 3
+    page = path.with_suffix(".html").read_text()  # the ranking, the chosen set marked
+    assert "Which ops to keep in float" in page and page.count("#d62728;height") >= 2
     assert b["kept_float"] == [op for op, _ in b["order"][: len(b["kept_float"])]]
     kls = [kl for _, kl in b["order"][:2]]  # the greedy order: each pick lowers the KL
     assert kls == sorted(kls, reverse=True)
