@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgevt.data.imagenet import ImageDataset
-from edgevt.errors import DataError
+from edgevt.errors import DataError, EdgevtError
 
 if TYPE_CHECKING:  # the runners import this module's compare_logits
     from edgevt.targets.base import Runner
@@ -67,7 +67,15 @@ def evaluate(
         ) as bar,
     ):
         for images, batch_labels in dataset.batches(runner.info.preprocess, batch_size):
-            logits.append(runner.infer(images))
+            out = runner.infer(images)
+            if not np.isfinite(out).all():  # scores of NaN logits would read as a bad model
+                what = getattr(runner, "path", None) or runner.info.model
+                raise EdgevtError(
+                    f"{what} gives NaN or infinite logits on {dataset.root}: its weights are "
+                    "damaged or an op overflows — export it again (and `edgevt eval` the run's "
+                    "fp32 file to see whether that one is fine)."
+                )
+            logits.append(out)
             labels.append(batch_labels)
             bar.update(len(batch_labels))
     all_logits = np.concatenate(logits)

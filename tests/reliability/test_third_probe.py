@@ -123,6 +123,20 @@ def bench_a_good_and_a_junk_artifact(world, d):
     return ["bench", world.onnx, d / "junk.onnx", "--seconds", "0.01", "-o", d / "b"]
 
 
+@case("NaN or infinite logits")
+def eval_of_a_file_whose_weights_are_nan(world, d):
+    import onnx
+    from onnx import numpy_helper
+
+    run = copy_into(world.run, d)
+    proto = onnx.load(str(run / "model.onnx"))
+    weight = next(t for t in proto.graph.initializer if numpy_helper.to_array(t).ndim == 4)
+    weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight) * float("nan"),
+                                            weight.name))  # fmt: skip
+    onnx.save(proto, str(run / "model.onnx"))
+    return ["eval", run / "model.onnx", "--data", world.images]
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_third_probe_input(name, world, expect_error) -> None:
     refused_leaving_nothing(CASES[name], f"third-{name}", world, expect_error)
