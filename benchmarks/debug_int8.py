@@ -43,7 +43,8 @@ def main() -> None:
     for model in args.models:
         for target in args.targets:
             run = args.work / f"{model}-{target}"
-            int8 = run / artifact_name(get_target(target).spec, "int8")
+            spec = get_target(target).spec
+            int8 = run / artifact_name(spec, spec.int8_precision)
             if not int8.exists():
                 api.export(model, target, pretrained=MODELS.get(model, False), out=run,
                            int8=True, calib=calib, calib_size=args.calib_size)  # fmt: skip
