@@ -3,12 +3,12 @@
 Three runs of the same images side by side, tensor by tensor, at the names the
 CalibrationTable uses (``blocks.0.conv:in0``):
 
-* the **artifact** itself, its intermediates read from its own runtime (for QDQ ONNX: ONNX
-  Runtime with graph optimizations off, each mapped tensor added as a graph output, so the
-  values are the exact Q/DQ arithmetic of the file, not a fused kernel's);
+* the **artifact** itself, its intermediates read from its own runtime by its target's probe
+  (``Target.debug_probe``, ``edgevt.probes``: QDQ ONNX in ONNX Runtime without graph
+  optimizations, .tflite in LiteRT's built-in kernels, Core ML in the MIL interpreter);
 * the **fp32 reference**, the fused model the artifact was exported from;
-* edgevt's **simulation** of the target's int8 rules (``QuantSim``, the one QAT and the
-  sensitivity search train and rank with).
+* edgevt's **simulation** of the target's int8 rules (``Target.simulation``: ``QuantSim``, the
+  one QAT and the sensitivity search train and rank with, plus what a file format forces).
 
 Artifact vs fp32 says where quantization noise enters (SQNR along the depth, range use and
 clipping of each int8 grid, weights or activations dominating each layer); artifact vs
