@@ -10,6 +10,7 @@ images, then the file exported with that set scored on imagenet-val1000, per tar
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import time
 from pathlib import Path
@@ -61,11 +62,14 @@ def main() -> None:
                          calib=calib, method="minmax", quant_config=args.config,
                          eval_data=val, accept_degraded=True)  # fmt: skip
         int8 = ptq.get("int8").path
-        start = time.perf_counter()
-        result, _ = debug(int8, calib, limit=8, max_drop=args.max_drop,
-                          bisect_images=args.bisect_images)  # fmt: skip
-        seconds = time.perf_counter() - start
-        chosen = result.bisect
+        chosen, seconds = _earlier(int8, args)  # a long search: reuse one made with these settings
+        if chosen is None:
+            start = time.perf_counter()
+            result, _ = debug(int8, calib, limit=8, max_drop=args.max_drop,
+                              bisect_images=args.bisect_images)  # fmt: skip
+            seconds = time.perf_counter() - start
+            chosen = {**result.bisect, "seconds": seconds, "images": args.bisect_images}
+            (int8.parent / "debug" / "bisect_settings.json").write_text(json.dumps(chosen))
         fixed = api.export(MODEL, target, pretrained=True, out=work / "fixed", int8=True,
                            calib_table=ptq.run_dir.path / "calibration.json", calib=calib,
                            quant_config=chosen["config"], eval_data=val)  # fmt: skip
@@ -89,6 +93,17 @@ def main() -> None:
     lines.insert(2, f"PyTorch fp32 top-1 on imagenet-val1000: {fp32:.2f} %.\n")
     lines += notes
     write_report("\n".join(lines) + "\n", args.out)
+
+
+def _earlier(int8: Path, args: argparse.Namespace) -> tuple[dict | None, float]:
+    """The bisection a previous run of this script made on the same file and settings."""
+    saved = int8.parent / "debug" / "bisect_settings.json"
+    if not saved.is_file():
+        return None, 0.0
+    chosen = json.loads(saved.read_text())
+    same = (chosen.get("images") == args.bisect_images
+            and f"<= {args.max_drop} pt" in chosen.get("goal", ""))  # fmt: skip
+    return (chosen, chosen["seconds"]) if same else (None, 0.0)
 
 
 if __name__ == "__main__":

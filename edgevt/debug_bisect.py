@@ -134,8 +134,9 @@ def bisect(
     plugin = get_target(info.target)
     images, labels = _images(data, info.preprocess, limit)
     labelled = bool((labels >= 0).all())
-    with torch.no_grad():
-        reference = inputs.fused(images)
+    with torch.no_grad():  # a batch at a time: memory stays bounded on 1000 images
+        reference = torch.cat([inputs.fused(images[i : i + 32])
+                               for i in range(0, len(images), 32)])  # fmt: skip
     sim = plugin.simulation(inputs.fused, inputs.fp32_onnx, inputs.table,
                             inputs.config if inputs.config_given else None, artifact)
     ranking = rank_ops(sim, images[:RANK_IMAGES], reference[:RANK_IMAGES], progress)
