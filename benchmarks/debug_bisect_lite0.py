@@ -20,6 +20,7 @@ from report_file import command_line, write_report  # noqa: E402  (benchmarks/ f
 from edgevt import api
 from edgevt.data.imagenet import default_data_root
 from edgevt.debug import debug
+from edgevt.quant.config import QuantConfig
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "efficientnet_lite0"
@@ -30,6 +31,8 @@ def main() -> None:
     parser.add_argument("--max-drop", type=float, default=0.5)
     parser.add_argument("--targets", nargs="+", default=["onnx", "tflite"])
     parser.add_argument("--bisect-images", type=int, default=1000)
+    parser.add_argument("--first", type=int, default=6,
+                        help="also score the first N ops of debug's order in float")
     parser.add_argument("--config", type=Path, default=REPO / "calib" / "per_tensor_weights.json")
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "debug-bisect-lite0")
     parser.add_argument("--out", type=Path, default=REPO / "reports" / "debug_bisect_lite0.md")
@@ -73,10 +76,19 @@ def main() -> None:
         fixed = api.export(MODEL, target, pretrained=True, out=work / "fixed", int8=True,
                            calib_table=ptq.run_dir.path / "calibration.json", calib=calib,
                            quant_config=chosen["config"], eval_data=val)  # fmt: skip
+        first = [op for op, _ in chosen["order"][: args.first]]
+        config = work / f"first{args.first}.json"
+        config.write_text(json.dumps(
+            QuantConfig.load(args.config).keep_float(first).to_dict()))  # fmt: skip
+        small = api.export(MODEL, target, pretrained=True, out=work / "first", int8=True,
+                           calib_table=ptq.run_dir.path / "calibration.json", calib=calib,
+                           quant_config=config, eval_data=val)  # fmt: skip
         fp32 = ptq.evals["pytorch_fp32"]["top1"]
         for name, kept, e in (("PTQ as exported", 0, ptq.evals[int8.name]),
                               ("debug's choice", len(chosen["kept_float"]),
-                               fixed.evals[fixed.get("int8").path.name])):  # fmt: skip
+                               fixed.evals[fixed.get("int8").path.name]),
+                              (f"the first {args.first} of debug's order", len(first),
+                               small.evals[small.get("int8").path.name])):  # fmt: skip
             vs = e["vs_pytorch_fp32"]
             lines.append(f"| {target} | {name} | {kept} | {e['top1']:.2f} | "
                          f"{e['top1'] - fp32:+.2f} | {vs['lost']} / {vs['won']} "

@@ -3,6 +3,7 @@ bias in the int8 .tflite: ai-edge-quantizer would clip it to int32 silently."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -34,3 +35,24 @@ def test_a_dead_channel_keeps_its_bias(tmp_path: Path, calib_dir: Path) -> None:
     # clipped to int32, the bias came out as 0.01 instead of 3: an SQNR under 10 dB
     assert conv_out.sqnr_fp32_db > 25 and conv_out.cosine_local > 0.9999
     assert np.isfinite(result.logits["cosine_fp32"])
+
+
+def test_per_tensor_weights_widen_their_one_scale(tmp_path: Path, calib_dir: Path) -> None:
+    """A conv whose every weight is all but zero, quantized per tensor: its one scale widens."""
+    pytest.importorskip("ai_edge_litert", reason="pip install edgevt[tflite]")
+    from edgevt.quant.config import OpQuant, QuantConfig
+
+    model = _build()
+    with torch.no_grad():
+        model.conv.weight *= 1e-7
+        model.bn.bias.fill_(3.0)
+    checkpoint = tmp_path / "tiny.pth"
+    torch.save(model.state_dict(), checkpoint)
+    config = tmp_path / "per_tensor.json"
+    config.write_text(json.dumps(QuantConfig(OpQuant(weights="per_tensor")).to_dict()))
+    out = api.export(tiny_model(), "tflite", checkpoint=checkpoint, out=tmp_path / "run",
+                     int8=True, calib=calib_dir, calib_size=8, quant_config=config,
+                     progress=False)  # fmt: skip
+    int8 = next(a for a in out.artifacts if a.precision == "int8")
+    assert any(n.startswith("conv: its per-tensor weight scale widened") for n in int8.notes)
+    assert int8.check["cosine"] > 0.999

@@ -63,14 +63,14 @@ def fit_int32_biases(quantized_t: Any, fp32_t: Any) -> list[str]:
         requantized = np.clip(np.round(real / scale_b), -127, 127).astype(np.int8)
         buffers[w.buffer].data = np.frombuffer(requantized.tobytes(), np.uint8)
         w.quantization.scale = new_scale.astype(np.float32).tolist()
-        b_scale = input_scale * np.broadcast_to(new_scale, bias.shape)
+        b_scale = input_scale * new_scale  # one per channel, or one for per-tensor weights
         q_bias = np.clip(np.round(bias / b_scale), -INT32_MAX - 1, INT32_MAX).astype(np.int32)
         buffers[b.buffer].data = np.frombuffer(q_bias.tobytes(), np.uint8)
         b.quantization.scale = b_scale.astype(np.float32).tolist()
         b.quantization.zeroPoint = [0] * b_scale.size
-        n = int((w_scale < need).sum()) if w_scale.size > 1 else 1
-        changed.append(f"{_module(b.name)}: {n} channel(s) with near-zero weights got a wider "
-                       "weight scale so their int32 bias fits")  # fmt: skip
+        which = (f"{int((w_scale < need).sum())} channel(s) with near-zero weights got a wider "
+                 "weight scale" if w_scale.size > 1 else "its per-tensor weight scale widened")
+        changed.append(f"{_module(b.name)}: {which} so the int32 bias fits")
     return changed
 
 

@@ -45,7 +45,7 @@ class TfliteProbe(Probe):
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
         from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fu
 
-        model_t = fu.read_model(str(path))
+        model_t = fu.read_model(Path(path))
         mapping = tr.map_table(model_t, table, modules)
         self.interpreter = Interpreter(
             model_path=str(path), num_threads=threads, experimental_preserve_all_tensors=True,
