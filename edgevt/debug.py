@@ -549,14 +549,19 @@ def debug_artifact(
 ) -> DebugResult:
     """Compare an int8 artifact's intermediates with fp32 and with edgevt's simulation of its
     target (see the module doc); ``limit`` images of ``data``, ``batch_size`` at a time."""
+    artifact = Path(artifact)
+    info = _check_artifact(artifact, data, limit, batch_size)
+    inputs = _run_inputs(artifact, Path(reference) if reference else None, info)
+    return _compare(artifact, data, info, inputs, limit, batch_size, threads, progress)
+
+
+def _compare(artifact: Path, data: str | Path, info: Any, inputs: _Inputs, limit: int,
+             batch_size: int, threads: int | None, progress: bool) -> DebugResult:  # fmt: skip
     from tqdm import tqdm
 
     from edgevt.data.imagenet import no_images_message, open_dataset
     from edgevt.targets import get_target
 
-    artifact = Path(artifact)
-    info = _check_artifact(artifact, data, limit, batch_size)
-    inputs = _run_inputs(artifact, Path(reference) if reference else None, info)
     target = get_target(info.target)
     modules = [name for name, _ in inputs.fused.named_modules()]
     probe = target.debug_probe(artifact, inputs.table, modules, inputs.details, threads)
@@ -715,16 +720,12 @@ def debug(
             raise EdgevtError(f"{target} is a folder, not a file; remove it or choose another -o.")
     if max_drop is not None and fix_to is not None:
         raise EdgevtError("give one goal: --max-drop POINTS or --fix-to COSINE, not both.")
-    result = debug_artifact(
-        artifact, data, limit=limit, reference=reference, batch_size=batch_size,
-        threads=threads, progress=progress,
-    )  # fmt: skip
-    if max_drop is not None or fix_to is not None:
+    info = _check_artifact(artifact, data, limit, batch_size)
+    inputs = _run_inputs(artifact, Path(reference) if reference else None, info)
+    result = _compare(artifact, data, info, inputs, limit, batch_size, threads, progress)
+    if max_drop is not None or fix_to is not None:  # the same run's inputs, read once
         from edgevt.debug_bisect import bisect
-        from edgevt.targets import read_artifact_info
 
-        info = read_artifact_info(artifact)
-        inputs = _run_inputs(artifact, Path(reference) if reference else None, info)
         result.bisect = bisect(
             artifact, data, inputs, info, max_drop=max_drop, fix_to=fix_to,
             limit=bisect_images, out=folder, progress=progress,

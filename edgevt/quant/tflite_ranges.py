@@ -37,8 +37,10 @@ SAME_SCALE_OPS = frozenset(
         "CONCATENATION", "SELECT", "SELECT_V2", "MAXIMUM", "REDUCE_MIN", "DYNAMIC_UPDATE_SLICE",
     )
 )  # fmt: skip
-# ops whose int8 output scale TFLite fixes (softmax/sigmoid: 1/256, tanh: 1/128)
-FIXED_OUTPUT_OPS = frozenset(("SOFTMAX", "LOGISTIC", "TANH"))
+# ops whose int8 output range TFLite fixes (softmax/sigmoid: scale 1/256, tanh: 1/128)
+FIXED_OUTPUT_RANGES = {
+    "SOFTMAX": (0.0, 255 / 256), "LOGISTIC": (0.0, 255 / 256), "TANH": (-1.0, 127 / 128),
+}  # fmt: skip
 # fused activations clip a conv/FC output before it is stored
 ACTIVATION_CLIP = {1: (0.0, np.inf), 2: (-1.0, 1.0), 3: (0.0, 6.0)}  # RELU, RELU_N1_TO_1, RELU6
 
@@ -284,10 +286,24 @@ class RangePlan:
     not_honoured: list[str]
 
 
-def apply_table(
-    model_t: Any, calibrated: dict[str, dict[str, Any]], mapping: TableMapping
-) -> RangePlan:
-    """Overwrite the quantizer's QSVs with the table's ranges, group by group."""
+@dataclass
+class KeyGroup:
+    """Table keys whose tensors TFLite gives one int8 scale (joined by same-scale ops)."""
+
+    keys: list[str]
+    tensors: list[int]  # every tensor of the group
+    fixed_by: str | None  # the op type whose output range TFLite fixes, if one is in it
+
+    def span(self, mapping: TableMapping) -> tuple[float, float]:
+        """The range the group's scale is made from: the fixed one, or the keys' union."""
+        if self.fixed_by is not None:
+            return FIXED_OUTPUT_RANGES[self.fixed_by]
+        return (min(mapping.range_of_key[k][0] for k in self.keys),
+                max(mapping.range_of_key[k][1] for k in self.keys))  # fmt: skip
+
+
+def key_groups(model_t: Any, mapping: TableMapping) -> list[KeyGroup]:
+    """The same-scale groups the table's keys land in."""
     groups = same_scale_groups(model_t)
     wanted: dict[int, list[str]] = {}  # group root -> keys landing in it
     for key, tensor in mapping.tensor_of_key.items():
@@ -295,25 +311,28 @@ def apply_table(
     members: dict[int, list[int]] = {}
     for tensor, root in groups.items():
         members.setdefault(root, []).append(tensor)
+    fixed_by = {groups.get(t, t): op.op_type for op in read_ops(model_t)
+                if op.op_type in FIXED_OUTPUT_RANGES for t in op.outputs}  # fmt: skip
+    return [KeyGroup(keys, members.get(root, [root]), fixed_by.get(root))
+            for root, keys in wanted.items()]  # fmt: skip
 
-    fixed_by = {
-        groups.get(t, t): op.op_type
-        for op in read_ops(model_t)
-        if op.op_type in FIXED_OUTPUT_OPS
-        for t in op.outputs
-    }
+
+def apply_table(
+    model_t: Any, calibrated: dict[str, dict[str, Any]], mapping: TableMapping
+) -> RangePlan:
+    """Overwrite the quantizer's QSVs with the table's ranges, group by group."""
     qsvs = {name: dict(v) for name, v in calibrated.items()}
     honoured: dict[str, str] = {}
     not_honoured: list[str] = []
-    for root, keys in wanted.items():
-        if root in fixed_by:
+    for group in key_groups(model_t, mapping):
+        keys = group.keys
+        if group.fixed_by is not None:
             not_honoured += [
-                f"{key}: TFLite fixes the int8 scale of a {fixed_by[root]} output" for key in keys
+                f"{key}: TFLite fixes the int8 scale of a {group.fixed_by} output" for key in keys
             ]
             continue
-        lo = min(mapping.range_of_key[k][0] for k in keys)
-        hi = max(mapping.range_of_key[k][1] for k in keys)
-        for tensor in members.get(root, [root]):
+        lo, hi = group.span(mapping)
+        for tensor in group.tensors:
             name = tensor_name(model_t, tensor)
             if name not in qsvs:
                 continue

@@ -29,10 +29,6 @@ from edgevt.quant import tflite_ranges as tr
 
 CONV_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D")
 PAD_OPS = ("PAD", "PADV2")  # litert-torch pads a conv's input in the graph (TF "same" too)
-# the int8 range TFLite fixes for these ops' outputs (scale 1/256 or 1/128)
-FIXED_RANGES = {
-    "SOFTMAX": (0.0, 255 / 256), "LOGISTIC": (0.0, 255 / 256), "TANH": (-1.0, 127 / 128),
-}  # fmt: skip
 
 
 class TfliteProbe(Probe):
@@ -128,66 +124,47 @@ class TfliteProbe(Probe):
 
 def _reasons(model_t: Any, mapping: tr.TableMapping, ops: list[tr.TfliteOp]) -> dict[str, str]:
     """What the TFLite format forces on a key's tensor: a fixed Softmax scale, one scale
-    shared through reshape-like ops with other keys, a conv's fused activation."""
-    groups = tr.same_scale_groups(model_t)
-    fixed = {groups.get(t, t): op.op_type for op in ops if op.op_type in tr.FIXED_OUTPUT_OPS
-             for t in op.outputs}  # fmt: skip
-    members: dict[int, list[str]] = {}
-    for key, tensor in mapping.tensor_of_key.items():
-        members.setdefault(groups.get(tensor, tensor), []).append(key)
+    shared through reshape-like ops with other keys, a bias split off, a fused activation."""
     producer = {t: op for op in ops for t in op.outputs}
     outputs = set(model_t.subgraphs[0].outputs)
     ends = {op.inputs[0] for op in ops if op.op_type == "DEQUANTIZE" and op.outputs[0] in outputs}
     out = {}
-    for key, tensor in mapping.tensor_of_key.items():
-        root = groups.get(tensor, tensor)
-        shared = [k for k in members[root] if k.rsplit(":", 1)[0] != key.rsplit(":", 1)[0]]
-        op = producer.get(tensor)
-        if root in fixed:
-            out[key] = (f"TFLite fixes the int8 scale of a {fixed[root]} output (1/256 over "
-                        "[0, 1]), not the table's range")  # fmt: skip
-        elif shared and any(mapping.tensor_of_key[k] != tensor for k in shared):
-            out[key] = (f"shared reshape scales: TFLite keeps one int8 scale through "
-                        f"{'/'.join(sorted(tr.SAME_SCALE_OPS & _ops_on(ops, groups, root)))}, "
-                        f"so this tensor takes the union of the ranges of {', '.join(shared)}")
-        elif op is not None and op.op_type == "ADD" and key.endswith(":out") and any(
-            producer.get(t) is not None and producer[t].op_type in tr.WEIGHTED_OPS
-            for t in op.inputs
-        ):
-            out[key] = ("the converter split the bias off into an ADD: the op's output is "
-                        "rounded to int8 before its bias is added, and the bias is int8 too")
-        elif tensor in ends:
-            out[key] = ("full-integer TFLite stores the model's output in int8 too (dequantized "
-                        "after); the simulation keeps it float")
-        elif op is not None and key.endswith(":out") and op.fused_activation:
-            out[key] = "a kernel fusion: the op's fused activation clips before the int8 store"
+    for group in tr.key_groups(model_t, mapping):
+        for key in group.keys:
+            tensor = mapping.tensor_of_key[key]
+            shared = [k for k in group.keys if k.rsplit(":", 1)[0] != key.rsplit(":", 1)[0]]
+            op = producer.get(tensor)
+            if group.fixed_by is not None:
+                out[key] = (f"TFLite fixes the int8 scale of a {group.fixed_by} output (1/256 "
+                            "over [0, 1]), not the table's range")  # fmt: skip
+            elif any(mapping.tensor_of_key[k] != tensor for k in shared):
+                kinds = {o.op_type for o in ops for t in (*o.inputs, *o.outputs)
+                         if t in group.tensors} & tr.SAME_SCALE_OPS  # fmt: skip
+                out[key] = (f"shared reshape scales: TFLite keeps one int8 scale through "
+                            f"{'/'.join(sorted(kinds))}, so this tensor takes the union of the "
+                            f"ranges of {', '.join(shared)}")
+            elif op is not None and op.op_type == "ADD" and key.endswith(":out") and any(
+                producer.get(t) is not None and producer[t].op_type in tr.WEIGHTED_OPS
+                for t in op.inputs
+            ):
+                out[key] = ("the converter split the bias off into an ADD: the op's output is "
+                            "rounded to int8 before its bias is added, and the bias is int8 too")
+            elif tensor in ends:
+                out[key] = ("full-integer TFLite stores the model's output in int8 too "
+                            "(dequantized after); the simulation keeps it float")
+            elif op is not None and key.endswith(":out") and op.fused_activation:
+                out[key] = ("a kernel fusion: the op's fused activation clips before the int8 "
+                            "store")
     return out
 
 
-def _ops_on(ops: list[tr.TfliteOp], groups: dict[int, int], root: int) -> set[str]:
-    return {op.op_type for op in ops
-            if any(groups.get(t) == root for t in (*op.inputs, *op.outputs) if t >= 0)}  # fmt: skip
-
-
 def held_ranges(model_t: Any, table: Any, modules: list[str]) -> dict[str, tuple[float, float]]:
-    """The range each table key's tensor gets in a full-integer .tflite: the union over its
-    same-scale group, or the fixed range of a Softmax/Logistic/Tanh output."""
+    """The range each table key's tensor gets in a full-integer .tflite: its same-scale group's
+    union, or the fixed range of a Softmax/Logistic/Tanh output (``tflite_ranges.key_groups``,
+    what the export writes)."""
     mapping = tr.map_table(model_t, table, modules)
-    groups = tr.same_scale_groups(model_t)
-    fixed = {groups.get(t, t): op.op_type for op in tr.read_ops(model_t)
-             if op.op_type in FIXED_RANGES for t in op.outputs}  # fmt: skip
-    members: dict[int, list[str]] = {}
-    for key, tensor in mapping.tensor_of_key.items():
-        members.setdefault(groups.get(tensor, tensor), []).append(key)
-    held = {}
-    for root, keys in members.items():
-        if root in fixed:
-            span = FIXED_RANGES[fixed[root]]
-        else:
-            span = (min(mapping.range_of_key[k][0] for k in keys),
-                    max(mapping.range_of_key[k][1] for k in keys))  # fmt: skip
-        held.update(dict.fromkeys(keys, span))
-    return held
+    return {key: group.span(mapping)
+            for group in tr.key_groups(model_t, mapping) for key in group.keys}  # fmt: skip
 
 
 def litert_simulation(model: Any, fp32_onnx: Any, table: Any, config: Any, rules: Any,
