@@ -219,3 +219,16 @@ def test_bisect_finds_a_float_set_export_takes(int8_run: Path, calib_dir, tmp_pa
     assert sorted(out.artifacts[1].quantization.float_ops) == sorted(b["kept_float"])
     with pytest.raises(EdgevtError, match="one goal"):
         debug(run / "model_int8.onnx", calib_dir, max_drop=1, fix_to=0.9, progress=False)
+
+
+def test_a_graph_padded_input_is_compared_on_its_unpadded_window() -> None:
+    """TF "same" padding puts the smaller half before: Lite0's stem (224 -> 225) pads after
+    only, a 5x5 stride-2 conv (14 -> 17) one before and two after."""
+    from edgevt.debug import _window
+
+    a = _window((4, 3, 225, 225), (4, 3, 224, 224))
+    assert [(s.start, s.stop) for s in a[2:]] == [(0, 224), (0, 224)]
+    b = _window((4, 96, 17, 17), (4, 96, 14, 14))
+    assert [(s.start, s.stop) for s in b[2:]] == [(1, 15), (1, 15)]
+    assert _window((4, 96, 14, 14), (4, 96, 14, 14)) is None
+    assert _window((4, 8, 20, 20), (4, 96, 14, 14)) is None  # not a padding of it

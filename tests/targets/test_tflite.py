@@ -235,3 +235,24 @@ def test_module_scope_parsing() -> None:
     inner = name.rsplit("/", 1)[0] + ";7"  # a tensor of the attention's own forward
     assert tflite_ranges.module_scope(inner, modules) == "stages.0.blocks.1.attn"
     assert tflite_ranges.module_scope("arith.constant3", modules) is None
+
+
+def test_module_scope_through_module_lists_and_merged_names() -> None:
+    """HF CvT: a ModuleList's children appear without the list (``CvtStage_0`` is
+    ``encoder.stages.0``); a tensor the converter merged names several scopes, and the one of
+    a weighted module wins."""
+    layer = "cvt.encoder.stages.0.layers.0.attention.attention"
+    modules = {"cvt", "cvt.encoder", "cvt.encoder.stages", "cvt.encoder.stages.0",
+               "cvt.encoder.stages.0.layers", "cvt.encoder.stages.0.layers.0",
+               "cvt.encoder.stages.0.layers.0.attention", layer, f"{layer}.projection_query",
+               f"{layer}.convolution_projection_query",
+               f"{layer}.convolution_projection_query.linear_projection"}  # fmt: skip
+    scope = ("Root/t.CvtModel_cvt/t.CvtEncoder_encoder/t.CvtStage_0/t.CvtLayer_0/"
+             "t.CvtAttention_attention/t.CvtSelfAttention_attention")
+    assert tflite_ranges.module_scope(scope + ";5", modules) == layer
+    merged = (f"{scope};{scope}/torch.nn.modules.linear.Linear_projection_query;{scope}/"
+              "t.CvtSelfAttentionProjection_convolution_projection_query/"
+              "t.CvtSelfAttentionLinearProjection_linear_projection;")
+    wanted = {f"{layer}.projection_query"}
+    assert tflite_ranges.module_scope(merged, modules, wanted) == f"{layer}.projection_query"
+    assert tflite_ranges.module_scope(merged, modules) == layer  # no kind given: the first
