@@ -133,6 +133,7 @@ class OpenvinoRunner(Runner):
         return {
             "backend": f"openvino {metadata.version('openvino')} (CPU, {self.hint} hint)",
             "artifact": str(self.path),
+            "model": self.info.model,
             "precision": self.info.precision,
             "threads": self.threads,
         }

@@ -121,6 +121,9 @@ def test_every_target_exports_checks_and_describes_itself(
         assert np.isfinite(artifact.check["cosine"]) and artifact.check["cosine"] > 0.9
         with edgevt.open_runner(artifact.path) as runner:  # the registry finds the runner
             assert runner.infer(images).shape == (2, 1000)
+            described = runner.describe()  # what eval, bench and the report print and read
+        assert {"backend", "artifact", "model", "precision", "threads"} <= set(described)
+        assert (described["model"], described["precision"]) == (TINY, artifact.precision)
     records = json.loads((out.run_dir / "manifest.json").read_text())["stages"]["export"]
     recorded = records["results"]["artifacts"]
     assert [(r["target"], r["precision"]) for r in recorded] == [
