@@ -3,8 +3,9 @@
 
 Standalone on purpose: it needs only numpy and the device's runtime (ai-edge-litert or
 tflite-runtime for .tflite, onnxruntime for .onnx, TensorRT's Python API for .engine,
-coremltools on macOS for .mlpackage, openvino for .openvino IR folders). edgevt copies this
-file verbatim into every bundle and runs the same file on the host in its tests.
+coremltools on macOS for .mlpackage, openvino for .openvino IR folders; a target plug-in may
+ship its own ``load_<suffix>.py`` beside it). edgevt copies this file verbatim into every
+bundle and runs the same file on the host in its tests.
 
     python3 run_bundle.py [--threads N] [--seconds S] [--iterations N] [--out results/]
 
@@ -47,6 +48,13 @@ class Model:
             self.backend, self._run = self._coreml(compute_units or "ALL")
         elif suffix == ".openvino":
             self.backend, self._run = self._openvino()
+        elif (HERE / f"load_{suffix[1:]}.py").is_file():
+            # a target plug-in's own loader, shipped in the bundle by its Target.bundle_files:
+            # ``load(path, threads) -> (backend, run)``
+            import runpy
+
+            load = runpy.run_path(str(HERE / f"load_{suffix[1:]}.py"))["load"]
+            self.backend, self._run = load(path, threads)
         else:
             raise SystemExit(f"run_bundle: unknown model type {path.name}")
 
