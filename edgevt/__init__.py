@@ -5,7 +5,13 @@ Heavy libraries are imported on first use, so ``import edgevt`` and ``edgevt --h
 
 from __future__ import annotations
 
+import logging
 from typing import Any
+
+# torchao (which ExecuTorch's extra installs, and transformers imports when present) registers
+# Enums with torch's pytree, and torch logs a deprecation warning for each on every command:
+# noise about a library's internals that users cannot act on.
+logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
 
 __version__ = "0.1.0"
 
