@@ -70,10 +70,30 @@ def main() -> None:
         "| cosine vs fp32 | images |",
         "|---|---|---|--:|--:|---|--:|--:|",
     ]
+    measured = {t: [] for t in all_targets()}
     for t, f, p, top1, delta, lost, won, pv, cos, n in rows:
-        lines.append(f"| {t} | `{f}` | {p} | {top1:.2f} | {delta:+.2f} | {lost} / {won} "
-                     f"(p={pv:.2g}) | {cos:.5f} | {n} |")  # fmt: skip
+        measured[t].append(f"| {t} | `{f}` | {p} | {top1:.2f} | {delta:+.2f} | {lost} / {won} "
+                           f"(p={pv:.2g}) | {cos:.5f} | {n} |")  # fmt: skip
+    kept = _earlier_rows(args.out, set(args.targets))
+    for t in measured:
+        lines += measured[t] or kept.get(t, [])
+    if kept:
+        lines += ["", f"Rows of {', '.join(sorted(kept))}: the earlier run of this script (same "
+                  "table, same images); this run measured "
+                  f"{', '.join(args.targets)}."]  # fmt: skip
     write_report("\n".join(lines) + "\n", args.out)
+
+
+def _earlier_rows(report: Path, rerun: set[str]) -> dict[str, list[str]]:
+    """The table rows an earlier run wrote for targets this run does not measure."""
+    if not report.is_file():
+        return {}
+    kept: dict[str, list[str]] = {}
+    for line in report.read_text().splitlines():
+        cells = [c.strip() for c in line.split("|")]
+        if len(cells) > 2 and cells[1] in all_targets() and cells[1] not in rerun:
+            kept.setdefault(cells[1], []).append(line)
+    return kept
 
 
 if __name__ == "__main__":

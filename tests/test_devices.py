@@ -47,7 +47,7 @@ def test_a_profile_naming_an_unknown_target_is_refused_on_load(tmp_path: Path) -
 
     text = (profiles_dir() / "raspberry-pi-5.toml").read_text()
     broken = tmp_path / "tvm-board.toml"
-    broken.write_text(text.replace('targets = ["tflite", "onnx"]', 'targets = ["tvm", "onnx"]'))
+    broken.write_text(text.replace('targets = ["tflite", "onnx"', 'targets = ["tvm", "onnx"'))
     with pytest.raises(EdgevtError, match="unknown target.*'tvm'.*known: onnx"):
         load_profile(broken)
     proc = subprocess.run(
@@ -57,6 +57,7 @@ def test_a_profile_naming_an_unknown_target_is_refused_on_load(tmp_path: Path) -
     assert proc.returncode == 2 and proc.stderr.startswith("edgevt: error:")
     assert "'tvm'" in proc.stderr and "Traceback" not in proc.stderr
     old = tmp_path / "old.toml"
-    old.write_text(text.replace('targets = ["tflite", "onnx"]', 'artifacts = ["mlpackage"]'))
+    listed = 'targets = ["tflite", "onnx", "executorch"]'
+    old.write_text(text.replace(listed, 'artifacts = ["mlpackage"]'))
     with pytest.raises(EdgevtError, match="are now one key, targets"):
         load_profile(old)

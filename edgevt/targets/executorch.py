@@ -1,0 +1,514 @@
+"""ExecuTorch: PyTorch's own edge runtime (Android, iOS, Linux ARM), ``.pte`` programs whose
+ops are lowered to the XNNPACK delegate.
+
+fp32: ``torch.export`` of the fused model, ``to_edge_transform_and_lower`` with XNNPACK's
+partitioner, ``to_executorch``. int8: PyTorch's pt2e flow with ExecuTorch's
+``XNNPACKQuantizer`` (int8 asymmetric activations, int8 symmetric weights, per channel unless
+the quant config says per tensor), its activation observers set **from the CalibrationTable**
+(each observer is matched to the table key of the conv/linear it feeds or follows) and checked
+after conversion, like TFLite's; the few tensors the table has no key for (a pooled output)
+are ranged on the table's own calibration images. Matmuls stay float: XNNPACK's quantizer has
+no int8 matmul, which is also edgevt's default.
+
+The program takes one image (batch 1, what edge apps run); the runner feeds a batch image by
+image. edgevt's ArtifactInfo travels in the program as a constant method ``edgevt_info``
+(UTF-8 bytes of its JSON). Found on this machine (``../shared/FINDINGS.md``): resetting
+ExecuTorch's thread pool and then mixing PyTorch eager ops and ExecuTorch in one process can
+deadlock (both link their own ``pthreadpool``), so the runner resets it only when asked for a
+thread count, and ``edgevt bench`` times every file in its own process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from edgevt.artifact import ArtifactInfo
+from edgevt.errors import EdgevtError
+from edgevt.targets import register_target
+from edgevt.targets.base import (
+    Artifact,
+    ExportContext,
+    Quantization,
+    Runner,
+    Target,
+    TargetOptions,
+    TargetSpec,
+    require_info,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+    from edgevt.quant.config import QuantConfig
+    from edgevt.quant.table import CalibrationTable
+
+INFO_METHOD = "edgevt_info"
+GAP_CALIBRATION_IMAGES = 64  # range what the table has no key for (as the TFLite target does)
+MATCH_RTOL = 1e-5  # a quantize node's scale must equal the table's, up to float rounding
+# ops that pass a tensor on unchanged in value: an observer before them ranges what the next
+# conv/linear reads
+_PASS_THROUGH = {"pad", "constant_pad_nd", "flatten", "view", "reshape", "permute", "transpose",
+                 "contiguous", "clone", "dropout", "unsqueeze", "squeeze"}  # fmt: skip
+_ACTIVATIONS = {"hardtanh", "relu", "clamp", "relu6"}  # XNNPACK fuses them into the conv
+_WEIGHTED = {"conv2d": "Conv2d", "linear": "Linear", "convolution": "Conv2d"}
+
+
+def _require() -> None:
+    from edgevt.targets.base import missing_modules
+
+    if missing_modules("executorch", "torchao"):
+        raise EdgevtError(
+            "ExecuTorch is not installed: pip install 'edgevt[executorch]'"
+        )  # fmt: skip
+
+
+# ---------------------------------------------------------------- writing and reading .pte
+
+
+def lower(exported: Any, info: ArtifactInfo, path: Path) -> dict[str, Any]:
+    """Lower an ``ExportedProgram`` to XNNPACK, write the ``.pte`` (whole or not at all) with
+    ``info`` in it, and return how much of the graph XNNPACK took."""
+    import torch
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    from edgevt.io import atomic_path
+
+    blob = torch.tensor(list(info.to_json().encode()), dtype=torch.uint8)
+    edge = to_edge_transform_and_lower(
+        exported, partitioner=[XnnpackPartitioner()], constant_methods={INFO_METHOD: blob}
+    )
+    delegation = _delegation(edge.exported_program().graph_module)
+    program = edge.to_executorch()
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(program.buffer)
+    return delegation
+
+
+def _delegation(graph_module: Any) -> dict[str, Any]:
+    """Ops XNNPACK runs and ops left to ExecuTorch's portable kernels (by op name)."""
+    delegated, portable = 0, {}
+    for node in graph_module.graph.nodes:
+        if node.op != "call_function":
+            continue
+        name = getattr(node.target, "__name__", str(node.target))
+        if "executorch_call_delegate" in name:
+            lowered = getattr(graph_module, node.args[0].target)
+            delegated += sum(n.op == "call_function"
+                             for n in lowered.original_module.graph.nodes)  # fmt: skip
+        elif name != "getitem":
+            op = name.removeprefix("aten.").split(".")[0]  # aten.mean.dim -> mean
+            portable[op] = portable.get(op, 0) + 1
+    total = delegated + sum(portable.values())
+    return {
+        "delegate": "xnnpack",
+        "delegated_ops": delegated,
+        "portable_ops": portable,
+        "delegated_share": delegated / total if total else 1.0,
+    }
+
+
+@contextlib.contextmanager
+def _runtime_log() -> Iterator[list[str]]:
+    """ExecuTorch's C++ runtime logs to stderr (cpuinfo probing on every load, errors as log
+    lines before a terse exception): keep it off the user's terminal, and hand the lines to
+    the caller for its error message."""
+    import os
+    import sys
+    import tempfile
+
+    lines: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as log:
+        os.dup2(log.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            log.seek(0)
+            lines += log.read().decode(errors="replace").splitlines()
+
+
+def _load(path: Path, method: str) -> Any:
+    """One method of the program at ``path``, loaded; a file ExecuTorch refuses is named."""
+    from executorch.runtime import Runtime
+
+    with _runtime_log() as log:
+        try:
+            program = Runtime.get().load_program(str(path))
+            return None if method not in program.method_names else program.load_method(method)
+        except (RuntimeError, ValueError) as exc:
+            failure = exc
+    said = [line.split("] ", 1)[-1] for line in log if "cpuinfo" not in line][-2:]
+    raise EdgevtError(
+        f"ExecuTorch cannot load {path} (corrupt or truncated?): "
+        f"{' '.join(' '.join([str(failure), *said]).split())[:300]} — export it again."
+    ) from failure
+
+
+def read_pte_info(path: Path) -> ArtifactInfo | None:
+    """The ArtifactInfo a ``.pte`` written by edgevt carries (None for another program)."""
+    _require()
+    method = _load(path, INFO_METHOD)
+    if method is None:
+        return None
+    blob = method.execute([])[0]
+    return ArtifactInfo.from_json(bytes(blob.numpy().tobytes()).decode(), str(path))
+
+
+class ExecutorchRunner(Runner):
+    """ExecuTorch's runtime (XNNPACK on the CPU); ``threads`` None = its default pool."""
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.threads = threads
+        self.info = require_info(read_pte_info(self.path), self.path)
+
+    def _activate(self) -> None:
+        if self.threads is not None:
+            from executorch.extension.pybindings import portable_lib
+
+            portable_lib._unsafe_reset_threadpool(self.threads)
+        self._method = _load(self.path, "forward")
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        import torch
+
+        # the program takes one image: what edge apps run, and what XNNPACK plans memory for
+        return np.concatenate([
+            self._method.execute([torch.from_numpy(batch[i : i + 1])])[0].numpy()
+            for i in range(len(batch))
+        ]).astype(np.float32)  # fmt: skip
+
+    def _deactivate(self) -> None:
+        self._method = None
+
+    def describe(self) -> dict[str, Any]:
+        from importlib import metadata
+
+        return {
+            "backend": f"executorch {metadata.version('executorch')} (XNNPACK)",
+            "artifact": str(self.path),
+            "model": self.info.model,
+            "precision": self.info.precision,
+            "threads": self.threads,
+        }
+
+
+# ---------------------------------------------------------------- int8 from the table
+
+
+@dataclass
+class PteQuantReport:
+    """What the int8 program honours of the table and the quant config."""
+
+    honoured: list[str] = field(default_factory=list)  # table keys whose scale is in the file
+    not_honoured: list[str] = field(default_factory=list)  # "key: why"
+    ranged_here: int = 0  # activation tensors the table has no key for, ranged on its images
+    # conv/linear outputs stored after their fused ReLU/ReLU6, on the next op's input range
+    fused: list[str] = field(default_factory=list)
+    float_ops: list[str] = field(default_factory=list)  # table ops the config keeps float
+    quantized_ops: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "honoured": len(self.honoured), "not_honoured": self.not_honoured,
+            "ranged_here": self.ranged_here, "fused_activations": len(self.fused),
+            "float_ops": self.float_ops,
+            "quantized_ops": self.quantized_ops,
+        }  # fmt: skip
+
+
+def _module(node: Any) -> str | None:
+    stack = node.meta.get("nn_module_stack")
+    return list(stack.values())[-1][0] if stack else None
+
+
+def _op(node: Any) -> str:
+    return getattr(node.target, "__name__", str(node.target)).split(".")[0].rstrip("_")
+
+
+def _table_key(observer: Any, table: CalibrationTable) -> str | None:
+    """The table key of the tensor an activation observer ranges: the output of the
+    conv/linear it follows, else the input of the conv/linear it feeds (through pads and
+    reshapes)."""
+    source = observer.args[0]
+    if _fused_activation(observer):  # stored after the clip: the next op's input range
+        pass
+    elif source.op == "call_function" and _op(source) in _WEIGHTED:
+        key = f"{_module(source)}:out"
+        if key in table.activations:
+            return key
+    frontier, seen = list(observer.users), set()
+    while frontier:
+        node = frontier.pop(0)
+        if node in seen:
+            continue
+        seen.add(node)
+        if node.op == "call_module":  # another observer (a pad's, an activation's)
+            frontier.extend(node.users)
+            continue
+        if node.op != "call_function":
+            continue
+        if _op(node) in _WEIGHTED and node.args[0] is not None:
+            key = f"{_module(node)}:in0"
+            if key in table.activations:
+                return key
+        elif _op(node) in _PASS_THROUGH or _op(node) in _ACTIVATIONS:
+            frontier.extend(node.users)
+    return None
+
+
+def _fused_activation(observer: Any) -> bool:
+    """A conv/linear output that only a ReLU/ReLU6 reads: XNNPACK fuses the clip into the
+    conv, and the int8 program stores the clipped output on the activation's range."""
+    source = observer.args[0]
+    return (source.op == "call_function" and _op(source) in _WEIGHTED and bool(observer.users)
+            and all(_op(u) in _ACTIVATIONS for u in observer.users))  # fmt: skip
+
+
+def _quantizer(table: CalibrationTable, config: QuantConfig) -> tuple[Any, list[str], int]:
+    """XNNPACK's quantizer with min/max activation observers (the table is min/max ranges),
+    per-channel or per-tensor weights and float ops as ``config`` says."""
+    import dataclasses
+
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torchao.quantization.pt2e.observer import MinMaxObserver
+
+    def spec(per_channel: bool) -> Any:
+        base = get_symmetric_quantization_config(is_per_channel=per_channel)
+        act = dataclasses.replace(
+            base.input_activation, observer_or_fake_quant_ctr=MinMaxObserver.with_args(eps=2**-12)
+        )
+        return dataclasses.replace(base, input_activation=act, output_activation=act)
+
+    quantizer = XNNPACKQuantizer().set_global(spec(per_channel=True))
+    float_ops, quantized = [], 0
+    for name, op_type in sorted(table.ops.items()):
+        if op_type == "matmul":
+            continue  # XNNPACK's quantizer leaves matmuls float
+        chosen = config.resolve(name, op_type)
+        if chosen is None:
+            # set_module_name refuses None, but the quantizer's own loop skips a module whose
+            # config is None and keeps the global config off it: that module stays float
+            quantizer.module_name_config[name] = None
+            float_ops.append(name)
+        else:
+            quantized += 1
+            if chosen.weights == "per_tensor":
+                quantizer.set_module_name(name, spec(per_channel=False))
+    return quantizer, float_ops, quantized
+
+
+def quantize(
+    model: torch.nn.Module, example: torch.Tensor, table: CalibrationTable,
+    config: QuantConfig, gap_images: Iterable[torch.Tensor],
+) -> tuple[Any, PteQuantReport]:  # fmt: skip
+    """The fused ``model`` quantized by XNNPACK's rules with the table's ranges: a converted
+    pt2e graph module, and what it honoured."""
+    import torch
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    quantizer, float_ops, quantized = _quantizer(table, config)
+    graph = torch.export.export(model, (example,)).module()
+    prepared = prepare_pt2e(graph, quantizer)
+    observers = [n for n in prepared.graph.nodes if n.op == "call_module"
+                 and "activation_post_process" in str(n.target)]  # fmt: skip
+    activations = {n: _table_key(n, table) for n in observers if not _is_weight(n)}
+    report = PteQuantReport(float_ops=float_ops, quantized_ops=quantized)
+    report.ranged_here = sum(k is None for k in activations.values())
+    report.fused = sorted(f"{_module(n.args[0])}:out" for n in activations if _fused_activation(n))
+    with torch.no_grad():  # weights always; the unkeyed activations on the table's images
+        prepared(example)
+        if report.ranged_here:  # image by image: the exported graph is batch 1
+            for batch in gap_images:
+                for image in batch.split(1):
+                    prepared(image)
+    for node, key in activations.items():
+        if key is not None:
+            observer, r = getattr(prepared, node.target), table.activations[key]
+            observer.reset_min_max_vals()
+            observer(torch.tensor([r.min, r.max], dtype=torch.float32))
+    sources = {node.args[0].name: key for node, key in activations.items() if key}
+    converted = convert_pt2e(prepared)
+    _check_scales(converted, sources, table, report)
+    return converted, report
+
+
+def _is_weight(observer: Any) -> bool:
+    source = observer.args[0]
+    return source.op == "get_attr" or source.op == "placeholder" and "weight" in source.name
+
+
+def _check_scales(
+    converted: Any, sources: dict[str, str], table: CalibrationTable, report: PteQuantReport
+) -> None:
+    """Each keyed tensor's quantize node must carry the scale the table's range gives (int8
+    asymmetric: (max - min) / 255 over a range that holds 0)."""
+    found: dict[str, float] = {}
+    for node in converted.graph.nodes:
+        target = str(node.target)
+        quantize = "quantize_per_tensor" in target and "dequantize" not in target
+        if node.op == "call_function" and quantize and node.args[0].name in sources:
+            found[sources[node.args[0].name]] = float(node.args[1])
+    for key in sorted(set(sources.values())):
+        r = table.activations[key]
+        want = max((max(r.max, 0.0) - min(r.min, 0.0)) / 255, 2**-12)
+        got = found.get(key)
+        if got is None:
+            report.not_honoured.append(f"{key}: no int8 tensor in the program")
+        elif abs(got - want) > MATCH_RTOL * want:
+            report.not_honoured.append(f"{key}: scale {got:.6g}, table {want:.6g}")
+        else:
+            report.honoured.append(key)
+
+
+# ---------------------------------------------------------------- the target
+
+
+@register_target
+class ExecutorchTarget(Target):
+    spec = TargetSpec(
+        name="executorch",
+        description="ExecuTorch .pte lowered to XNNPACK (Android, iOS, ARM Linux); int8 by pt2e",
+        suffixes=(".pte",),
+        precisions=("fp32", "int8"),
+        extra="executorch",
+        device_runtime="executorch",
+    )
+    requires = ("executorch", "torchao")
+    version_packages = ("executorch", "torchao", "torch")
+    Options = TargetOptions
+
+    def export(self, ctx: ExportContext, options: TargetOptions) -> list[Artifact]:
+        import torch
+
+        _require()
+        example = ctx.images[:1].contiguous()
+        with ctx.stage(f"lowering {ctx.info.model} to ExecuTorch (XNNPACK)"):
+            fp32 = ctx.path(self.spec, "fp32")
+            details = lower(torch.export.export(ctx.model, (example,)), ctx.info, fp32)
+        artifacts = [Artifact(fp32, "fp32", notes=[_delegation_line(details)], details=details)]
+        if "int8" not in ctx.precisions:
+            return artifacts
+        if ctx.table is None:
+            raise EdgevtError("executorch int8 needs a CalibrationTable (--calib DIR).")
+        from edgevt.quant.config import QuantConfig
+
+        config = ctx.config or QuantConfig()
+        with ctx.stage("quantizing with XNNPACK's rules and the table's ranges"):
+            converted, report = quantize(ctx.model, example, ctx.table, config,
+                                         self._gap_images(ctx))  # fmt: skip
+            int8 = ctx.path(self.spec, "int8")
+            details = lower(torch.export.export(converted, (example,)),
+                            ctx.info_for("int8"), int8)  # fmt: skip
+        details["quantization"] = report.to_dict()
+        honoured = len(report.honoured)
+        summary = (f"{report.quantized_ops} ops int8"
+                   + (f", {len(report.float_ops)} in float" if report.float_ops else "")
+                   + f", {honoured} table ranges honoured")  # fmt: skip
+        quantization = Quantization(report.quantized_ops, report.float_ops, report.not_honoured,
+                                    summary)  # fmt: skip
+        artifact = Artifact(int8, "int8", quantization, notes=[_delegation_line(details)],
+                            details=details)  # fmt: skip
+        if ctx.config is not None:
+            from edgevt.io import write_json
+
+            artifact.files["config"] = write_json(ctx.run / "quant_config.json",
+                                                  ctx.config.to_dict())  # fmt: skip
+        return [*artifacts, artifact]
+
+    def _gap_images(self, ctx: ExportContext) -> Iterable[torch.Tensor]:
+        """The table's calibration images, for the few tensors it has no key for; read only
+        when some tensor needs them."""
+        from edgevt.quant.calibrate import calibration_batches
+
+        folder = ctx.calib or ctx.table.data
+        if folder is None or not Path(folder).is_dir():
+            raise EdgevtError(
+                "executorch int8 ranges the tensors the table has no key for (pooled outputs) "
+                f"on the table's calibration images, but {folder} is not a folder; pass "
+                "--calib DIR."
+            )
+        n = min(ctx.calib_size, GAP_CALIBRATION_IMAGES)
+        yield from calibration_batches(ctx.info.preprocess, folder, n, progress=False)
+
+    def runner(self, path: Path, threads: int | None = None) -> Runner:
+        _require()
+        return ExecutorchRunner(path, threads)
+
+    def read_info(self, path: Path) -> ArtifactInfo | None:
+        return read_pte_info(path)
+
+    def bundle_files(
+        self, folder: Path, models: dict[str, ArtifactInfo], input_size: int
+    ) -> list[str]:
+        """``load_pte.py``: how the bundle's ``run_bundle.py`` opens a ``.pte`` on the device
+        (the source of ``bundle_loader`` below, standalone)."""
+        import inspect
+
+        from edgevt.io import atomic_path
+
+        source = inspect.getsource(bundle_loader)
+        head = ['"""ExecuTorch loader for run_bundle.py (written by `edgevt bundle`)."""',
+                "", "from pathlib import Path", "from typing import Any", "", ""]  # fmt: skip
+        text = "\n".join([*head, source, "", "load = bundle_loader", ""])
+        with atomic_path(folder / "load_pte.py") as tmp:
+            tmp.write_text(text)
+        return ["load_pte.py"]
+
+    def report_note(self, precision: str) -> str:
+        return ("ExecuTorch timings are of the batch-1 program through its Python bindings "
+                "(XNNPACK delegate).")  # fmt: skip
+
+
+def _delegation_line(details: dict[str, Any]) -> str:
+    portable = details["portable_ops"]
+    left = (
+        (
+            ", left to portable kernels: "
+            + ", ".join(f"{op} x{n}" for op, n in sorted(portable.items()))
+        )
+        if portable
+        else ""
+    )
+    return (
+        f"XNNPACK runs {details['delegated_ops']} ops "
+        f"({100 * details['delegated_share']:.0f} %){left}"
+    )
+
+
+def bundle_loader(path: Path, threads: int) -> tuple[str, Any]:
+    """Open a ``.pte`` on a device: (backend name, batch -> logits). Standalone (no edgevt):
+    ``bundle_files`` copies its source into the bundle for ``run_bundle.py``."""
+    from importlib.metadata import version
+
+    import numpy as np
+
+    try:  # ExecuTorch's Python runtime takes torch tensors (pip install executorch)
+        import torch
+        from executorch.extension.pybindings import portable_lib
+        from executorch.runtime import Runtime
+    except ImportError:
+        raise SystemExit("run_bundle: pip install executorch (needed for .pte)") from None
+    portable_lib._unsafe_reset_threadpool(threads)
+    method = Runtime.get().load_program(str(path)).load_method("forward")
+
+    def run(x: np.ndarray) -> np.ndarray:  # the program takes one image
+        return np.concatenate(
+            [method.execute([torch.from_numpy(x[i : i + 1])])[0].numpy() for i in range(len(x))]
+        )
+
+    return f"executorch {version('executorch')} (XNNPACK)", run
