@@ -461,6 +461,8 @@ class ExecutorchTarget(Target):
 
         from edgevt.io import atomic_path
 
+        if not any(name.endswith(self.spec.suffix) for name in models):
+            return []  # the device's profile lists ExecuTorch, this run made no .pte
         source = inspect.getsource(bundle_loader)
         head = ['"""ExecuTorch loader for run_bundle.py (written by `edgevt bundle`)."""',
                 "", "from pathlib import Path", "from typing import Any", "", ""]  # fmt: skip

@@ -130,6 +130,7 @@ def test_eval_bench_and_pi_bundle_on_tflite(
 
     bundle = make_bundle(run, "raspberry-pi-5", tmp_path / "pi5", samples=2).path
     assert (bundle / "models" / "model_int8.tflite").is_file()
+    assert not (bundle / "load_pte.py").exists()  # the profile lists executorch; no .pte here
     proc = subprocess.run(
         [sys.executable, str(bundle / "run_bundle.py"), "--threads", "1", "--seconds", "0.3",
          "--models", "model.tflite", "model_fp16.tflite"],
