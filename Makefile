@@ -7,7 +7,7 @@ DATA ?= ../shared/data
 # timm needs torchvision, and other torch builds cannot load the index's torchvision.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: venv browser demo test test-slow lint clean
+.PHONY: venv browser qemu demo test test-slow lint clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,12 @@ browser:
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && { apt-get install -y -qq chromium \
 		|| { apt-get update -qq && apt-get install -y -qq chromium; }; } >/dev/null 2>&1; } \
 		|| echo "note: chromium not installed (apt-get install chromium); the HTML render test will skip"
+
+# `edgevt bundle --verify-aarch64` and its tests run bundles under qemu-aarch64 (Debian's qemu-user).
+qemu:
+	@command -v qemu-aarch64 >/dev/null || { [ "$$(id -u)" = 0 ] && { apt-get install -y -qq qemu-user \
+		|| { apt-get update -qq && apt-get install -y -qq qemu-user; }; } >/dev/null 2>&1; } \
+		|| echo "note: qemu-user not installed (apt-get install qemu-user); the aarch64 tests will skip"
 
 LITE0 := runs/demo-efficientnet_lite0
 LEVIT := runs/demo-levit_128s-random-init
@@ -42,11 +48,11 @@ demo: venv
 
 # Two pytest workers, one test file each at a time (its module fixtures built once): the
 # 2-core build machine runs the default suite in about 6 minutes instead of 8.
-test: venv browser
+test: venv browser qemu
 	$(BIN)/ruff check edgevt tests benchmarks
 	$(BIN)/pytest -q -n 2 --dist loadfile
 
-test-slow: venv
+test-slow: venv qemu
 	$(BIN)/pytest -q -m slow
 
 clean:

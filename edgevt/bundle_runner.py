@@ -225,6 +225,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compute-units", default=None, help="Core ML: CPU_ONLY, ALL, ...")
     parser.add_argument("--models", nargs="+", help="only these files from bundle.json")
     parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument("--check-only", action="store_true",
+                        help="check every model, time none (under emulation time means nothing)")
+    parser.add_argument("--emulated", default=None,
+                        help="what emulated the device (recorded; e.g. 'aarch64 (cortex-a76)')")
     args = parser.parse_args(argv)
 
     samples = np.load(HERE / "samples.npz")
@@ -253,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{verdict['top1_agreement']:.2f}) [{model.backend}, {threads} thread(s)]",
                 flush=True,
             )
-            if verdict["passed"]:
+            if verdict["passed"] and not args.check_only:
                 row.update(time_model(model, inputs[:1], args.warmup, args.seconds,
                                       args.iterations))  # fmt: skip
                 print(f"  p50 {row['p50_ms']:.2f} ms  p90 {row['p90_ms']:.2f} ms", flush=True)
@@ -271,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
         "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),  # noqa: UP017  (the device may run Python 3.10)
         "results": rows,
     }
+    if args.emulated:  # never a device timing: what ran was an emulator on another machine
+        result["emulated"] = args.emulated
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path = args.out / f"{bundle['device']}-{stamp}.json"

@@ -31,6 +31,7 @@ class DeviceProfile:
     connect: str = "ssh"
     runtime_install: str = ""
     compute_units: tuple[str, ...] = ()
+    core: str = ""  # the ARM core `edgevt bundle --verify-aarch64` emulates (cortex-a76)
     path: Path | None = field(default=None, compare=False)
 
 

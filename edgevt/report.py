@@ -67,6 +67,8 @@ class Report:
     calibration: list[dict[str, Any]]
     sensitivity: dict[str, dict[str, Any]]  # run -> sensitivity.json
     debug: list[dict[str, Any]] = field(default_factory=list)  # RUN/debug/*.json summaries
+    # run_bundle.py's check of each file against the host's logits, per device (or emulator)
+    checks: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _load_json(path: Path, what: str) -> dict[str, Any]:
@@ -96,7 +98,7 @@ def collect(run_dirs: list[Path], device_results: list[Path] = ()) -> Report:
     for path in dict.fromkeys(Path(p).resolve() for p in device_results):  # each file once
         _collect_device(path, report, owners)
     _speedups(report.timings)
-    if not report.rows and not report.timings:
+    if not report.rows and not report.timings and not report.checks:
         raise EdgevtError("nothing to report: the runs hold no evaluation or benchmark results.")
     return report
 
@@ -324,7 +326,16 @@ def _collect_device(path: Path, report: Report, owners: dict[str, tuple[str, str
     try:
         where = _device_label(data)
         for r in data["results"]:
-            if "p50_ms" not in r:  # failed its correctness check: not timed
+            check = r.get("check")
+            if isinstance(check, dict) and {"cosine", "top1_agreement"} <= set(check):
+                report.checks.append({
+                    "where": where, "artifact": str(r["artifact"]), "backend": str(r["backend"]),
+                    "precision": str(r["precision"]), "threads": r.get("threads"),
+                    "cosine": _number(check["cosine"]),
+                    "agreement": _number(check["top1_agreement"]),
+                    "passed": check.get("passed") is True,
+                })  # fmt: skip
+            if "p50_ms" not in r:  # failed its check, or a check-only (emulated) run: not timed
                 continue
             if not isinstance(r.get("check", {}), dict):
                 raise ValueError(f"check {r['check']!r}")
@@ -387,6 +398,8 @@ def _device_label(data: dict[str, Any]) -> str:
     device, machine = data["device"], data.get("host", {}).get("machine", "")
     if not isinstance(machine, str):
         raise ValueError(f"host machine {machine!r}")
+    if data.get("emulated"):  # qemu on another machine: checks only, never a device timing
+        return f"{device} (emulated {data['emulated']})"
     if device not in list_profiles() or not machine:
         return device
 
@@ -424,6 +437,16 @@ def accuracy_table(report: Report) -> list[list[str]]:
             _fmt(r.cosine, ".5f"), _fmt(r.size_mb, ".1f"), _fmt(r.n, "d"),
         ])  # fmt: skip
     return table
+
+
+def checks_table(report: Report) -> list[list[str]]:
+    head = ["where", "artifact", "precision", "backend", "threads", "cosine vs host",
+            "top-1 agreement", "check"]  # fmt: skip
+    return [head] + [
+        [c["where"], c["artifact"], c["precision"], c["backend"], str(c["threads"]),
+         _fmt(c["cosine"], ".6f"), _fmt(c["agreement"], ".2f"), "ok" if c["passed"] else "FAILED"]
+        for c in report.checks
+    ]  # fmt: skip
 
 
 def latency_table(report: Report) -> list[list[str]]:
@@ -629,6 +652,11 @@ def write_report(report: Report, out: Path, title: str) -> dict[str, Path]:
           "## Accuracy vs latency", "", "See `report.html` for the plot; points:", ""]  # fmt: skip
     md += [f"- {p['label']}: {p['latency']:.2f} ms, {p['accuracy']:.2f} %"
            + (" (Pareto front)" if p["pareto"] else "") for p in points]  # fmt: skip
+    checks = checks_table(report) if report.checks else []
+    if checks:
+        md += ["", "## Checks on devices", "", "Each bundled file's logits on the device (or "
+               "an emulator of it) against this host's, on the bundle's sample images.", "",
+               _markdown_table(checks)]  # fmt: skip
     md += ["", "## Calibration", ""] + [f"- {line}" for line in calib or ["no int8 in these runs"]]
     for run, sens in report.sensitivity.items():
         md += ["", f"## Sensitivity ({run})", "",
@@ -666,6 +694,7 @@ front (no other artifact of that model is both faster and more accurate).
 </figcaption></figure>
 <h2>Accuracy</h2>{_html_table(accuracy)}<p>{html.escape(flips_note)}</p><p>{html.escape(random_note)}</p>
 <h2>Latency</h2>{_html_table(latency)}<p>{html.escape(trt_note)}</p>
+{"<h2>Checks on devices</h2>" + _html_table(checks) if checks else ""}
 <h2>Calibration</h2><ul>{
         "".join(f"<li>{html.escape(c)}</li>" for c in calib) or "<li>no int8 in these runs</li>"
     }</ul>
@@ -684,7 +713,8 @@ front (no other artifact of that model is both faster and more accurate).
             raise EdgevtError(f"{path} is a folder, not a file; remove it or choose another -o.")
     data = {"rows": [asdict(r) for r in report.rows],
             "timings": [asdict(t) for t in report.timings],
-            "points": points, "calibration": report.calibration}  # fmt: skip
+            "points": points, "calibration": report.calibration,
+            "checks": report.checks}  # fmt: skip
     texts = {"markdown": "\n".join(md) + "\n", "html": page,
              "json": json.dumps(data, indent=2) + "\n"}  # fmt: skip
     with contextlib.ExitStack() as stack:  # all three whole, or none replaced

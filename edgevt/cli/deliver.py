@@ -35,6 +35,14 @@ def add_parsers(sub) -> None:
     p.add_argument("--samples", type=count(1), help="sample images to check (default 8)")
     p.add_argument("--data", metavar="DIR", help="sample images (default: imagenet-val1000)")
     p.add_argument("--force", action="store_true", help="replace a non-empty -o folder")
+    p.add_argument(
+        "--verify-aarch64", action="store_true",
+        help="then run the bundle's own runner on emulated ARM (qemu-aarch64, Debian 12 arm64 "
+        "Python 3.11, cached under ~/.cache/edgevt) and hold its .tflite/.onnx outputs to this "
+        "host's: fp32 cosine >= 0.99999, int8 within one output step. A check, never a timing",
+    )  # fmt: skip
+    p.add_argument("--core", help="the ARM core to emulate (default: the profile's core, e.g. "
+                   "cortex-a76 for raspberry-pi-5; or cortex-a72, neoverse-n1)")  # fmt: skip
     p.set_defaults(func=bundle)
 
     p = sub.add_parser(
@@ -92,3 +100,34 @@ def bundle(args: argparse.Namespace) -> None:
         f"bundle for {made.device.name}: {made.path} ({', '.join(made.models)}; "
         f"{made.samples} sample images). Next: see {made.path / 'README.md'}"
     )
+    if args.verify_aarch64 or args.core:
+        _verify_aarch64(made, args.core)
+
+
+def _verify_aarch64(made, core: str | None) -> None:
+    from edgevt.aarch64 import verify
+    from edgevt.errors import EdgevtError
+    from edgevt.progress import step
+
+    core = core or made.device.core
+    if not core:
+        raise EdgevtError(
+            f"device {made.device.name} names no ARM core to emulate; pass --core (cortex-a76, "
+            "cortex-a72, neoverse-n1)."
+        )
+    with step(f"running the bundle on emulated aarch64 ({core}); the first run downloads "
+              "Debian arm64 Python and the runtimes' wheels", True):  # fmt: skip
+        result = verify(made.path, core)
+    for c in result.checks:
+        print(f"  {c.artifact} ({c.backend}): cosine {c.cosine:.6f}, max |diff| "
+              f"{c.max_abs_diff:.3g} [{c.tolerance}] {'ok' if c.passed else 'FAILED'}")  # fmt: skip
+    for line in result.not_emulated:
+        print(f"  not emulated: {line}")
+    verdict = "matches this host" if result.passed else "DIFFERS from this host"
+    print(f"emulated aarch64 ({core}): {verdict} ({result.seconds:.0f} s; results "
+          f"{result.results}, labelled emulated, never a device timing)")  # fmt: skip
+    if not result.passed:
+        raise EdgevtError(
+            f"the bundle's files compute differently on emulated aarch64 ({core}) than on this "
+            "host (above); do not ship it before finding out why."
+        )

@@ -1,0 +1,278 @@
+"""Run a device bundle on emulated ARM: a Debian 12 arm64 Python 3.11 (the Raspberry Pi OS
+bookworm stack) under ``qemu-aarch64 -cpu <the device's core>``, so a bundle's files, its
+runner and the device runtime's aarch64 kernels are proven before the bundle reaches a device.
+
+What ``edgevt bundle --verify-aarch64`` does, all cached under ``$EDGEVT_CACHE`` (default
+``~/.cache/edgevt``) after the first run:
+
+1. A root file system: Python 3.11 and the libraries it needs, downloaded as Debian arm64
+   packages with a private apt configuration (the host's apt state is not touched) and
+   unpacked with ``dpkg -x`` (no maintainer scripts run; about 13 MB).
+2. The aarch64 wheels of numpy and the bundle's runtimes (ai-edge-litert, onnxruntime),
+   installed with ``pip --target``. Every manylinux tag is listed: pip does not widen explicit
+   tags, and ai-edge-litert 2.x is tagged only ``manylinux_2_27_aarch64``.
+3. The bundle's own ``run_bundle.py --check-only`` under ``qemu-aarch64 -cpu CORE -L ROOTFS``,
+   with a fake ``/proc/cpuinfo`` for that core in the root file system: QEMU shows the host's
+   x86 file, onnxruntime then crashes at import, and one for another core gives SIGILL.
+
+Traps found on this machine (``../shared/FINDINGS.md``): ``-cpu max`` includes SME and gave
+wrong int8 LiteRT output, so only named cores are offered. Emulated time means nothing (fp32
+is emulated in software): nothing here is ever a device timing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgevt.errors import EdgevtError
+
+DEBIAN = "http://deb.debian.org/debian"
+SUITE = "bookworm"  # Debian 12: Raspberry Pi OS's base, Python 3.11
+PACKAGES = (
+    "python3.11", "python3.11-minimal", "libpython3.11-minimal", "libpython3.11-stdlib",
+    "libc6", "libexpat1", "zlib1g", "libffi8", "libssl3", "libbz2-1.0", "liblzma5",
+    "libsqlite3-0", "libstdc++6", "libgcc-s1", "libuuid1", "libncursesw6", "libtinfo6",
+    "libreadline8", "libdb5.3", "libcrypt1", "libnsl2", "libtirpc3", "libgssapi-krb5-2",
+    "libkrb5-3", "libk5crypto3", "libkrb5support0", "libcom-err2", "libkeyutils1", "media-types",
+)  # fmt: skip
+# the aarch64 wheels each kind of bundled file needs (numpy always)
+RUNTIME_WHEELS = {".tflite": ("ai-edge-litert",), ".onnx": ("onnxruntime",)}
+WHEEL_TAGS = [f"manylinux_2_{v}_aarch64" for v in range(17, 37)] + ["manylinux2014_aarch64"]
+FP32_MIN_COSINE = 0.99999  # an fp32 file on ARM kernels vs the host's logits
+INT8_MIN_COSINE = 0.999  # an int8 file whose runtime has other int8 kernels on ARM (ORT)
+
+
+@dataclass(frozen=True)
+class Core:
+    """What ``/proc/cpuinfo`` says on a real core of this kind (it must match ``-cpu``)."""
+
+    part: int
+    variant: int
+    revision: int
+    features: str
+
+    def cpuinfo(self, cpus: int = 4) -> str:
+        return "\n".join(
+            f"processor\t: {i}\nBogoMIPS\t: 108.00\nFeatures\t: {self.features}\n"
+            f"CPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: {self.variant:#x}\n"
+            f"CPU part\t: {self.part:#05x}\nCPU revision\t: {self.revision}\n"
+            for i in range(cpus)
+        )  # fmt: skip
+
+
+_A76 = "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp"  # noqa: E501
+CORES = {
+    "cortex-a76": Core(0xD0B, 0x4, 1, _A76),  # Raspberry Pi 5
+    "cortex-a72": Core(0xD08, 0x0, 3, "fp asimd evtstrm aes pmull sha1 sha2 crc32 cpuid"),  # Pi 4
+    "neoverse-n1": Core(0xD0C, 0x3, 1, _A76 + " ssbs"),  # Graviton 2, Ampere Altra
+}
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("EDGEVT_CACHE") or Path(
+        os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgevt"  # fmt: skip
+    return Path(root) / "aarch64"
+
+
+def qemu() -> str:
+    found = shutil.which("qemu-aarch64")
+    if found is None:
+        raise EdgevtError(
+            "qemu-aarch64 is not installed, so the bundle cannot run on emulated ARM here: "
+            "apt-get install qemu-user (Debian/Ubuntu; no binfmt set-up needed)."
+        )
+    return found
+
+
+def _run(cmd: list[str], what: str, **kwargs: Any) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
+    if proc.returncode != 0:
+        said = " ".join((proc.stderr or proc.stdout).strip().splitlines()[-2:])[:300]
+        raise EdgevtError(f"{what} failed ({said or f'exit code {proc.returncode}'}).")
+    return proc
+
+
+def rootfs(cache: Path | None = None) -> Path:
+    """The Debian 12 arm64 Python 3.11 root file system, built once (atomically)."""
+    folder = (cache or cache_dir()) / f"debian12-py311-{len(PACKAGES)}"
+    if (folder / "usr" / "bin" / "python3.11").is_file():
+        return folder
+    if shutil.which("apt-get") is None or shutil.which("dpkg") is None:
+        raise EdgevtError(
+            "building the aarch64 root file system needs apt-get and dpkg (a Debian or Ubuntu "
+            "host)."
+        )
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".rootfs.", dir=folder.parent) as tmp:
+        work = Path(tmp)
+        for sub in ("lists/partial", "cache/archives/partial", "debs", "rootfs"):
+            (work / sub).mkdir(parents=True)
+        (work / "sources.list").write_text(f"deb [arch=arm64] {DEBIAN} {SUITE} main\n")
+        apt = [
+            "apt-get", "-q", "-o", "APT::Architecture=arm64", "-o", "APT::Architectures::=arm64",
+            "-o", f"Dir::State::Lists={work / 'lists'}", "-o", f"Dir::Cache={work / 'cache'}",
+            "-o", f"Dir::Etc::SourceList={work / 'sources.list'}",
+            "-o", "Dir::Etc::SourceParts=/dev/null", "-o", "Dir::State::status=/dev/null",
+            "-o", "Debug::NoLocking=1", "-o", "APT::Sandbox::User=root",
+        ]  # fmt: skip
+        _run([*apt, "update"], f"apt-get update of Debian's arm64 index ({DEBIAN})")
+        _run([*apt, "download", *PACKAGES], "downloading Debian's arm64 Python",
+             cwd=work / "debs")  # fmt: skip
+        for deb in sorted((work / "debs").glob("*.deb")):
+            _run(["dpkg", "-x", str(deb), str(work / "rootfs")], f"unpacking {deb.name}")
+        (work / "rootfs" / "proc").mkdir(exist_ok=True)
+        if folder.exists():  # a half-built one from an older edgevt
+            shutil.rmtree(folder)
+        os.replace(work / "rootfs", folder)
+    return folder
+
+
+def site_packages(runtimes: list[str], cache: Path | None = None) -> Path:
+    """numpy and ``runtimes`` (pip names) as aarch64 wheels in a folder for ``PYTHONPATH``."""
+    import hashlib
+
+    wanted = sorted({"numpy", *runtimes})
+    key = hashlib.sha256(" ".join(wanted).encode()).hexdigest()[:12]
+    folder = (cache or cache_dir()) / f"site-{key}"
+    if (folder / ".complete").is_file():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tags = [a for tag in WHEEL_TAGS for a in ("--platform", tag)]
+    target = ["--only-binary=:all:", "--python-version", "3.11", "--implementation", "cp",
+              "--abi", "cp311", *tags]  # fmt: skip
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    with tempfile.TemporaryDirectory(prefix=".site.", dir=folder.parent) as tmp:
+        wheels, site = Path(tmp) / "wheels", Path(tmp) / "site"
+        _run([*pip, "download", *target, "-d", str(wheels), *wanted],
+             f"downloading the aarch64 wheels of {', '.join(wanted)}")  # fmt: skip
+        files = [str(w) for w in sorted(wheels.glob("*.whl"))]
+        _run([*pip, "install", "--no-deps", *target, "--target", str(site), *files],
+             "installing the aarch64 wheels")  # fmt: skip
+        (site / ".complete").write_text(" ".join(wanted) + "\n")
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(site, folder)
+    return folder
+
+
+@dataclass
+class ModelCheck:
+    artifact: str
+    precision: str
+    backend: str
+    cosine: float
+    max_abs_diff: float
+    tolerance: str  # what it had to meet
+    passed: bool
+
+
+@dataclass
+class Verification:
+    bundle: str
+    core: str
+    results: str  # the results JSON run_bundle.py wrote (labelled emulated)
+    seconds: float
+    checks: list[ModelCheck] = field(default_factory=list)
+    not_emulated: list[str] = field(default_factory=list)  # "file: why"
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.checks) and all(c.passed for c in self.checks)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "passed": self.passed}
+
+
+def grid_step(logits: np.ndarray) -> float:
+    """The spacing of the values an int8 output can take, read off the host's own logits (the
+    smallest gap between distinct values); for a float output it is tiny and asks for
+    near-exactness."""
+    values = np.unique(logits.astype(np.float64))
+    gaps = np.diff(values)
+    gaps = gaps[gaps > 1e-12]
+    return float(gaps.min()) if gaps.size else 0.0
+
+
+def verify(bundle: Path, core: str, threads: int = 1, timeout: float = 1800) -> Verification:
+    """Run ``bundle``'s own runner under ``qemu-aarch64 -cpu core`` and hold every file it
+    runs to the host's logits: fp32 at cosine >= 0.99999; LiteRT int8 bit-exact or within one
+    step of its output grid (its int8 kernels are integer arithmetic); ONNX Runtime int8 at
+    cosine >= 0.999 with the same top-1 (its ARM int8 kernels are other code than x86's)."""
+    import time
+
+    if core not in CORES:
+        raise EdgevtError(
+            f"no emulated core {core!r}; choose one of {', '.join(CORES)} (-cpu max is not "
+            "offered: its SME gave wrong int8 results)."
+        )
+    bundle = Path(bundle)
+    meta = json.loads((bundle / "bundle.json").read_text())
+    models, skipped = [], []
+    for name in meta["models"]:
+        suffix = Path(name).suffix
+        if suffix in RUNTIME_WHEELS:
+            models.append(name)
+        else:
+            skipped.append(f"{name}: no aarch64 runtime for {suffix} files under emulation here")
+    if not models:
+        raise EdgevtError(
+            f"{bundle} holds no file this host can run on emulated aarch64 (it runs "
+            f"{', '.join(RUNTIME_WHEELS)}): {'; '.join(skipped)}."
+        )
+    binary = qemu()
+    root = rootfs()
+    runtimes = sorted({w for n in models for w in RUNTIME_WHEELS[Path(n).suffix]})
+    site = site_packages(runtimes)
+    (root / "proc" / "cpuinfo").write_text(CORES[core].cpuinfo())
+    label = f"aarch64 ({core})"
+    out = bundle / "results"
+    before = set(out.glob("*.json")) if out.is_dir() else set()
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [binary, "-cpu", core, "-L", str(root), "-E", f"PYTHONPATH={site}",
+         str(root / "usr" / "bin" / "python3.11"), str(bundle / "run_bundle.py"),
+         "--threads", str(threads), "--check-only", "--emulated", label, "--models", *models],
+        capture_output=True, text=True, timeout=timeout, cwd=bundle,
+    )  # fmt: skip
+    seconds = time.perf_counter() - start
+    written = sorted(set(out.glob("*.json")) - before) if out.is_dir() else []
+    if not written:
+        said = " ".join(proc.stderr.strip().splitlines()[-3:])[:400]
+        raise EdgevtError(
+            f"run_bundle.py did not finish on emulated {label} (exit code {proc.returncode}): "
+            f"{said}"
+        )
+    results = json.loads(written[-1].read_text())
+    samples = np.load(bundle / "samples.npz")
+    verification = Verification(str(bundle), core, str(written[-1]), seconds,
+                                not_emulated=skipped)  # fmt: skip
+    for row in results["results"]:
+        name = row["artifact"]
+        expected = samples[meta["models"][name]["expected"]]
+        check = row["check"]
+        if row["precision"] != "int8":
+            ok = check["cosine"] >= FP32_MIN_COSINE
+            tolerance = f"cosine >= {FP32_MIN_COSINE}"
+        elif not name.endswith(".tflite"):
+            # ONNX Runtime's int8 kernels are not the same code on x86 (u8s8, VNNI) and ARM
+            # (dotprod): the real Lite0 read cosine 0.99977 to x86, not bit-exact
+            ok = check["cosine"] >= INT8_MIN_COSINE and check["top1_agreement"] == 1.0
+            tolerance = f"cosine >= {INT8_MIN_COSINE}, same top-1 (another int8 kernel)"
+        else:
+            step = grid_step(expected)
+            ok = check["max_abs_diff"] <= step * 1.001 and check["top1_agreement"] == 1.0
+            tolerance = f"max |diff| <= one output step ({step:.3g})"
+        verification.checks.append(ModelCheck(
+            name, row["precision"], row["backend"], check["cosine"], check["max_abs_diff"],
+            tolerance, bool(ok)))  # fmt: skip
+    return verification

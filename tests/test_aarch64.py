@@ -1,0 +1,106 @@
+"""`edgevt bundle --verify-aarch64`: a bundle's own runner on emulated ARM (qemu-aarch64, a
+Debian 12 arm64 Python 3.11), its outputs held to this host's; the traps of FINDINGS handled
+in code (a fake /proc/cpuinfo matching -cpu, every manylinux tag, no -cpu max)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edgevt import api
+from edgevt.aarch64 import CORES, WHEEL_TAGS, grid_step, verify
+from edgevt.bundle import make_bundle
+from edgevt.errors import EdgevtError
+from tests.helpers import tiny_model
+
+needs_qemu = pytest.mark.skipif(
+    shutil.which("qemu-aarch64") is None,
+    reason="qemu-user not installed (apt-get install qemu-user; `make test` installs it as root)",
+)
+
+
+def test_cpuinfo_names_the_emulated_core_and_its_features() -> None:
+    a76, a72 = CORES["cortex-a76"].cpuinfo(), CORES["cortex-a72"].cpuinfo()
+    assert a76.count("processor\t:") == 4 and "CPU part\t: 0xd0b" in a76 and "asimddp" in a76
+    assert "CPU part\t: 0xd08" in a72 and "asimddp" not in a72  # no dotprod on the Pi 4
+    assert "max" not in CORES  # its SME gave wrong int8 LiteRT output
+    # pip does not widen explicit tags; ai-edge-litert 2.x is manylinux_2_27 only
+    assert "manylinux_2_27_aarch64" in WHEEL_TAGS and "manylinux2014_aarch64" in WHEEL_TAGS
+
+
+def test_grid_step_reads_the_output_grid() -> None:
+    import numpy as np
+
+    logits = np.array([[0.0, 0.25, 0.5], [-0.25, 1.0, 0.25]], np.float32)
+    assert grid_step(logits) == pytest.approx(0.25)
+
+
+def test_an_unknown_core_and_a_missing_qemu_are_one_line(tmp_path: Path, monkeypatch) -> None:
+    with pytest.raises(EdgevtError, match="no emulated core 'max'.*cortex-a76"):
+        verify(tmp_path, "max")
+    (tmp_path / "bundle.json").write_text(json.dumps({"models": {"model.tflite": {}}}))
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(EdgevtError, match="apt-get install qemu-user"):
+        verify(tmp_path, "cortex-a76")
+
+
+def test_a_bundle_of_files_nothing_here_emulates_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "bundle.json").write_text(json.dumps({"models": {"model.mlpackage": {}}}))
+    with pytest.raises(EdgevtError, match="no file this host can run on emulated aarch64"):
+        verify(tmp_path, "cortex-a76")
+
+
+@needs_qemu
+@pytest.mark.parametrize("target", ["tflite", "onnx"])
+def test_a_bundle_runs_on_emulated_cortex_a76_and_matches_the_host(
+    target: str, tmp_path: Path, calib_dir: Path, val_dir: Path
+) -> None:
+    run = api.export(tiny_model(), target, out=tmp_path / "run", int8=True, calib=calib_dir,
+                     calib_size=8, progress=False).run_dir.path  # fmt: skip
+    bundle = tmp_path / "pi5"
+    proc = subprocess.run(
+        [sys.executable, "-m", "edgevt.cli", "bundle", str(run), "--device", "raspberry-pi-5",
+         "-o", str(bundle), "--samples", "4", "--data", str(val_dir),
+         "--verify-aarch64"],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "matches this host" in proc.stdout and "cortex-a76" in proc.stdout
+    results = json.loads(next((bundle / "results").glob("*.json")).read_text())
+    assert results["emulated"] == "aarch64 (cortex-a76)" and results["host"]["machine"] == "aarch64"
+    rows = results["results"]
+    assert {r["precision"] for r in rows} == {"fp32", "int8"}
+    assert all(r["check"]["passed"] and "p50_ms" not in r for r in rows)  # never a timing
+    if target == "tflite":  # LiteRT's int8 kernels: the same integers on ARM as on x86
+        int8 = next(r for r in rows if r["precision"] == "int8")
+        assert int8["check"]["max_abs_diff"] == 0.0
+    from edgevt.report import collect, write_report
+
+    report = collect([run], [next((bundle / "results").glob("*.json"))])
+    where = "raspberry-pi-5 (emulated aarch64 (cortex-a76))"
+    assert {c["where"] for c in report.checks} == {where}
+    assert all(c["passed"] for c in report.checks)
+    assert not [t for t in report.timings if t.where == where]  # never a device timing
+    md = write_report(report, tmp_path / "report", "emulated")["markdown"].read_text()
+    assert "## Checks on devices" in md and where in md
+
+
+@needs_qemu
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["tflite", "onnx"])
+def test_the_real_lite0_pi5_bundle_matches_on_emulated_cortex_a76(
+    target: str, tmp_path: Path, calib_dir: Path, val_dir: Path
+) -> None:
+    """Issue 22's bar: the real Lite0's fp32 and int8 files, on cortex-a76 code."""
+    run = api.export("efficientnet_lite0", target, pretrained=True, out=tmp_path / "run",
+                     int8=True, calib=calib_dir, calib_size=64, progress=False)  # fmt: skip
+    run = run.run_dir.path
+    bundle = make_bundle(run, "raspberry-pi-5", tmp_path / "pi5", samples=8, data=val_dir).path
+    result = verify(bundle, "cortex-a76")
+    assert result.passed, result.to_dict()
+    assert {c.precision for c in result.checks} == {"fp32", "int8"}
