@@ -11,7 +11,11 @@ Per model (default LeViT-128S, CvT-13, EfficientNet-Lite0), batch 1, 1 and 2 thr
 * onnxruntime ``quantize_static`` on edgevt's fp32 ONNX: QDQ, per-channel, its default
   calibration (MinMax), the same calibration images;
 * litert-torch's own int8 quantizer (PT2E, per-channel symmetric, its HistogramObserver),
-  the same calibration images.
+  the same calibration images;
+* edgevt's OpenVINO fp32 / int8 (the int8 IR from the same table) and ExecuTorch fp32 / int8
+  (``.pte``, XNNPACK, int8 from the same table), beside NNCF's ``nncf.quantize`` and
+  ExecuTorch's own ``XNNPACKQuantizer`` on the same calibration images (peers: ``pip install
+  nncf`` for the first; a peer that is missing or fails is a row saying so).
 
 Accuracy on imagenet-val1000: top-1 for real checkpoints; for random weights, logit cosine and
 top-1 agreement against the fused fp32 PyTorch model (top-1 of random weights means nothing).
@@ -45,12 +49,15 @@ from edgevt.models import get_entry, load_model
 from edgevt.quant.calibrate import calibration_batches
 from edgevt.targets import artifact_name, get_target
 from edgevt.targets.base import Runner
+from edgevt.targets.executorch import ExecutorchRunner
 from edgevt.targets.onnx import OnnxRuntimeRunner
+from edgevt.targets.openvino import OpenvinoRunner
 from edgevt.targets.tflite import LiteRTRunner
 from edgevt.validate.evaluate import compare_logits
 
 REPO = Path(__file__).resolve().parent.parent
-DEPLOYABLE = ("onnx", "tflite")  # what ships to a device (PyTorch rows are references)
+# what ships to a device (PyTorch rows are references)
+DEPLOYABLE = ("onnx", "tflite", "openvino", "executorch")
 # `--float-ops` of the transformers' fast TFLite int8 (reports/tflite_op_profile_levit_128s.md)
 FAST_FLOAT_OPS = ["BATCH_MATMUL", "HARD_SWISH", "SOFTMAX", "GELU"]
 
@@ -58,7 +65,7 @@ FAST_FLOAT_OPS = ["BATCH_MATMUL", "HARD_SWISH", "SOFTMAX", "GELU"]
 @dataclass
 class Variant:
     name: str
-    kind: str  # pytorch | onnx | tflite
+    kind: str  # pytorch | onnx | tflite | openvino | executorch
     make: Callable[[int], Infer] | None  # threads -> a loaded variant
     size_mb: float | None = None
     error: str | None = None
@@ -144,6 +151,52 @@ def litert_pt2e_int8(model: torch.nn.Module, out: Path, images: np.ndarray) -> P
     return out
 
 
+def nncf_int8(fp32_ir: Path, out: Path, images: np.ndarray) -> Path:
+    """NNCF's own PTQ route (its documentation): ``nncf.quantize`` of the OpenVINO fp32 model on
+    the calibration images, its default preset; edgevt's info copied in for the runner."""
+    import dataclasses
+
+    import nncf
+    import openvino as ov
+
+    from edgevt.targets.openvino import RT_INFO, XML, read_ir_info
+
+    model = ov.Core().read_model(str(fp32_ir / XML))
+    dataset = nncf.Dataset(list(images), lambda x: x[None])
+    quantized = nncf.quantize(model, dataset, subset_size=len(images))
+    info = dataclasses.replace(read_ir_info(fp32_ir), precision="int8")
+    quantized.set_rt_info(info.to_json(), RT_INFO)
+    ov.save_model(quantized, str(out / XML), compress_to_fp16=False)
+    return out
+
+
+def executorch_own_int8(model: torch.nn.Module, out: Path, images: np.ndarray,
+                        info_from: Path) -> Path:  # fmt: skip
+    """ExecuTorch's own int8 route (its XNNPACK tutorial): XNNPACKQuantizer, per-channel
+    symmetric config with its HistogramObserver, PT2E prepare, calibrate, convert, lower."""
+    import dataclasses
+
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    from edgevt.targets.executorch import lower, read_pte_info
+
+    example = (torch.from_numpy(images[:1]),)
+    config = get_symmetric_quantization_config(is_per_channel=True)
+    quantizer = XNNPACKQuantizer().set_global(config)
+    graph = prepare_pt2e(torch.export.export(model.eval(), example).module(), quantizer)
+    with torch.no_grad():
+        for x in images:
+            graph(torch.from_numpy(x[None]))
+    graph = convert_pt2e(graph)
+    info = dataclasses.replace(read_pte_info(info_from), precision="int8")
+    lower(torch.export.export(graph, example), info, out)
+    return out
+
+
 def tflite_with_info(path: Path, info_from: Path) -> Callable[[int], Runner]:
     from edgevt.targets.tflite import read_tflite_info
 
@@ -169,9 +222,6 @@ def build_variants(name: str, work: Path, args: argparse.Namespace) -> list[Vari
                                                 progress=False)]  # fmt: skip
     )
 
-    def size(p: Path) -> float:
-        return p.stat().st_size / 2**20
-
     variants = [
         Variant("PyTorch eager fp32", "pytorch", torch_infer(eager)),
         Variant("PyTorch fused fp32", "pytorch", torch_infer(fused)),
@@ -179,11 +229,11 @@ def build_variants(name: str, work: Path, args: argparse.Namespace) -> list[Vari
     for label, path in (("edgevt ONNX fp32", onnx.artifact),
                         ("edgevt ONNX int8", onnx.int8.path)):  # fmt: skip
         variants.append(Variant(label, "onnx", runner_infer(
-            lambda t, p=path: OnnxRuntimeRunner(p, threads=t)), size(path)))  # fmt: skip
+            lambda t, p=path: OnnxRuntimeRunner(p, threads=t)), size_of(path)))  # fmt: skip
     for precision in ("fp32", "fp16", "w8", "int8"):
         path = tfl.run_dir.path / artifact_name(get_target("tflite").spec, precision)
         variants.append(Variant(f"edgevt TFLite {precision}", "tflite", runner_infer(
-            lambda t, p=path: LiteRTRunner(p, threads=t)), size(path)))  # fmt: skip
+            lambda t, p=path: LiteRTRunner(p, threads=t)), size_of(path)))  # fmt: skip
     if entry.family in ("levit", "cvt"):
         # The fast int8 recipe of benchmarks/tflite_op_profile.py: op types whose int8 kernels
         # cost more than they save on CPUs like this one stay float, the rest int8, same table.
@@ -192,7 +242,20 @@ def build_variants(name: str, work: Path, args: argparse.Namespace) -> list[Vari
                           progress=False)  # fmt: skip
         path = fast.run_dir.path / artifact_name(get_target("tflite").spec, "int8")
         variants.append(Variant("edgevt TFLite int8, fast recipe", "tflite", runner_infer(
-            lambda t, p=path: LiteRTRunner(p, threads=t)), size(path)))  # fmt: skip
+            lambda t, p=path: LiteRTRunner(p, threads=t)), size_of(path)))  # fmt: skip
+    ov = api.export(name, "openvino", pretrained=pretrained, out=work / "openvino", int8=True,
+                    calib_table=table, progress=False)  # fmt: skip
+    et = api.export(name, "executorch", pretrained=pretrained, out=work / "executorch",
+                    int8=True, calib_table=table, calib=calib, calib_size=args.calib_size,
+                    progress=False)  # fmt: skip
+    for label, kind, path, runner in (
+        ("edgevt OpenVINO fp32", "openvino", ov.artifact, OpenvinoRunner),
+        ("edgevt OpenVINO int8", "openvino", ov.int8.path, OpenvinoRunner),
+        ("edgevt ExecuTorch fp32", "executorch", et.artifact, ExecutorchRunner),
+        ("edgevt ExecuTorch int8", "executorch", et.int8.path, ExecutorchRunner),
+    ):
+        variants.append(Variant(label, kind, runner_infer(
+            lambda t, p=path, r=runner: r(p, threads=t)), size_of(path)))  # fmt: skip
     alternatives = (
         ("onnxruntime quantize_static int8", "onnx",
          lambda: ort_quantize_static(onnx.artifact, work / "ort_static.onnx", images),
@@ -200,18 +263,31 @@ def build_variants(name: str, work: Path, args: argparse.Namespace) -> list[Vari
         ("litert-torch PT2E int8", "tflite",
          lambda: litert_pt2e_int8(fused, work / "litert_pt2e.tflite", images),
          lambda p: tflite_with_info(p, tfl.artifact)),
+        ("NNCF nncf.quantize int8", "openvino",
+         lambda: nncf_int8(ov.artifact, work / "nncf_int8.openvino", images),
+         lambda p: (lambda t: OpenvinoRunner(p, threads=t))),
+        ("ExecuTorch XNNPACKQuantizer int8", "executorch",
+         lambda: executorch_own_int8(fused, work / "et_own_int8.pte", images, et.artifact),
+         lambda p: (lambda t: ExecutorchRunner(p, threads=t))),
     )  # fmt: skip
     for label, kind, build, factory in alternatives:
         start = time.perf_counter()
         try:
             path = build()
-            variants.append(Variant(label, kind, runner_infer(factory(path)), size(path)))
+            variants.append(Variant(label, kind, runner_infer(factory(path)), size_of(path)))
             print(f"  {label}: built in {time.perf_counter() - start:.0f} s", flush=True)
         except Exception as exc:  # an alternative that fails is a result too
             traceback.print_exc()
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
             variants.append(Variant(label, kind, None, error=f"{type(exc).__name__}: {first}"))
     return variants
+
+
+def size_of(path: Path) -> float:
+    """MB of a file or an artifact folder (an OpenVINO IR)."""
+    from edgevt.io import artifact_size
+
+    return artifact_size(path) / 2**20
 
 
 def onnx_info(path: Path):
@@ -350,10 +426,20 @@ def main() -> None:
             f"({(time.perf_counter() - started) / 60:.0f} min); machine: {platform.machine()}, "
             f"{os.cpu_count()} CPUs, torch {torch.__version__}, onnxruntime "
             f"{onnxruntime.__version__}, ai-edge-litert "
-            f"{getattr(ai_edge_litert, '__version__', '?')}.",
+            f"{getattr(ai_edge_litert, '__version__', '?')}, openvino {_version('openvino')}, "
+            f"executorch {_version('executorch')}, nncf {_version('nncf')}.",
         ]
     )
     write_report(text + "\n", args.out)
+
+
+def _version(dist: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
 
 
 if __name__ == "__main__":

@@ -56,7 +56,7 @@ MATCH_RTOL = 1e-5  # a quantize node's scale must equal the table's, up to float
 _PASS_THROUGH = {"pad", "constant_pad_nd", "flatten", "view", "reshape", "permute", "transpose",
                  "contiguous", "clone", "dropout", "unsqueeze", "squeeze"}  # fmt: skip
 _ACTIVATIONS = {"hardtanh", "relu", "clamp", "relu6"}  # XNNPACK fuses them into the conv
-_WEIGHTED = {"conv2d": "Conv2d", "linear": "Linear", "convolution": "Conv2d"}
+_WEIGHTED = {"conv2d", "linear", "convolution"}  # the ops the table keys by module
 
 
 def _require() -> None:
@@ -390,7 +390,6 @@ class ExecutorchTarget(Target):
     )
     requires = ("executorch", "torchao")
     version_packages = ("executorch", "torchao", "torch")
-    Options = TargetOptions
 
     def export(self, ctx: ExportContext, options: TargetOptions) -> list[Artifact]:
         import torch
