@@ -6,6 +6,8 @@
 * ``samples.npz``: a few real images, preprocessed as the artifacts expect, with the logits each
   artifact produced on this host, so the device proves it computes the same thing before it is
   timed;
+* ``eval.npz`` (``eval_images`` > 0): labelled images as uint8 crops with each artifact's
+  top-5 on this host, which the device scores itself on (accuracy on the device);
 * ``run_bundle.py``: a standalone runner (numpy + the device's runtime, nothing from edgevt);
 * ``bundle.json`` (what is inside) and ``README.md`` (the exact commands, over ssh/adb);
 * what the device's targets add (for TensorRT, ``trtexec.sh`` that builds the engines on the
@@ -65,6 +67,8 @@ def make_bundle(
     samples: int = 8,
     data: str | Path | None = None,
     force: bool = False,
+    eval_images: int = 0,
+    eval_data: str | Path | None = None,
 ) -> Bundle:
     """Write a bundle of ``run_dir``'s artifacts for ``device`` into ``out`` (see module doc)."""
     from edgevt.data.imagenet import default_data_root, no_images_message, sample_batch
@@ -105,6 +109,10 @@ def make_bundle(
             )
     if samples < 1:
         raise EdgevtError("--samples must be >= 1.")
+    if eval_images < 0:
+        raise EdgevtError("--eval-images must be >= 0 (0: no accuracy run on the device).")
+    if eval_images and eval_data is not None and not Path(eval_data).is_dir():
+        raise EdgevtError(no_images_message("--eval-data", eval_data))
 
     if data is not None and not Path(data).is_dir():
         raise EdgevtError(no_images_message("--data", data))
@@ -119,6 +127,11 @@ def make_bundle(
     try:
         (staging / "models").mkdir(parents=True)
         models, infos = _copy_models(staging, artifacts, inputs, first.info.preprocess)
+        evaluation = None
+        if eval_images:
+            folder = Path(eval_data) if eval_data else default_data_root() / "imagenet-val1000"
+            evaluation = _eval_subset(staging, artifacts, first.info.preprocess, folder,
+                                      eval_images)  # fmt: skip
         shutil.copy2(RUNNER, staging / "run_bundle.py")
         write_json(
             staging / "bundle.json",
@@ -132,6 +145,7 @@ def make_bundle(
                 "threads": list(profile.threads),
                 "samples": described,
                 "models": models,
+                **({"eval": evaluation} if evaluation else {}),
             },
         )
         for name in profile.targets:  # what each of the device's targets adds (a build script)
@@ -186,6 +200,42 @@ def _copy_models(
     return models, infos
 
 
+def _eval_subset(
+    staging: Path, artifacts: list[Path], preprocess, folder: Path, n: int
+) -> dict[str, object]:
+    """``eval.npz``: ``n`` labelled images as uint8 crops (the device normalises them: a
+    quarter of the size, no Pillow there) and each artifact's top-5 on this host, so the
+    device scores itself against the labels and against the host image by image."""
+    from PIL import Image
+
+    from edgevt.data.imagenet import open_dataset
+
+    dataset = open_dataset(folder, require_labels=True).subset(n)
+    crops, labels = [], []
+    for sample in dataset.samples:
+        with Image.open(sample.path) as image:
+            crops.append(preprocess.crop(image))
+        labels.append(sample.label)
+    images, truth = np.stack(crops), np.asarray(labels, np.int64)
+    arrays: dict[str, np.ndarray] = {"images": images, "labels": truth}
+    models: dict[str, dict] = {}
+    for path in artifacts:
+        with open_runner(path) as runner:
+            logits = np.concatenate([runner.infer(preprocess.normalize(c)[None]) for c in images])
+        top5 = np.argsort(-logits, axis=1)[:, :5]
+        arrays["top5_" + path.stem] = top5.astype(np.int32)
+        models[path.name] = {
+            "top5": "top5_" + path.stem,
+            "top1_pct": 100.0 * float((top5[:, 0] == truth).mean()),
+            "top5_pct": 100.0 * float((top5 == truth[:, None]).any(1).mean()),
+        }
+    np.savez_compressed(staging / "eval.npz", **arrays)
+    fp32 = [a.name for a in artifacts if read_artifact_info(a).precision == "fp32"]
+    reference = (fp32 or [artifacts[0].name])[0]  # what "agreement with the host's fp32" means
+    return {"images": len(images), "data": str(folder), "mean": list(preprocess.mean),
+            "std": list(preprocess.std), "reference": reference, "host": models}  # fmt: skip
+
+
 def _runtime(profile: DeviceProfile, name: str) -> str:
     """What runs a file on the device: the first of its targets that takes such files (a
     Jetson's TensorRT builds engines from every ONNX file)."""
@@ -232,6 +282,8 @@ Models: {", ".join(models)}; they need numpy and {", ".join(runtimes)}.
 `run_bundle.py` first runs the bundled sample images and compares the logits with the ones
 this host computed for the same files (cosine >= 0.99, else the model is reported as FAILED
 and not timed), then times batch-1 inference (`--threads`, `--seconds`, `--iterations`).
+Where the bundle carries labelled images (`eval.npz`), it also scores each model on them
+(top-1/top-5, and image by image against the same file on the host; `--no-eval` skips it).
 It writes `results/{profile.name}-<time>.json`. Give that file to the report:
 
 ```bash

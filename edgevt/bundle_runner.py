@@ -193,6 +193,48 @@ def check(model: Model, inputs: np.ndarray, expected: np.ndarray) -> dict:
     }
 
 
+def evaluate(model: Model, name: str, bundle: dict, arrays) -> dict:
+    """Top-1/top-5 on the bundle's labelled images (uint8 crops, normalised here as the host
+    does), and image by image against this file's and the fp32 file's answers on the host:
+    lost / won with McNemar's exact p, so a gap beyond noise stands out."""
+    meta = bundle["eval"]
+    mean, std = np.asarray(meta["mean"], np.float32), np.asarray(meta["std"], np.float32)
+    labels = arrays["labels"]
+    top5 = []
+    for crop in arrays["images"]:
+        x = ((np.asarray(crop, np.float32) / 255.0 - mean) / std).transpose(2, 0, 1)[None]
+        top5.append(np.argsort(-model.infer(np.ascontiguousarray(x))[0])[:5])
+    top5 = np.stack(top5)
+    host = meta["host"][name]
+    host_top1 = arrays[host["top5"]][:, 0]
+    fp32_top1 = arrays[meta["host"][meta["reference"]]["top5"]][:, 0]
+    right, host_right = top5[:, 0] == labels, host_top1 == labels
+    lost, won = int((host_right & ~right).sum()), int((~host_right & right).sum())
+    return {
+        "n": int(len(labels)),
+        "top1": 100.0 * float(right.mean()),
+        "top5": 100.0 * float((top5 == labels[:, None]).any(1).mean()),
+        "host_top1": host["top1_pct"],
+        "host_top5": host["top5_pct"],
+        "agreement_host": float((top5[:, 0] == host_top1).mean()),
+        "agreement_host_fp32": float((top5[:, 0] == fp32_top1).mean()),
+        "lost": lost,
+        "won": won,
+        "p_value": mcnemar(lost, won),
+    }
+
+
+def mcnemar(lost: int, won: int) -> float:
+    """Exact two-sided McNemar p of a lost/won split (the binomial test at 1/2)."""
+    from math import comb
+
+    n = lost + won
+    if n == 0:
+        return 1.0
+    tail = sum(comb(n, i) for i in range(min(lost, won) + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
 def time_model(model: Model, x: np.ndarray, warmup: int, seconds: float, iterations: int) -> dict:
     for _ in range(warmup):
         model.infer(x)
@@ -225,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compute-units", default=None, help="Core ML: CPU_ONLY, ALL, ...")
     parser.add_argument("--models", nargs="+", help="only these files from bundle.json")
     parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument("--no-eval", action="store_true",
+                        help="skip the accuracy run on the bundled labelled images")
     parser.add_argument("--check-only", action="store_true",
                         help="check every model, time none (under emulation time means nothing)")
     parser.add_argument("--emulated", default=None,
@@ -233,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
 
     samples = np.load(HERE / "samples.npz")
     inputs = samples["inputs"]
+    scored = "eval" in bundle and not (args.no_eval or args.check_only)
+    evaluation = np.load(HERE / "eval.npz") if scored else None
     rows = []
     for name, meta in bundle["models"].items():
         if args.models and name not in args.models:
@@ -257,6 +303,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"{verdict['top1_agreement']:.2f}) [{model.backend}, {threads} thread(s)]",
                 flush=True,
             )
+            if verdict["passed"] and evaluation is not None and threads == args.threads[0]:
+                row["accuracy"] = a = evaluate(model, name, bundle, evaluation)
+                print(f"  top-1 {a['top1']:.2f} %  top-5 {a['top5']:.2f} % on {a['n']} images "
+                      f"(host {a['host_top1']:.2f} %; {a['lost']} lost / {a['won']} won, "
+                      f"p={a['p_value']:.2g}; agreement with host fp32 "
+                      f"{100 * a['agreement_host_fp32']:.1f} %)", flush=True)  # fmt: skip
             if verdict["passed"] and not args.check_only:
                 row.update(time_model(model, inputs[:1], args.warmup, args.seconds,
                                       args.iterations))  # fmt: skip

@@ -69,6 +69,8 @@ class Report:
     debug: list[dict[str, Any]] = field(default_factory=list)  # RUN/debug/*.json summaries
     # run_bundle.py's check of each file against the host's logits, per device (or emulator)
     checks: list[dict[str, Any]] = field(default_factory=list)
+    # run_bundle.py's top-1/top-5 on the bundle's labelled images, beside the host's
+    device_accuracy: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _load_json(path: Path, what: str) -> dict[str, Any]:
@@ -335,6 +337,14 @@ def _collect_device(path: Path, report: Report, owners: dict[str, tuple[str, str
                     "agreement": _number(check["top1_agreement"]),
                     "passed": check.get("passed") is True,
                 })  # fmt: skip
+            scored = r.get("accuracy")
+            if isinstance(scored, dict):
+                report.device_accuracy.append({
+                    "where": where, "artifact": str(r["artifact"]), "backend": str(r["backend"]),
+                    "precision": str(r["precision"]), "n": _count(scored["n"]),
+                    **{k: _number(scored[k]) for k in ("top1", "top5", "host_top1", "p_value")},
+                    "lost": _count(scored["lost"]), "won": _count(scored["won"]),
+                })  # fmt: skip
             if "p50_ms" not in r:  # failed its check, or a check-only (emulated) run: not timed
                 continue
             if not isinstance(r.get("check", {}), dict):
@@ -446,6 +456,18 @@ def checks_table(report: Report) -> list[list[str]]:
         [c["where"], c["artifact"], c["precision"], c["backend"], str(c["threads"]),
          _fmt(c["cosine"], ".6f"), _fmt(c["agreement"], ".2f"), "ok" if c["passed"] else "FAILED"]
         for c in report.checks
+    ]  # fmt: skip
+
+
+def device_accuracy_table(report: Report) -> list[list[str]]:
+    head = ["where", "artifact", "precision", "backend", "images", "top-1 %", "host top-1 %",
+            "top-5 %", "lost / won vs host (p)", ""]  # fmt: skip
+    return [head] + [
+        [a["where"], a["artifact"], a["precision"], a["backend"], str(a["n"]),
+         _fmt(a["top1"], ".2f"), _fmt(a["host_top1"], ".2f"), _fmt(a["top5"], ".2f"),
+         f"{a['lost']} / {a['won']} (p={_fmt(a['p_value'], '.2g')})",
+         "gap beyond noise" if a["p_value"] is not None and a["p_value"] < 0.05 else ""]
+        for a in report.device_accuracy
     ]  # fmt: skip
 
 
@@ -652,6 +674,12 @@ def write_report(report: Report, out: Path, title: str) -> dict[str, Path]:
           "## Accuracy vs latency", "", "See `report.html` for the plot; points:", ""]  # fmt: skip
     md += [f"- {p['label']}: {p['latency']:.2f} ms, {p['accuracy']:.2f} %"
            + (" (Pareto front)" if p["pareto"] else "") for p in points]  # fmt: skip
+    on_device = device_accuracy_table(report) if report.device_accuracy else []
+    if on_device:
+        md += ["", "## Accuracy on devices", "", "Each file on the device, on the bundle's "
+               "labelled images, against the same file on this host image by image (McNemar's "
+               "exact p; below 0.05 the device's answers differ beyond noise).", "",
+               _markdown_table(on_device)]  # fmt: skip
     checks = checks_table(report) if report.checks else []
     if checks:
         md += ["", "## Checks on devices", "", "Each bundled file's logits on the device (or "
@@ -694,6 +722,7 @@ front (no other artifact of that model is both faster and more accurate).
 </figcaption></figure>
 <h2>Accuracy</h2>{_html_table(accuracy)}<p>{html.escape(flips_note)}</p><p>{html.escape(random_note)}</p>
 <h2>Latency</h2>{_html_table(latency)}<p>{html.escape(trt_note)}</p>
+{"<h2>Accuracy on devices</h2>" + _html_table(on_device) if on_device else ""}
 {"<h2>Checks on devices</h2>" + _html_table(checks) if checks else ""}
 <h2>Calibration</h2><ul>{
         "".join(f"<li>{html.escape(c)}</li>" for c in calib) or "<li>no int8 in these runs</li>"
@@ -714,7 +743,7 @@ front (no other artifact of that model is both faster and more accurate).
     data = {"rows": [asdict(r) for r in report.rows],
             "timings": [asdict(t) for t in report.timings],
             "points": points, "calibration": report.calibration,
-            "checks": report.checks}  # fmt: skip
+            "checks": report.checks, "device_accuracy": report.device_accuracy}  # fmt: skip
     texts = {"markdown": "\n".join(md) + "\n", "html": page,
              "json": json.dumps(data, indent=2) + "\n"}  # fmt: skip
     with contextlib.ExitStack() as stack:  # all three whole, or none replaced

@@ -32,8 +32,9 @@ def lite0_run(lite0_int8_run: Path) -> Path:
 def test_raspberry_pi_bundle_runs_here_standalone(lite0_run: Path, tmp_path: Path) -> None:
     bundle = tmp_path / "pi5"
     proc = run("bundle", str(lite0_run), "--device", "raspberry-pi-5", "-o", str(bundle),
-               "--samples", "4")  # fmt: skip
+               "--samples", "4", "--eval-images", "40")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
+    assert "40 labelled images to score" in proc.stdout
     assert sorted(p.name for p in (bundle / "models").iterdir()) == [
         "model.onnx",
         "model_int8.onnx",
@@ -55,6 +56,19 @@ def test_raspberry_pi_bundle_runs_here_standalone(lite0_run: Path, tmp_path: Pat
         assert row["check"]["passed"] and row["check"]["cosine"] > 0.9999
         assert 0 < row["p50_ms"] <= row["p90_ms"]
     assert by_name["model_int8.onnx"]["precision"] == "int8"
+    # the accuracy run: the same files and runtime as the host's, so image for image the same
+    for row in by_name.values():
+        scored = row["accuracy"]
+        assert scored["n"] == 40 and scored["agreement_host"] == 1.0
+        assert (scored["lost"], scored["won"], scored["p_value"]) == (0, 0, 1.0)
+        assert scored["top1"] == pytest.approx(scored["host_top1"]) and scored["top1"] > 50
+    assert by_name["model.onnx"]["accuracy"]["agreement_host_fp32"] == 1.0
+    from edgevt.report import collect, write_report
+
+    report = collect([lite0_run], [next((bundle / "results").glob("*.json"))])
+    assert {a["artifact"] for a in report.device_accuracy} == {"model.onnx", "model_int8.onnx"}
+    md = write_report(report, tmp_path / "report", "pi5")["markdown"].read_text()
+    assert "## Accuracy on devices" in md and "gap beyond noise" not in md
 
 
 def test_bundle_fails_a_wrong_expectation(lite0_run: Path, tmp_path: Path) -> None:

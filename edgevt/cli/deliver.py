@@ -36,6 +36,14 @@ def add_parsers(sub) -> None:
     p.add_argument("--data", metavar="DIR", help="sample images (default: imagenet-val1000)")
     p.add_argument("--force", action="store_true", help="replace a non-empty -o folder")
     p.add_argument(
+        "--eval-images", type=count(0), default=None, metavar="N",
+        help=f"labelled images the device scores each model on (top-1/top-5, lost/won against "
+        f"this host image by image; default {EVAL_IMAGES}, 0: none; uint8 crops, ~150 KB each "
+        "at 224 px)",
+    )  # fmt: skip
+    p.add_argument("--eval-data", metavar="DIR",
+                   help="where those images come from (default: imagenet-val1000)")
+    p.add_argument(
         "--verify-aarch64", action="store_true",
         help="then run the bundle's own runner on emulated ARM (qemu-aarch64, Debian 12 arm64 "
         "Python 3.11, cached under ~/.cache/edgevt) and hold its .tflite/.onnx outputs to this "
@@ -90,15 +98,27 @@ def run(args: argparse.Namespace) -> None:
     )
 
 
+EVAL_IMAGES = 200  # labelled images a bundle scores on the device by default
+
+
 def bundle(args: argparse.Namespace) -> None:
     from edgevt.bundle import make_bundle
     from edgevt.cli.common import given
 
+    eval_images = args.eval_images
+    if eval_images is None:  # the default: score on the device where labelled images are here
+        from edgevt.data.imagenet import default_data_root
+
+        here = args.eval_data or (default_data_root() / "imagenet-val1000").is_dir()
+        eval_images = EVAL_IMAGES if here else 0
     made = make_bundle(args.run_dir, args.device, args.out, data=args.data, force=args.force,
+                       eval_images=eval_images, eval_data=args.eval_data,
                        **given(args, "samples"))  # fmt: skip
     print(
         f"bundle for {made.device.name}: {made.path} ({', '.join(made.models)}; "
-        f"{made.samples} sample images). Next: see {made.path / 'README.md'}"
+        f"{made.samples} sample images"
+        + (f", {eval_images} labelled images to score" if eval_images else "")
+        + f"). Next: see {made.path / 'README.md'}"
     )
     if args.verify_aarch64 or args.core:
         _verify_aarch64(made, args.core)

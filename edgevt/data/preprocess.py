@@ -74,6 +74,17 @@ class Preprocess:
 
     def __call__(self, image: Image.Image) -> np.ndarray:
         """PIL image (any mode) -> float32 CHW array, normalised."""
+        return self.normalize(self.crop(image))
+
+    def normalize(self, crop: np.ndarray) -> np.ndarray:
+        """uint8 HWC crop (``crop``) -> float32 CHW array, normalised: the half a device
+        bundle does itself, so its evaluation images travel as uint8."""
+        array = np.asarray(crop, dtype=np.float32) / 255.0
+        array = (array - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return np.ascontiguousarray(array.transpose(2, 0, 1))
+
+    def crop(self, image: Image.Image) -> np.ndarray:
+        """PIL image (any mode) -> the resized, centre-cropped uint8 HWC RGB array."""
         image = image.convert("RGB")  # greyscale, CMYK and palette JPEGs become RGB
         w, h = image.size
         # As torchvision's Resize(int): the shorter side gets exactly `resize`.
@@ -85,9 +96,7 @@ class Preprocess:
         left = int(round((size[0] - self.input_size) / 2.0))
         top = int(round((size[1] - self.input_size) / 2.0))
         image = image.crop((left, top, left + self.input_size, top + self.input_size))
-        array = np.asarray(image, dtype=np.float32) / 255.0
-        array = (array - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
-        return np.ascontiguousarray(array.transpose(2, 0, 1))
+        return np.asarray(image, dtype=np.uint8)
 
     def load(self, path: str | Path) -> np.ndarray:
         with Image.open(path) as image:
