@@ -165,6 +165,120 @@ def site_packages(runtimes: list[str], cache: Path | None = None) -> Path:
     return folder
 
 
+# A TCG plugin: count executed guest instructions, print the count at every getppid() (the
+# guest's marker around the loop it measures). One vCPU thread: the inline add is exact.
+PLUGIN_C = r"""
+#include <inttypes.h>
+#include <stdio.h>
+#include <qemu-plugin.h>
+
+QEMU_PLUGIN_EXPORT int qemu_plugin_version = QEMU_PLUGIN_VERSION;
+static uint64_t insns;
+
+static void on_tb(qemu_plugin_id_t id, struct qemu_plugin_tb *tb) {
+    qemu_plugin_register_vcpu_tb_exec_inline(tb, QEMU_PLUGIN_INLINE_ADD_U64, &insns,
+                                             qemu_plugin_tb_n_insns(tb));
+}
+
+static void on_syscall(qemu_plugin_id_t id, unsigned int vcpu, int64_t num, uint64_t a1,
+                       uint64_t a2, uint64_t a3, uint64_t a4, uint64_t a5, uint64_t a6,
+                       uint64_t a7, uint64_t a8) {
+    if (num == 173) { /* getppid on aarch64 */
+        fprintf(stderr, "EDGEVT_INSNS %" PRIu64 "\n", insns);
+        fflush(stderr);
+    }
+}
+
+QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_t *info,
+                                           int argc, char **argv) {
+    qemu_plugin_register_vcpu_tb_trans_cb(id, on_tb);
+    qemu_plugin_register_vcpu_syscall_cb(id, on_syscall);
+    return 0;
+}
+"""
+# Runs in the emulated Python: loads one bundled file with the bundle's own Model class, warms
+# it, and brackets N inferences with getppid() markers.
+GUEST_COUNT = """
+import os, runpy, sys
+from pathlib import Path
+import numpy as np
+bundle, name, n = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+model = runpy.run_path(str(bundle / "run_bundle.py"), run_name="edgevt_count")["Model"](
+    bundle / "models" / name, 1)
+x = np.load(bundle / "samples.npz")["inputs"][:1]
+model.infer(x); model.infer(x)
+os.getppid()
+for _ in range(n):
+    model.infer(x)
+os.getppid()
+"""
+
+
+def counting_plugin(cache: Path | None = None) -> Path:
+    """The instruction-counting plugin, built once against the installed QEMU's own
+    ``qemu-plugin.h`` (Debian ships no header: it comes from the qemu source package)."""
+    version = _run(["dpkg-query", "-W", "-f=${source:Version}", "qemu-user"],
+                   "reading the installed qemu-user version").stdout.strip()  # fmt: skip
+    folder = (cache or cache_dir()) / f"plugin-{version.replace(':', '_')}"
+    plugin = folder / "count.so"
+    if plugin.is_file():
+        return plugin
+    if shutil.which("gcc") is None:
+        raise EdgevtError("counting instructions builds a QEMU plugin: apt-get install gcc.")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".plugin.", dir=folder.parent) as tmp:
+        work = Path(tmp)
+        for sub in ("lists/partial", "cache/archives/partial", "src", "out"):
+            (work / sub).mkdir(parents=True)
+        (work / "sources.list").write_text(f"deb-src {DEBIAN} {SUITE} main\n")
+        apt = ["apt-get", "-q", "-o", f"Dir::State::Lists={work / 'lists'}",
+               "-o", f"Dir::Cache={work / 'cache'}",
+               "-o", f"Dir::Etc::SourceList={work / 'sources.list'}",
+               "-o", "Dir::Etc::SourceParts=/dev/null", "-o", "Dir::State::status=/dev/null",
+               "-o", "Debug::NoLocking=1", "-o", "APT::Sandbox::User=root"]  # fmt: skip
+        _run([*apt, "update"], "apt-get update of Debian's source index")
+        _run([*apt, "source", "--download-only", f"qemu={version}"],
+             f"downloading QEMU {version}'s source (its qemu-plugin.h)",
+             cwd=work / "src")  # fmt: skip
+        orig = next((work / "src").glob("qemu_*.orig.tar.xz"))
+        _run(["tar", "-xJf", str(orig), "-C", str(work / "src"), "--wildcards",
+              "*/include/qemu/qemu-plugin.h"], "unpacking qemu-plugin.h")  # fmt: skip
+        header = next((work / "src").glob("*/include/qemu/qemu-plugin.h"))
+        (work / "out" / "count.c").write_text(PLUGIN_C)
+        _run(["gcc", "-shared", "-fPIC", "-O2", "-I", str(header.parent), "-o",
+              str(work / "out" / "count.so"), str(work / "out" / "count.c")],
+             "compiling the instruction-counting plugin")  # fmt: skip
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(work / "out", folder)
+    return plugin
+
+
+def count_instructions(bundle: Path, core: str, names: list[str], n: int = 3) -> dict[str, int]:
+    """aarch64 instructions per inference of each bundled file on ``core`` (1 thread, after
+    two warm-up runs, the mean of ``n``): what XNNPACK's kernel choice for that core costs.
+    An instruction count under emulation, not a time."""
+    import re
+
+    plugin, root = counting_plugin(), rootfs()
+    site = site_packages(sorted({w for m in names for w in RUNTIME_WHEELS[Path(m).suffix]}))
+    (root / "proc" / "cpuinfo").write_text(CORES[core].cpuinfo())
+    counts = {}
+    for name in names:
+        proc = subprocess.run(
+            [qemu(), "-cpu", core, "-plugin", str(plugin), "-L", str(root),
+             "-E", f"PYTHONPATH={site}", str(root / "usr" / "bin" / "python3.11"), "-c",
+             GUEST_COUNT, str(bundle), name, str(n)],
+            capture_output=True, text=True, timeout=3600,
+        )  # fmt: skip
+        marks = [int(v) for v in re.findall(r"EDGEVT_INSNS (\d+)", proc.stderr)]
+        if proc.returncode != 0 or len(marks) < 2:
+            said = " ".join(proc.stderr.strip().splitlines()[-2:])[:300]
+            raise EdgevtError(f"counting instructions of {name} on {core} failed: {said}")
+        counts[name] = (marks[-1] - marks[-2]) // n
+    return counts
+
+
 @dataclass
 class ModelCheck:
     artifact: str
@@ -184,6 +298,8 @@ class Verification:
     seconds: float
     checks: list[ModelCheck] = field(default_factory=list)
     not_emulated: list[str] = field(default_factory=list)  # "file: why"
+    # aarch64 instructions per inference (emulated; a count, not a time), where asked for
+    instructions: dict[str, int] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:

@@ -104,3 +104,23 @@ def test_the_real_lite0_pi5_bundle_matches_on_emulated_cortex_a76(
     result = verify(bundle, "cortex-a76")
     assert result.passed, result.to_dict()
     assert {c.precision for c in result.checks} == {"fp32", "int8"}
+
+
+@needs_qemu
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc builds the QEMU counting plugin")
+def test_instruction_counts_follow_the_cores_int8_kernels(
+    tmp_path: Path, calib_dir: Path, val_dir: Path
+) -> None:
+    """XNNPACK picks its int8 kernels by the core: with dotprod (cortex-a76) one inference
+    executes far fewer instructions than without (cortex-a72); a count is deterministic."""
+    from edgevt.aarch64 import count_instructions
+
+    run = api.export(tiny_model(), "tflite", out=tmp_path / "run", int8=True, calib=calib_dir,
+                     calib_size=8, progress=False).run_dir.path  # fmt: skip
+    bundle = make_bundle(run, "raspberry-pi-5", tmp_path / "pi5", samples=2, data=val_dir).path
+    a76 = count_instructions(bundle, "cortex-a76", ["model_int8.tflite"], n=2)
+    again = count_instructions(bundle, "cortex-a76", ["model_int8.tflite"], n=2)
+    a72 = count_instructions(bundle, "cortex-a72", ["model_int8.tflite"], n=2)
+    name = "model_int8.tflite"
+    assert 0 < a76[name] < a72[name]
+    assert abs(again[name] - a76[name]) <= 0.01 * a76[name]

@@ -49,6 +49,12 @@ def add_parsers(sub) -> None:
         "Python 3.11, cached under ~/.cache/edgevt) and hold its .tflite/.onnx outputs to this "
         "host's: fp32 cosine >= 0.99999, int8 within one output step. A check, never a timing",
     )  # fmt: skip
+    p.add_argument(
+        "--count-instructions", action="store_true",
+        help="with --verify-aarch64: also count the aarch64 instructions one inference of each "
+        "file executes on the emulated core (1 thread; an ARM cost estimate where XNNPACK's "
+        "kernels differ per core, not a time; builds a QEMU plugin, needs gcc)",
+    )  # fmt: skip
     p.add_argument("--core", help="the ARM core to emulate (default: the profile's core, e.g. "
                    "cortex-a76 for raspberry-pi-5; or cortex-a72, neoverse-n1)")  # fmt: skip
     p.set_defaults(func=bundle)
@@ -120,13 +126,14 @@ def bundle(args: argparse.Namespace) -> None:
         + (f", {eval_images} labelled images to score" if eval_images else "")
         + f"). Next: see {made.path / 'README.md'}"
     )
-    if args.verify_aarch64 or args.core:
-        _verify_aarch64(made, args.core)
+    if args.verify_aarch64 or args.core or args.count_instructions:
+        _verify_aarch64(made, args.core, args.count_instructions)
 
 
-def _verify_aarch64(made, core: str | None) -> None:
-    from edgevt.aarch64 import verify
+def _verify_aarch64(made, core: str | None, count: bool) -> None:
+    from edgevt.aarch64 import count_instructions, verify
     from edgevt.errors import EdgevtError
+    from edgevt.io import write_json
     from edgevt.progress import step
 
     core = core or made.device.core
@@ -146,6 +153,15 @@ def _verify_aarch64(made, core: str | None) -> None:
     verdict = "matches this host" if result.passed else "DIFFERS from this host"
     print(f"emulated aarch64 ({core}): {verdict} ({result.seconds:.0f} s; results "
           f"{result.results}, labelled emulated, never a device timing)")  # fmt: skip
+    if count and result.passed:
+        with step(f"counting aarch64 instructions per inference on {core}", True):
+            counts = count_instructions(made.path, core, [c.artifact for c in result.checks])
+        for name, n in counts.items():
+            print(f"  {name}: {n / 1e6:.1f} M instructions per inference (emulated {core}, "
+                  "1 thread: an instruction count, not a time)")  # fmt: skip
+        write_json(made.path / "results" / f"{made.device.name}-instructions-{core}.json",
+                   {"core": core, "threads": 1, "instructions_per_inference": counts,
+                    "note": "emulated instruction count, not a time"})  # fmt: skip
     if not result.passed:
         raise EdgevtError(
             f"the bundle's files compute differently on emulated aarch64 ({core}) than on this "
