@@ -124,3 +124,32 @@ def test_instruction_counts_follow_the_cores_int8_kernels(
     name = "model_int8.tflite"
     assert 0 < a76[name] < a72[name]
     assert abs(again[name] - a76[name]) <= 0.01 * a76[name]
+
+
+def test_verify_requests_are_checked_before_the_bundle_is_built(tmp_path: Path) -> None:
+    """A core that cannot be emulated, an x86 device, a profile without a core, or no qemu:
+    one line each, and no bundle left behind."""
+    import os
+
+    def bundle(*flags: str, env: dict | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "edgevt.cli", "bundle", str(tmp_path / "run"), "-o",
+             str(tmp_path / "b"), *flags],
+            capture_output=True, text=True, timeout=120, env=env,
+        )  # fmt: skip
+
+    (tmp_path / "run").mkdir()
+    cases = [
+        (["--device", "raspberry-pi-5", "--core", "max"], "no emulated core 'max'"),
+        (["--device", "intel-nuc", "--verify-aarch64"], "intel-nuc is an x86_64 device"),
+        (["--device", "pixel-8", "--verify-aarch64"], "pixel-8 names no ARM core"),
+    ]
+    for flags, message in cases:
+        proc = bundle(*flags)
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr and not (tmp_path / "b").exists()
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    proc = bundle("--device", "raspberry-pi-5", "--verify-aarch64",
+                  env={**os.environ, "PATH": str(empty)})  # fmt: skip
+    assert proc.returncode == 2 and "apt-get install qemu-user" in proc.stderr, proc.stderr

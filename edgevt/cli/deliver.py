@@ -113,6 +113,9 @@ def bundle(args: argparse.Namespace) -> None:
     from edgevt.cli.common import given
     from edgevt.io import artifact_size
 
+    core = None
+    if args.verify_aarch64 or args.core or args.count_instructions:
+        core = _aarch64_core(args.device, args.core)  # before any work: nothing to undo
     eval_images = args.eval_images
     if eval_images is None:  # the default: score on the device where labelled images are here
         from edgevt.data.imagenet import default_data_root
@@ -128,22 +131,44 @@ def bundle(args: argparse.Namespace) -> None:
         + (f", {eval_images} labelled images to score" if eval_images else "")
         + f"; {artifact_size(made.path) / 2**20:.1f} MB). Next: see {made.path / 'README.md'}"
     )
-    if args.verify_aarch64 or args.core or args.count_instructions:
-        _verify_aarch64(made, args.core, args.count_instructions)
+    if core is not None:
+        _verify_aarch64(made, core, args.count_instructions)
 
 
-def _verify_aarch64(made, core: str | None, count: bool) -> None:
+def _aarch64_core(device: str, core: str | None) -> str:
+    """The core --verify-aarch64 emulates, checked (and qemu found) before the bundle is
+    built."""
+    from edgevt.aarch64 import CORES, qemu
+    from edgevt.devices import load_profile
+    from edgevt.errors import EdgevtError
+
+    profile = load_profile(device)
+    if profile.arch not in ("aarch64", "arm64"):
+        raise EdgevtError(
+            f"{profile.name} is an {profile.arch} device; --verify-aarch64 emulates ARM ones "
+            "(raspberry-pi-5, or a profile with arch = \"aarch64\")."
+        )
+    core = core or profile.core
+    if not core:
+        raise EdgevtError(
+            f"device {profile.name} names no ARM core to emulate; pass --core "
+            f"({', '.join(CORES)})."
+        )
+    if core not in CORES:
+        raise EdgevtError(
+            f"no emulated core {core!r}; choose one of {', '.join(CORES)} (-cpu max is not "
+            "offered: its SME gave wrong int8 results)."
+        )
+    qemu()
+    return core
+
+
+def _verify_aarch64(made, core: str, count: bool) -> None:
     from edgevt.aarch64 import count_instructions, verify
     from edgevt.errors import EdgevtError
     from edgevt.io import write_json
     from edgevt.progress import step
 
-    core = core or made.device.core
-    if not core:
-        raise EdgevtError(
-            f"device {made.device.name} names no ARM core to emulate; pass --core (cortex-a76, "
-            "cortex-a72, neoverse-n1)."
-        )
     with step(f"running the bundle on emulated aarch64 ({core}); the first run downloads "
               "Debian arm64 Python and the runtimes' wheels", True):  # fmt: skip
         result = verify(made.path, core)
