@@ -102,6 +102,40 @@ def _run(cmd: list[str], what: str, **kwargs: Any) -> subprocess.CompletedProces
     return proc
 
 
+def _private_apt(work: Path, source: str, *options: str) -> list[str]:
+    """``apt-get`` with its own sources, lists and cache under ``work`` and no dpkg state: it
+    downloads without touching the host's apt configuration."""
+    for sub in ("lists/partial", "cache/archives/partial"):
+        (work / sub).mkdir(parents=True)
+    (work / "sources.list").write_text(source + "\n")
+    return [
+        "apt-get", "-q", *options,
+        "-o", f"Dir::State::Lists={work / 'lists'}", "-o", f"Dir::Cache={work / 'cache'}",
+        "-o", f"Dir::Etc::SourceList={work / 'sources.list'}",
+        "-o", "Dir::Etc::SourceParts=/dev/null", "-o", "Dir::State::status=/dev/null",
+        "-o", "Debug::NoLocking=1", "-o", "APT::Sandbox::User=root",
+    ]  # fmt: skip
+
+
+def check_core(core: str) -> str:
+    """``core`` if QEMU emulates it faithfully here, else the one-line refusal."""
+    if core not in CORES:
+        raise EdgevtError(
+            f"no emulated core {core!r}; choose one of {', '.join(CORES)} (-cpu max is not "
+            "offered: its SME gave wrong int8 results)."
+        )
+    return core
+
+
+def _guest(core: str, names: list[str]) -> tuple[Path, Path]:
+    """The root file system (its /proc/cpuinfo written for ``core``) and the site-packages
+    that run the bundled files ``names``."""
+    root = rootfs()
+    site = site_packages(sorted({w for n in names for w in RUNTIME_WHEELS[Path(n).suffix]}))
+    (root / "proc" / "cpuinfo").write_text(CORES[core].cpuinfo())
+    return root, site
+
+
 def rootfs(cache: Path | None = None) -> Path:
     """The Debian 12 arm64 Python 3.11 root file system, built once (atomically)."""
     folder = (cache or cache_dir()) / f"debian12-py311-{len(PACKAGES)}"
@@ -115,16 +149,10 @@ def rootfs(cache: Path | None = None) -> Path:
     folder.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".rootfs.", dir=folder.parent) as tmp:
         work = Path(tmp)
-        for sub in ("lists/partial", "cache/archives/partial", "debs", "rootfs"):
+        for sub in ("debs", "rootfs"):
             (work / sub).mkdir(parents=True)
-        (work / "sources.list").write_text(f"deb [arch=arm64] {DEBIAN} {SUITE} main\n")
-        apt = [
-            "apt-get", "-q", "-o", "APT::Architecture=arm64", "-o", "APT::Architectures::=arm64",
-            "-o", f"Dir::State::Lists={work / 'lists'}", "-o", f"Dir::Cache={work / 'cache'}",
-            "-o", f"Dir::Etc::SourceList={work / 'sources.list'}",
-            "-o", "Dir::Etc::SourceParts=/dev/null", "-o", "Dir::State::status=/dev/null",
-            "-o", "Debug::NoLocking=1", "-o", "APT::Sandbox::User=root",
-        ]  # fmt: skip
+        apt = _private_apt(work, f"deb [arch=arm64] {DEBIAN} {SUITE} main",
+                           "-o", "APT::Architecture=arm64", "-o", "APT::Architectures::=arm64")
         _run([*apt, "update"], f"apt-get update of Debian's arm64 index ({DEBIAN})")
         _run([*apt, "download", *PACKAGES], "downloading Debian's arm64 Python",
              cwd=work / "debs")  # fmt: skip
@@ -228,14 +256,9 @@ def counting_plugin(cache: Path | None = None) -> Path:
     folder.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".plugin.", dir=folder.parent) as tmp:
         work = Path(tmp)
-        for sub in ("lists/partial", "cache/archives/partial", "src", "out"):
+        for sub in ("src", "out"):
             (work / sub).mkdir(parents=True)
-        (work / "sources.list").write_text(f"deb-src {DEBIAN} {SUITE} main\n")
-        apt = ["apt-get", "-q", "-o", f"Dir::State::Lists={work / 'lists'}",
-               "-o", f"Dir::Cache={work / 'cache'}",
-               "-o", f"Dir::Etc::SourceList={work / 'sources.list'}",
-               "-o", "Dir::Etc::SourceParts=/dev/null", "-o", "Dir::State::status=/dev/null",
-               "-o", "Debug::NoLocking=1", "-o", "APT::Sandbox::User=root"]  # fmt: skip
+        apt = _private_apt(work, f"deb-src {DEBIAN} {SUITE} main")
         _run([*apt, "update"], "apt-get update of Debian's source index")
         _run([*apt, "source", "--download-only", f"qemu={version}"],
              f"downloading QEMU {version}'s source (its qemu-plugin.h)",
@@ -260,9 +283,8 @@ def count_instructions(bundle: Path, core: str, names: list[str], n: int = 3) ->
     An instruction count under emulation, not a time."""
     import re
 
-    plugin, root = counting_plugin(), rootfs()
-    site = site_packages(sorted({w for m in names for w in RUNTIME_WHEELS[Path(m).suffix]}))
-    (root / "proc" / "cpuinfo").write_text(CORES[core].cpuinfo())
+    plugin = counting_plugin()
+    root, site = _guest(check_core(core), names)
     counts = {}
     for name in names:
         proc = subprocess.run(
@@ -326,11 +348,7 @@ def verify(bundle: Path, core: str, threads: int = 1, timeout: float = 1800) -> 
     cosine >= 0.999 with the same top-1 (its ARM int8 kernels are other code than x86's)."""
     import time
 
-    if core not in CORES:
-        raise EdgevtError(
-            f"no emulated core {core!r}; choose one of {', '.join(CORES)} (-cpu max is not "
-            "offered: its SME gave wrong int8 results)."
-        )
+    check_core(core)
     bundle = Path(bundle)
     meta = json.loads((bundle / "bundle.json").read_text())
     models, skipped = [], []
@@ -346,10 +364,7 @@ def verify(bundle: Path, core: str, threads: int = 1, timeout: float = 1800) -> 
             f"{', '.join(RUNTIME_WHEELS)}): {'; '.join(skipped)}."
         )
     binary = qemu()
-    root = rootfs()
-    runtimes = sorted({w for n in models for w in RUNTIME_WHEELS[Path(n).suffix]})
-    site = site_packages(runtimes)
-    (root / "proc" / "cpuinfo").write_text(CORES[core].cpuinfo())
+    root, site = _guest(core, models)
     label = f"aarch64 ({core})"
     out = bundle / "results"
     before = set(out.glob("*.json")) if out.is_dir() else set()

@@ -225,7 +225,9 @@ def evaluate(model: Model, name: str, bundle: dict, arrays) -> dict:
 
 
 def mcnemar(lost: int, won: int) -> float:
-    """Exact two-sided McNemar p of a lost/won split (the binomial test at 1/2)."""
+    """Exact two-sided McNemar p of a lost/won split (the binomial test at 1/2): the same
+    as ``edgevt.validate.significance.mcnemar_p``, restated because a bundle cannot import
+    edgevt (a test holds the two equal)."""
     from math import comb
 
     n = lost + won

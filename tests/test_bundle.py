@@ -110,3 +110,36 @@ def test_jetson_bundle_builds_engines_on_the_device(lite0_run: Path, tmp_path: P
     meta = json.loads((bundle / "bundle.json").read_text())
     assert meta["models"]["model_int8.onnx"]["precision"] == "int8"
     assert "./trtexec.sh" in (bundle / "README.md").read_text()
+
+
+def test_the_bundles_mcnemar_is_edgevts() -> None:
+    """run_bundle.py restates McNemar's exact p (a bundle cannot import edgevt)."""
+    import runpy
+
+    from edgevt.bundle import RUNNER
+    from edgevt.validate.significance import mcnemar_p
+
+    mcnemar = runpy.run_path(str(RUNNER), run_name="edgevt_test")["mcnemar"]
+    for lost, won in [(0, 0), (12, 9), (70, 20), (0, 7), (3, 3), (51, 19)]:
+        assert mcnemar(lost, won) == mcnemar_p(lost, won)
+
+
+def test_the_report_flags_an_accuracy_gap_on_a_device(tmp_path: Path) -> None:
+    from edgevt.report import collect, write_report
+
+    def row(artifact: str, lost: int, won: int, p: float) -> dict:
+        return {"artifact": artifact, "precision": "int8", "backend": "ai-edge-litert",
+                "threads": 1, "check": {"cosine": 0.999, "top1_agreement": 1.0, "passed": True},
+                "accuracy": {"n": 200, "top1": 70.0, "top5": 90.0, "host_top1": 80.0,
+                             "p_value": p, "lost": lost, "won": won}}  # fmt: skip
+
+    results = tmp_path / "pi5.json"
+    results.write_text(json.dumps({
+        "format": "edgevt.device-results/1", "device": "raspberry-pi-5",
+        "host": {"machine": "aarch64"}, "finished": "2026-12-06T12:00:00+00:00",
+        "results": [row("a_int8.tflite", 25, 5, 0.0003), row("b_int8.tflite", 4, 3, 1.0)],
+    }))  # fmt: skip
+    report = collect([], [results])
+    md = write_report(report, tmp_path / "report", "gap")["markdown"].read_text()
+    flagged = [line for line in md.splitlines() if "gap beyond noise" in line]
+    assert len(flagged) == 1 and "a_int8.tflite" in flagged[0] and "25 / 5" in flagged[0]

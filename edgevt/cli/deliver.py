@@ -138,7 +138,7 @@ def bundle(args: argparse.Namespace) -> None:
 def _aarch64_core(device: str, core: str | None) -> str:
     """The core --verify-aarch64 emulates, checked (and qemu found) before the bundle is
     built."""
-    from edgevt.aarch64 import CORES, qemu
+    from edgevt.aarch64 import CORES, check_core, qemu
     from edgevt.devices import load_profile
     from edgevt.errors import EdgevtError
 
@@ -154,13 +154,8 @@ def _aarch64_core(device: str, core: str | None) -> str:
             f"device {profile.name} names no ARM core to emulate; pass --core "
             f"({', '.join(CORES)})."
         )
-    if core not in CORES:
-        raise EdgevtError(
-            f"no emulated core {core!r}; choose one of {', '.join(CORES)} (-cpu max is not "
-            "offered: its SME gave wrong int8 results)."
-        )
     qemu()
-    return core
+    return check_core(core)
 
 
 def _verify_aarch64(made, core: str, count: bool) -> None:

@@ -150,3 +150,28 @@ def test_a_damaged_program_is_named(exported, tmp_path: Path) -> None:
     garbage.write_bytes(b"not a program at all")
     with pytest.raises(EdgevtError, match="corrupt or truncated"):
         read_artifact_info(garbage)
+
+
+def test_a_scale_that_is_not_the_tables_is_listed(exported) -> None:
+    """The check after conversion reads the graph: a table range the program does not carry
+    is named with both scales."""
+    from edgevt.fused import load_fused
+    from edgevt.targets.executorch import PteQuantReport, _check_scales
+
+    run = exported.run_dir.path
+    model, _ = load_fused(run / "fused.pt")
+    table = CalibrationTable.load(run / "calibration.json")
+    x = real_images("tiny_cnn", 2)
+    converted, report = quantize(model, x[:1], table, QuantConfig(), [x])
+    key = report.honoured[0]
+    r = table.activations[key]
+    moved = dataclasses.replace(
+        table,
+        activations={**table.activations, key: dataclasses.replace(r, max=r.max * 3 + 1)},
+    )
+    sources = {n.args[0].name: key for n in converted.graph.nodes
+               if "quantize_per_tensor" in str(n.target)
+               and "dequantize" not in str(n.target)}  # fmt: skip
+    checked = PteQuantReport()
+    _check_scales(converted, sources, moved, checked)
+    assert checked.honoured == [] and checked.not_honoured[0].startswith(f"{key}: scale ")
