@@ -46,16 +46,23 @@ class Bundle:
     samples: int
 
 
-def bundle_artifacts(run_dir: Path, device: DeviceProfile) -> list[Path]:
+def bundle_artifacts(
+    run_dir: Path, device: DeviceProfile, left_out: list[str] | None = None
+) -> list[Path]:
     """The run's artifacts this device can run, in the profile's order of preference: those
-    whose embedded ArtifactInfo names one of the device's targets."""
+    whose embedded ArtifactInfo names one of the device's targets, and that target says the
+    device runs (the names of those it does not are added to ``left_out``)."""
     found: dict[str, list[Path]] = {t: [] for t in device.targets}
     for path in sorted(run_dir.iterdir()):
         if path.name.startswith(".") or target_for_path(path) is None:
             continue
         info = read_artifact_info(path)
-        if info.target in found:
+        if info.target not in found:
+            continue
+        if get_target(info.target).runs_on(info, device):
             found[info.target].append(path)
+        elif left_out is not None:
+            left_out.append(path.name)
     return [p for paths in found.values() for p in paths]
 
 
@@ -84,11 +91,14 @@ def make_bundle(
         from edgevt.run import check_recorded_files, read_manifest
 
         check_recorded_files(run_dir, read_manifest(run_dir))
-    artifacts = bundle_artifacts(run_dir, profile)
+    left_out: list[str] = []
+    artifacts = bundle_artifacts(run_dir, profile, left_out)
     if not artifacts:
         kinds = ", ".join(sorted({get_target(t).spec.suffix for t in profile.targets}))
+        built = f" ({', '.join(left_out)} were built for another device)" if left_out else ""
         raise EdgevtError(
-            f"{run_dir} has no artifact {profile.name} runs ({kinds}); export one first, e.g. "
+            f"{run_dir} has no artifact {profile.name} runs ({kinds}){built}; export one "
+            "first, e.g. "
             f"`edgevt export MODEL --target {profile.targets[0]} -o {run_dir}`."
         )
     if out.exists() and not out.is_dir():

@@ -36,6 +36,7 @@ from edgevt.errors import BackendMissingError, EdgevtError, RuntimeRefusal
 if TYPE_CHECKING:  # heavy imports stay out of `edgevt --help`
     from torch import nn
 
+    from edgevt.devices import DeviceProfile
     from edgevt.probes import Probe
     from edgevt.quant.config import QuantConfig
     from edgevt.quant.rules import TargetRules
@@ -402,6 +403,11 @@ class Target(abc.ABC):
     ) -> list[str]:
         """Extra files a device bundle of this target needs (a build script); their names."""
         return []
+
+    def runs_on(self, info: ArtifactInfo, device: DeviceProfile) -> bool:
+        """Whether ``device`` can run this target's file described by ``info`` (a bundle leaves
+        out the files it cannot: an ExecuTorch program lowered to Core ML on a Pi)."""
+        return True
 
     def report_note(self, precision: str) -> str:
         """A sentence the report adds under its latency table when it shows this target's
