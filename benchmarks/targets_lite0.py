@@ -8,6 +8,9 @@ against the fp32 PyTorch model and McNemar's exact p.
 
     .venv/bin/python benchmarks/targets_lite0.py [--targets onnx tensorrt tflite coreml]
         [--limit 1000] [--work runs/targets-lite0] [--out reports/targets_lite0.md]
+
+``--targets`` also takes variants of a target with its own options: ``executorch-coreml``
+(ExecuTorch lowered to the Core ML delegate).
 """
 
 from __future__ import annotations
@@ -25,11 +28,17 @@ from edgevt.targets import all_targets
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "efficientnet_lite0"
+# a row name -> (target, its export options)
+VARIANTS = {"executorch-coreml": ("executorch", {"delegate": "coreml"})}
+
+
+def _rows() -> list[str]:
+    return [*all_targets(), *VARIANTS]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--targets", nargs="+", default=list(all_targets()))
+    parser.add_argument("--targets", nargs="+", default=list(all_targets()), choices=_rows())
     parser.add_argument("--limit", type=int, default=1000)
     parser.add_argument("--calib-size", type=int, default=512)
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "targets-lite0")
@@ -43,10 +52,11 @@ def main() -> None:
     rows = []
     for name in args.targets:
         start = time.perf_counter()
+        target, options = VARIANTS.get(name, (name, {}))
         out = api.export(
-            MODEL, name, pretrained=True, out=args.work / name, int8=True, calib_table=table,
+            MODEL, target, pretrained=True, out=args.work / name, int8=True, calib_table=table,
             calib=root / "imagenet-sample1000", calib_size=args.calib_size,
-            eval_data=root / "imagenet-val1000", limit=args.limit,
+            eval_data=root / "imagenet-val1000", limit=args.limit, **options,
         )  # fmt: skip
         ref = out.evals["pytorch_fp32"]
         for artifact in out.artifacts:
@@ -70,7 +80,7 @@ def main() -> None:
         "| cosine vs fp32 | images |",
         "|---|---|---|--:|--:|---|--:|--:|",
     ]
-    measured = {t: [] for t in all_targets()}
+    measured = {t: [] for t in _rows()}
     for t, f, p, top1, delta, lost, won, pv, cos, n in rows:
         measured[t].append(f"| {t} | `{f}` | {p} | {top1:.2f} | {delta:+.2f} | {lost} / {won} "
                            f"(p={pv:.2g}) | {cos:.5f} | {n} |")  # fmt: skip
@@ -91,7 +101,7 @@ def _earlier_rows(report: Path, rerun: set[str]) -> dict[str, list[str]]:
     kept: dict[str, list[str]] = {}
     for line in report.read_text().splitlines():
         cells = [c.strip() for c in line.split("|")]
-        if len(cells) > 2 and cells[1] in all_targets() and cells[1] not in rerun:
+        if len(cells) > 2 and cells[1] in _rows() and cells[1] not in rerun:
             kept.setdefault(cells[1], []).append(line)
     return kept
 

@@ -89,8 +89,8 @@ def test_bundle_fails_a_wrong_expectation(lite0_run: Path, tmp_path: Path) -> No
 
 def test_bundle_errors_are_clear(lite0_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "b"
-    with pytest.raises(EdgevtError, match=r"no artifact iphone-15 runs \(.mlpackage\).*--target "
-                       "coreml"):  # fmt: skip
+    with pytest.raises(EdgevtError, match=r"no artifact iphone-15 runs \(.mlpackage, .pte\)"
+                       ".*--target coreml"):  # fmt: skip
         make_bundle(lite0_run, "iphone-15", out)
     with pytest.raises(EdgevtError, match="does not exist"):
         make_bundle(tmp_path / "nope", "x86-host", out)

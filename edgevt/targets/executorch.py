@@ -45,6 +45,7 @@ from edgevt.targets.base import (
 if TYPE_CHECKING:
     import torch
 
+    from edgevt.devices import DeviceProfile
     from edgevt.quant.config import QuantConfig
     from edgevt.quant.table import CalibrationTable
 
@@ -71,28 +72,59 @@ def _require() -> None:
 # ---------------------------------------------------------------- writing and reading .pte
 
 
-def lower(exported: Any, info: ArtifactInfo, path: Path) -> dict[str, Any]:
-    """Lower an ``ExportedProgram`` to XNNPACK, write the ``.pte`` (whole or not at all) with
-    ``info`` in it, and return how much of the graph XNNPACK took."""
+DELEGATES = ("xnnpack", "coreml")
+NAMES = {"xnnpack": "XNNPACK", "coreml": "Core ML"}
+
+
+def _partitioner(delegate: str) -> Any:
+    if delegate == "xnnpack":
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+
+        return XnnpackPartitioner()
+    import coremltools as ct
+    from executorch.backends.apple.coreml.compiler import CoreMLBackend
+    from executorch.backends.apple.coreml.partition import CoreMLPartitioner
+
+    # fp32 compute (Core ML's default is fp16); iOS17 is the first with int8 activations; an
+    # ML Program package (not compiled), so the program can be checked here and compiled on
+    # the device
+    specs = CoreMLBackend.generate_compile_specs(
+        compute_precision=ct.precision.FLOAT32,
+        minimum_deployment_target=ct.target.iOS17,
+        model_type=CoreMLBackend.MODEL_TYPE.MODEL,
+    )
+    return CoreMLPartitioner(compile_specs=specs)
+
+
+def lower(exported: Any, info: ArtifactInfo, path: Path, delegate: str = "xnnpack") -> dict:
+    """Lower an ``ExportedProgram`` to ``delegate`` (XNNPACK or Core ML), write the ``.pte``
+    (whole or not at all) with ``info`` in it, and return how much of the graph it took."""
     import torch
-    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
     from edgevt.io import atomic_path
 
     blob = torch.tensor(list(info.to_json().encode()), dtype=torch.uint8)
-    edge = to_edge_transform_and_lower(
-        exported, partitioner=[XnnpackPartitioner()], constant_methods={INFO_METHOD: blob}
-    )
-    delegation = _delegation(edge.exported_program().graph_module)
+    with _quiet_coremltools():
+        edge = to_edge_transform_and_lower(
+            exported, partitioner=[_partitioner(delegate)], constant_methods={INFO_METHOD: blob}
+        )
+    delegation = _delegation(edge.exported_program().graph_module, delegate)
     program = edge.to_executorch()
     with atomic_path(path) as tmp:
         tmp.write_bytes(program.buffer)
     return delegation
 
 
-def _delegation(graph_module: Any) -> dict[str, Any]:
-    """Ops XNNPACK runs and ops left to ExecuTorch's portable kernels (by op name)."""
+def _quiet_coremltools() -> contextlib.AbstractContextManager:
+    """coremltools' conversion progress bars and Linux warnings, kept off the terminal."""
+    from edgevt.targets.coreml.runner import quiet
+
+    return quiet()
+
+
+def _delegation(graph_module: Any, delegate: str) -> dict[str, Any]:
+    """Ops the delegate runs and ops left to ExecuTorch's portable kernels (by op name)."""
     delegated, portable = 0, {}
     for node in graph_module.graph.nodes:
         if node.op != "call_function":
@@ -107,7 +139,7 @@ def _delegation(graph_module: Any) -> dict[str, Any]:
             portable[op] = portable.get(op, 0) + 1
     total = delegated + sum(portable.values())
     return {
-        "delegate": "xnnpack",
+        "delegate": delegate,
         "delegated_ops": delegated,
         "portable_ops": portable,
         "delegated_share": delegated / total if total else 1.0,
@@ -164,16 +196,79 @@ def read_pte_info(path: Path) -> ArtifactInfo | None:
     return ArtifactInfo.from_json(bytes(blob.numpy().tobytes()).decode(), str(path))
 
 
+def read_delegates(path: Path) -> tuple[list[str], list[str]]:
+    """The delegates ``forward`` calls (``XnnpackBackend``, ``CoreMLBackend``) and the ops it
+    leaves to portable kernels, read from the program's flatbuffer."""
+    from executorch.exir._serialize._program import deserialize_pte_binary
+
+    try:
+        program = deserialize_pte_binary(path.read_bytes()).program
+    except Exception as exc:  # the flatbuffer reader raises whatever it tripped on
+        raise EdgevtError(
+            f"{path} is not an ExecuTorch program (corrupt or truncated?): {exc} — export it again."
+        ) from exc
+    plan = next(p for p in program.execution_plan if p.name == "forward")
+    return [d.id for d in plan.delegates], [op.name for op in plan.operators]
+
+
+def coreml_package(path: Path, folder: Path) -> Path:
+    """The Core ML package a Core ML-delegated ``.pte`` embeds, unpacked into ``folder``: the
+    model Core ML compiles on the Apple device."""
+    from executorch.exir._serialize._program import deserialize_pte_binary
+
+    with _quiet_coremltools():  # the package imports coremltools
+        from executorch.backends.apple.coreml import executorchcoreml
+    program = deserialize_pte_binary(path.read_bytes()).program
+    plan = next(p for p in program.execution_plan if p.name == "forward")
+    (delegate,) = plan.delegates
+    blob = program.backend_delegate_data[delegate.processed.index].data
+    if not executorchcoreml.unflatten_directory_contents(bytes(blob), str(folder)):
+        raise EdgevtError(f"{path}: its Core ML delegate data does not unpack — export it again.")
+    (package,) = folder.glob("*/model.mlpackage")
+    return package
+
+
 class ExecutorchRunner(Runner):
-    """ExecuTorch's runtime (XNNPACK on the CPU); ``threads`` None = its default pool."""
+    """ExecuTorch's runtime (XNNPACK on the CPU); ``threads`` None = its default pool.
+
+    A program lowered to Core ML runs through ExecuTorch on macOS; elsewhere the Core ML
+    model it embeds runs in edgevt's MIL reference interpreter (as the ``coreml`` target's
+    packages do), which needs the whole graph in that one delegate.
+    """
 
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        import sys
+
         super().__init__()
         self.path = Path(path)
         self.threads = threads
         self.info = require_info(read_pte_info(self.path), self.path)
+        delegates, portable = read_delegates(self.path)
+        self.interpreted = "CoreMLBackend" in delegates and sys.platform != "darwin"
+        if self.interpreted and (len(delegates) > 1 or portable):
+            raise EdgevtError(
+                f"{self.path} runs part of its graph outside Core ML ({', '.join(portable)}); "
+                "edgevt's interpreter runs only a program Core ML takes whole: run it with "
+                "ExecuTorch on macOS or iOS."
+            )
+        self.delegate = "Core ML" if "CoreMLBackend" in delegates else "XNNPACK"
 
     def _activate(self) -> None:
+        if self.interpreted:
+            import tempfile
+
+            from edgevt.targets.coreml.runner import coremltools
+
+            coremltools()  # imported quietly, before the interpreter imports its protobufs
+            from edgevt.targets.coreml.mil_interpreter import MilProgram
+
+            self._unpacked = tempfile.TemporaryDirectory(prefix="edgevt-pte-")
+            self._program = MilProgram(coreml_package(self.path, Path(self._unpacked.name)))
+            if self.threads:
+                import torch
+
+                torch.set_num_threads(self.threads)
+            return
         if self.threads is not None:
             from executorch.extension.pybindings import portable_lib
 
@@ -183,6 +278,12 @@ class ExecutorchRunner(Runner):
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         import torch
 
+        if self.interpreted:
+            (name,) = self._program.inputs
+            (out,) = self._program.outputs
+            chunks = [self._program.run({name: batch[i : i + 16]})[out]
+                      for i in range(0, len(batch), 16)]  # fmt: skip
+            return np.concatenate(chunks).astype(np.float32)
         # the program takes one image: what edge apps run, and what XNNPACK plans memory for
         return np.concatenate([
             self._method.execute([torch.from_numpy(batch[i : i + 1])])[0].numpy()
@@ -190,13 +291,18 @@ class ExecutorchRunner(Runner):
         ]).astype(np.float32)  # fmt: skip
 
     def _deactivate(self) -> None:
-        self._method = None
+        self._method = self._program = None
+        if self.interpreted:
+            self._unpacked.cleanup()
 
     def describe(self) -> dict[str, Any]:
         from importlib import metadata
 
+        backend = f"executorch {metadata.version('executorch')} ({self.delegate})"
+        if self.interpreted:
+            backend += ", its Core ML model run by edgevt's MIL reference interpreter"
         return {
-            "backend": f"executorch {metadata.version('executorch')} (XNNPACK)",
+            "backend": backend,
             "artifact": str(self.path),
             "model": self.info.model,
             "precision": self.info.precision,
@@ -347,6 +453,39 @@ def quantize(
     return converted, report
 
 
+def fold_quantized_constants(converted: Any) -> int:
+    """Replace each int8 constant stored on an activation grid (a zero point other than 0:
+    LeViT's attention scale, its attention biases) by its float value; the count folded.
+
+    For Core ML: coremltools folds ``dequantize`` of such a constant itself and gets the scalar
+    ones wrong (LeViT's ``* key_dim ** -0.5``, int8 127 at zero point -128, came out as
+    -0.00098 instead of 0.25: the zero point read as unsigned 128), which flipped the sign of
+    every attention map. The float value is exactly what the int8 constant holds, so the
+    program computes what XNNPACK's does."""
+    import torch
+
+    folded = 0
+    for node in list(converted.graph.nodes):
+        target = str(node.target)
+        if node.op != "call_function" or "dequantize_per_tensor" not in target:
+            continue
+        source, scale, zero_point = node.args[:3]
+        if source.op != "get_attr" or zero_point == 0:
+            continue  # a runtime tensor, or a symmetric weight (Core ML takes those right)
+        stored = getattr(converted, source.target)
+        value = (stored.to(torch.float32) - zero_point) * scale
+        name = f"_edgevt_float_{source.target}"
+        converted.register_buffer(name, value)
+        with converted.graph.inserting_before(node):
+            replacement = converted.graph.get_attr(name)
+        node.replace_all_uses_with(replacement)
+        converted.graph.erase_node(node)
+        folded += 1
+    converted.graph.eliminate_dead_code()
+    converted.recompile()
+    return folded
+
+
 def _is_weight(observer: Any) -> bool:
     source = observer.args[0]
     return source.op == "get_attr" or source.op == "placeholder" and "weight" in source.name
@@ -378,27 +517,55 @@ def _check_scales(
 # ---------------------------------------------------------------- the target
 
 
+@dataclass(frozen=True)
+class ExecutorchOptions(TargetOptions):
+    delegate: str | None = None
+
+
 @register_target
 class ExecutorchTarget(Target):
     spec = TargetSpec(
         name="executorch",
-        description="ExecuTorch .pte lowered to XNNPACK (Android, iOS, ARM Linux); int8 by pt2e",
+        description="ExecuTorch .pte lowered to XNNPACK (Android, iOS, ARM Linux) or Core ML "
+        "(--delegate coreml); int8 by pt2e",
         suffixes=(".pte",),
         precisions=("fp32", "int8"),
         extra="executorch",
         device_runtime="executorch",
     )
+    Options = ExecutorchOptions
     requires = ("executorch", "torchao")
     version_packages = ("executorch", "torchao", "torch")
+    cli_options = (
+        ("delegate", {"choices": DELEGATES,
+                      "help": "the backend the .pte hands its graph to: xnnpack (CPU: Android, "
+                      "Linux, iOS; default) or coreml (Apple; needs coremltools, and runs here "
+                      "in edgevt's MIL interpreter)"}),
+    )  # fmt: skip
 
-    def export(self, ctx: ExportContext, options: TargetOptions) -> list[Artifact]:
+    def validate(self, options: ExecutorchOptions, precisions, max_drop) -> None:
+        super().validate(options, precisions, max_drop)
+        if options.delegate not in (None, *DELEGATES):
+            raise EdgevtError(
+                f"--delegate {options.delegate} is not an ExecuTorch delegate edgevt lowers to; "
+                f"choose from {', '.join(DELEGATES)}."
+            )
+        if options.delegate == "coreml":
+            from edgevt.targets.coreml.runner import coremltools
+
+            coremltools()  # its install hint, before any work
+
+    def export(self, ctx: ExportContext, options: ExecutorchOptions) -> list[Artifact]:
         import torch
 
         _require()
+        delegate = options.delegate or "xnnpack"
+        name = NAMES[delegate]
         example = ctx.images[:1].contiguous()
-        with ctx.stage(f"lowering {ctx.info.model} to ExecuTorch (XNNPACK)"):
+        with ctx.stage(f"lowering {ctx.info.model} to ExecuTorch ({name})"):
             fp32 = ctx.path(self.spec, "fp32")
-            details = lower(torch.export.export(ctx.model, (example,)), ctx.info, fp32)
+            details = lower(torch.export.export(ctx.model, (example,)),
+                            _with_delegate(ctx.info, delegate), fp32, delegate)  # fmt: skip
         artifacts = [Artifact(fp32, "fp32", notes=[_delegation_line(details)], details=details)]
         if "int8" not in ctx.precisions:
             return artifacts
@@ -410,10 +577,12 @@ class ExecutorchTarget(Target):
         with ctx.stage("quantizing with XNNPACK's rules and the table's ranges"):
             converted, report = quantize(ctx.model, example, ctx.table, config,
                                          self._gap_images(ctx))  # fmt: skip
+            folded = fold_quantized_constants(converted) if delegate == "coreml" else 0
             int8 = ctx.path(self.spec, "int8")
             details = lower(torch.export.export(converted, (example,)),
-                            ctx.info_for("int8"), int8)  # fmt: skip
-        details["quantization"] = report.to_dict()
+                            _with_delegate(ctx.info_for("int8"), delegate), int8,
+                            delegate)  # fmt: skip
+        details["quantization"] = {**report.to_dict(), "constants_in_float": folded}
         honoured = len(report.honoured)
         summary = (f"{report.quantized_ops} ops int8"
                    + (f", {len(report.float_ops)} in float" if report.float_ops else "")
@@ -470,9 +639,25 @@ class ExecutorchTarget(Target):
             tmp.write_text(text)
         return ["load_pte.py"]
 
+    def runs_on(self, info: ArtifactInfo, device: DeviceProfile) -> bool:
+        """A program lowered to Core ML runs only on Apple's OSes."""
+        return delegate_of(info) != "coreml" or device.os in ("ios", "macos")
+
     def report_note(self, precision: str) -> str:
-        return ("ExecuTorch timings are of the batch-1 program through its Python bindings "
-                "(XNNPACK delegate).")  # fmt: skip
+        return ("ExecuTorch timings are of the batch-1 program through its Python bindings; "
+                "a program lowered to Core ML is run here by edgevt's MIL interpreter, whose "
+                "time says nothing of an Apple device's.")  # fmt: skip
+
+
+def _with_delegate(info: ArtifactInfo, delegate: str) -> ArtifactInfo:
+    import dataclasses
+
+    return dataclasses.replace(info, extra={**info.extra, "executorch": {"delegate": delegate}})
+
+
+def delegate_of(info: ArtifactInfo) -> str:
+    """The delegate a program edgevt wrote was lowered to (XNNPACK before this was recorded)."""
+    return info.extra.get("executorch", {}).get("delegate", "xnnpack")
 
 
 def _delegation_line(details: dict[str, Any]) -> str:
@@ -486,7 +671,7 @@ def _delegation_line(details: dict[str, Any]) -> str:
         else ""
     )
     return (
-        f"XNNPACK runs {details['delegated_ops']} ops "
+        f"{NAMES[details['delegate']]} runs {details['delegated_ops']} ops "
         f"({100 * details['delegated_share']:.0f} %){left}"
     )
 
@@ -494,6 +679,7 @@ def _delegation_line(details: dict[str, Any]) -> str:
 def bundle_loader(path: Path, threads: int) -> tuple[str, Any]:
     """Open a ``.pte`` on a device: (backend name, batch -> logits). Standalone (no edgevt):
     ``bundle_files`` copies its source into the bundle for ``run_bundle.py``."""
+    import json
     from importlib.metadata import version
 
     import numpy as np
@@ -505,11 +691,15 @@ def bundle_loader(path: Path, threads: int) -> tuple[str, Any]:
     except ImportError:
         raise SystemExit("run_bundle: pip install executorch (needed for .pte)") from None
     portable_lib._unsafe_reset_threadpool(threads)
-    method = Runtime.get().load_program(str(path)).load_method("forward")
+    program = Runtime.get().load_program(str(path))
+    method = program.load_method("forward")
+    info = json.loads(program.load_method("edgevt_info").execute([])[0].numpy().tobytes())
+    delegate = info["extra"].get("executorch", {}).get("delegate", "xnnpack")
 
     def run(x: np.ndarray) -> np.ndarray:  # the program takes one image
         return np.concatenate(
             [method.execute([torch.from_numpy(x[i : i + 1])])[0].numpy() for i in range(len(x))]
         )
 
-    return f"executorch {version('executorch')} (XNNPACK)", run
+    name = {"xnnpack": "XNNPACK", "coreml": "Core ML"}.get(delegate, delegate)
+    return f"executorch {version('executorch')} ({name})", run

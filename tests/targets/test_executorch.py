@@ -175,3 +175,129 @@ def test_a_scale_that_is_not_the_tables_is_listed(exported) -> None:
     checked = PteQuantReport()
     _check_scales(converted, sources, moved, checked)
     assert checked.honoured == [] and checked.not_honoured[0].startswith(f"{key}: scale ")
+
+
+@pytest.fixture(scope="module")
+def coreml_delegated(tmp_path_factory, calib_dir: Path) -> api.ExportOutcome:
+    pytest.importorskip("coremltools", reason="the Core ML delegate needs edgevt[coreml]")
+    out = tmp_path_factory.mktemp("executorch-coreml") / "run"
+    return api.export(tiny_model(), "executorch", out=out, int8=True, calib=calib_dir,
+                      calib_size=16, progress=False, delegate="coreml")  # fmt: skip
+
+
+def test_core_ml_delegate_takes_the_whole_graph_and_runs_here(
+    coreml_delegated, val_dir: Path
+) -> None:
+    """--delegate coreml: the .pte embeds a Core ML package (the whole graph, the mean that
+    XNNPACK leaves portable included), which edgevt's MIL interpreter runs off macOS; int8
+    keeps its quantize ops inside the package, with the table's ranges honoured."""
+    import tempfile
+
+    import torch
+
+    from edgevt.fused import load_fused
+    from edgevt.targets.coreml.mil_interpreter import MilProgram
+    from edgevt.targets.executorch import coreml_package, read_delegates
+
+    fp32, int8 = coreml_delegated.artifacts
+    for a in (fp32, int8):
+        assert a.details["delegate"] == "coreml" and a.details["delegated_share"] == 1.0
+        assert a.details["portable_ops"] == {} and any("Core ML runs" in n for n in a.notes)
+        assert read_delegates(a.path) == (["CoreMLBackend"], [])
+    assert fp32.check["cosine"] > 0.99999
+    assert int8.quantization.not_honoured == [] and int8.quantization.quantized_ops > 0
+    with tempfile.TemporaryDirectory() as folder:
+        ops = MilProgram(coreml_package(int8.path, Path(folder))).op_types()
+    assert ops.get("quantize", 0) > 0 and ops.get("dequantize", 0) > 0
+    x = real_images("tiny_cnn", 3)
+    model, _ = load_fused(coreml_delegated.run_dir.path / "fused.pt")
+    with ExecutorchRunner(fp32.path) as runner:
+        assert runner.interpreted and "MIL reference interpreter" in runner.describe()["backend"]
+        got = runner.infer(x.numpy())
+    with torch.no_grad():
+        assert np.allclose(got, model(x).numpy(), atol=1e-4)
+    result = api.evaluate(int8.path, val_dir, limit=8, progress=False)
+    assert result.n == 8 and "Core ML" in result.runner["backend"]
+
+
+def test_core_ml_delegate_refusals(coreml_delegated, monkeypatch) -> None:
+    from edgevt.targets import get_target
+    from edgevt.targets.executorch import ExecutorchOptions
+
+    target = get_target("executorch")
+    with pytest.raises(EdgevtError, match="choose from xnnpack, coreml"):
+        target.validate(ExecutorchOptions(delegate="tpu"), ["fp32"], None)
+    # a program Core ML did not take whole cannot run in the interpreter: refused by name
+    monkeypatch.setattr("edgevt.targets.executorch.read_delegates",
+                        lambda path: (["CoreMLBackend"], ["aten::mean.out"]))  # fmt: skip
+    with pytest.raises(EdgevtError, match="outside Core ML .*aten::mean.out"):
+        ExecutorchRunner(coreml_delegated.artifact)
+
+
+def test_a_core_ml_program_goes_only_to_apple_bundles(coreml_delegated, val_dir, tmp_path) -> None:
+    from edgevt.bundle import make_bundle
+
+    run = coreml_delegated.run_dir.path
+    iphone = make_bundle(run, "iphone-15", tmp_path / "iphone", samples=2, data=val_dir)
+    assert sorted(p.name for p in (iphone.path / "models").iterdir()) == [
+        "model.pte", "model_int8.pte",
+    ]  # fmt: skip
+    assert (iphone.path / "load_pte.py").is_file()
+    built_for_apple = r"\(model.pte, model_int8.pte were built for another device\)"
+    with pytest.raises(EdgevtError, match=f"no artifact raspberry-pi-5 runs .*{built_for_apple}"):
+        make_bundle(run, "raspberry-pi-5", tmp_path / "pi5", samples=2, data=val_dir)
+
+
+def test_quantized_scalar_constants_reach_core_ml_with_their_value(tmp_path: Path) -> None:
+    """LeViT's ``attn = q @ k.T * scale``: XNNPACK's quantizer stores the scalar on an int8
+    activation grid (127 at zero point -128), and coremltools' own folding of it gave -0.00098
+    for 0.25, flipping every attention map. edgevt folds such constants to float first."""
+    pytest.importorskip("coremltools", reason="the Core ML delegate needs edgevt[coreml]")
+    import copy
+    import tempfile
+
+    import torch
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    from edgevt.artifact import ArtifactInfo
+    from edgevt.data.preprocess import Preprocess
+    from edgevt.targets.coreml.mil_interpreter import MilProgram
+    from edgevt.targets.executorch import coreml_package, fold_quantized_constants, lower
+
+    class Scaled(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = torch.nn.Linear(8, 8)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.proj(x) * 0.25
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 4, 8)
+    graph = torch.export.export(Scaled().eval(), (x,)).module()
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config())
+    prepared = prepare_pt2e(graph, quantizer)
+    prepared(x)
+    info = ArtifactInfo(model="scaled", preprocess=Preprocess(input_size=8), classes=[])
+
+    def core_ml(converted: torch.nn.Module, name: str) -> np.ndarray:
+        lower(torch.export.export(converted, (x,)), info, tmp_path / name, "coreml")
+        with tempfile.TemporaryDirectory() as folder:
+            program = MilProgram(coreml_package(tmp_path / name, Path(folder)))
+            (feed,) = program.inputs
+            (out,) = program.outputs
+            return program.run({feed: x.numpy()})[out]
+
+    with torch.no_grad():  # convert_pt2e changes what it converts: one copy each
+        want = convert_pt2e(copy.deepcopy(prepared))(x).numpy()
+    unfolded = core_ml(convert_pt2e(copy.deepcopy(prepared)), "unfolded.pte")
+    converted = convert_pt2e(prepared)
+    assert fold_quantized_constants(converted) == 1
+    folded = core_ml(converted, "folded.pte")
+    assert np.allclose(folded, want, atol=0.02 * np.abs(want).max())
+    # coremltools' own folding is what this guards against; if a release fixes it, say so
+    assert (unfolded * want).sum() < 0, "coremltools now folds int8 scalars right"
