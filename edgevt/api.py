@@ -445,3 +445,34 @@ def evaluate(
     )
     dataset = open_dataset(data, labels=labels, synsets=runner.info.classes).subset(limit)
     return _evaluate(runner, dataset, batch_size=batch_size, progress=progress)
+
+
+def profile(
+    artifact: str | Path,
+    threads: list[int] | None = None,
+    out: str | Path | None = None,
+    progress: bool = True,
+) -> tuple[Any, Path]:
+    """Measure what each op type of an int8 file (or its run directory) costs in int8 on this
+    host, and write the profile (``op_profile_<target>.json`` in the run, or ``out``).
+
+    Returns the ``OpProfile`` and the file it was written to; ``edgevt.op_profile.choose``
+    turns it into the float op types of each ``--optimize`` mode.
+    """
+    from edgevt.targets import read_artifact_info, target_for_path
+
+    path = Path(artifact)
+    if not path.exists():
+        raise EdgevtError(f"{path} does not exist; give an int8 file of a run, or the run.")
+    run = path if path.is_dir() else path.parent
+    if path.is_dir():
+        found_targets = (target_for_path(p) for p in run.iterdir() if not p.name.startswith("."))
+        targets = sorted({t.spec.name for t in found_targets if t is not None})
+        if len(targets) != 1:
+            raise EdgevtError(f"{run} holds files of {targets or 'no target'}; name one file.")
+        target = targets[0]
+    else:
+        target = read_artifact_info(path).target
+    measured = get_target(target).op_profile(run, threads, progress)
+    written = measured.save(Path(out) if out else run / f"op_profile_{target}.json")
+    return measured, written

@@ -105,7 +105,7 @@ def tflite_run(tmp_path_factory, calib_dir: Path) -> Path:
     pytest.importorskip("ai_edge_litert", reason="pip install edgevt[tflite]")
     out = tmp_path_factory.mktemp("debug-tflite") / "run"
     api.export(tiny_model(), "tflite", out=out, int8=True, calib=calib_dir, calib_size=16,
-               progress=False)  # fmt: skip
+               progress=False, optimize="full")  # fmt: skip
     return out
 
 

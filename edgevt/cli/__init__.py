@@ -24,6 +24,7 @@ examples:
   edgevt export efficientnet_lite0 --pretrained --int8 --calib-table calib/efficientnet_lite0.json
   edgevt export levit_128s --checkpoint w.pth --target tensorrt --int8 --calib DIR
   edgevt debug runs/lite0/model_int8.onnx --data ../shared/data/imagenet-sample1000
+  edgevt profile runs/levit-tflite/model_int8.tflite --threads 1 2
 
 Without --checkpoint a model gets random (non-degenerate) weights: fine for checking
 numerics and speed, meaningless for accuracy.
@@ -40,7 +41,7 @@ class Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from edgevt import __version__
-    from edgevt.cli import bench, debug, deliver, eval, export, fuse, info, qat
+    from edgevt.cli import bench, debug, deliver, eval, export, fuse, info, profile, qat
 
     parser = Parser(
         prog="edgevt",
@@ -58,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     eval.add_parser(sub)
     bench.add_parser(sub)
     debug.add_parser(sub)
+    profile.add_parser(sub)
     deliver.add_parsers(sub)
     return parser
 

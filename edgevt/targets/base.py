@@ -37,6 +37,7 @@ if TYPE_CHECKING:  # heavy imports stay out of `edgevt --help`
     from torch import nn
 
     from edgevt.devices import DeviceProfile
+    from edgevt.op_profile import OpProfile
     from edgevt.probes import Probe
     from edgevt.quant.config import QuantConfig
     from edgevt.quant.rules import TargetRules
@@ -358,6 +359,15 @@ class Target(abc.ABC):
         would write with ``config`` (what ``edgevt debug --max-drop`` measures candidates on).
         Targets that set ``supports_debug`` override it."""
         raise EdgevtError(f"edgevt debug cannot write {self.spec.name} int8 variants yet.")
+
+    def op_profile(
+        self, run: Path, threads: list[int] | None = None, progress: bool = True
+    ) -> OpProfile:
+        """Measure what each op type of this run's int8 file costs in int8 on this host
+        (``edgevt profile``; see ``edgevt.op_profile``)."""
+        raise EdgevtError(
+            f"edgevt profile does not measure {self.spec.name} files yet (tflite does)."
+        )
 
     def debug_probe(
         self, path: Path, table: CalibrationTable, modules: list[str], details: dict[str, Any],

@@ -28,6 +28,7 @@ import numpy as np
 from edgevt.artifact import METADATA_KEY, ArtifactInfo
 from edgevt.errors import EdgevtError
 from edgevt.io import atomic_path
+from edgevt.op_profile import OPTIMIZE
 from edgevt.quant.rules import TargetRules
 from edgevt.targets import register_target
 from edgevt.targets.base import (
@@ -406,6 +407,7 @@ LITERT_RULES = TargetRules(
 class TfliteOptions(TargetOptions):
     int8_io: bool = False
     float_ops: tuple[str, ...] = ()
+    optimize: str | None = None
 
 
 @register_target
@@ -431,6 +433,12 @@ class TfliteTarget(Target):
                        "HARD_SWISH BATCH_MATMUL (int8 kernels that are slower than float on "
                        "CPUs without int8 dot products; benchmarks/tflite_op_profile.py "
                        "measures which)"}),
+        ("optimize", {"choices": OPTIMIZE,
+                      "help": "how the int8 file's float op types are chosen, from what each op "
+                      "type costs in int8 on this host (measured, op_profile_tflite.json): "
+                      "latency (fastest), balanced (also cheap accuracy wins; default), "
+                      "accuracy (most accurate not slower than fp32), full (every op int8, "
+                      "for NPUs; no profile). --float-ops and --quant-config choose by hand"}),
     )  # fmt: skip
 
     def quantization_rules(self) -> TargetRules:
@@ -444,23 +452,45 @@ class TfliteTarget(Target):
 
     def int8_variant(self, run: Path, out: Path, table, config, info: ArtifactInfo) -> Path:
         """A ``config`` file (only the ops it names in int8), ranged like the export does."""
-        import torch
-
-        from edgevt.fused import load_fused
-        from edgevt.quant.calibrate import calibration_batches
-
-        fp32 = run / "model.tflite"
-        if not fp32.is_file():
-            raise EdgevtError(f"{run} has no model.tflite to quantize; export the run again.")
-        if table.data is None or not Path(table.data).is_dir():
-            raise EdgevtError(f"the table's calibration images ({table.data}) are not here; "
-                              "rerun calibration with --calib DIR.")  # fmt: skip
-        batches = calibration_batches(info.preprocess, table.data, GAP_CALIBRATION_IMAGES,
-                                      progress=False)  # fmt: skip
-        modules = [n for n, _ in load_fused(run / "fused.pt")[0].named_modules()]
-        quantize(fp32, out, "int8", info, table=table, modules=modules,
-                 images=torch.cat(list(batches)).numpy(), config=config)  # fmt: skip
+        fp32, modules, images = _requantize_inputs(run, table, info)
+        quantize(fp32, out, "int8", info, table=table, modules=modules, images=images,
+                 config=config)  # fmt: skip
         return out
+
+    def op_profile(self, run: Path, threads: list[int] | None = None, progress: bool = True):
+        """The run's int8 op-type profile, measured again (the export's own choice of float
+        ops is in its manifest); the files it quantizes live in a temporary folder."""
+        import shutil
+        import tempfile
+
+        from edgevt.progress import step
+        from edgevt.quant.table import CalibrationTable
+        from edgevt.targets import tflite_profile
+
+        require("ai_edge_quantizer")
+        require("ai_edge_litert")
+        if not (run / "calibration.json").is_file():
+            raise EdgevtError(f"{run} has no calibration.json: export it with --int8 first.")
+        table = CalibrationTable.load(run / "calibration.json")
+        info = read_tflite_info(run / "model.tflite") if (run / "model.tflite").is_file() else None
+        if info is None:
+            raise EdgevtError(f"{run} has no model.tflite written by edgevt; export the run "
+                              "again with --target tflite.")  # fmt: skip
+        fp32, modules, images = _requantize_inputs(run, table, info)
+
+        def write(out: Path, float_ops: tuple[str, ...]) -> Any:
+            return quantize(fp32, out, "int8", info, table=table, modules=modules,
+                            images=images, float_ops=float_ops)  # fmt: skip
+
+        work = Path(tempfile.mkdtemp(prefix=".op-profile-", dir=run))
+        try:
+            with step("quantizing the full-int8 file", progress):
+                write(work / "full_int8.tflite", ())
+            with step("quantizing and timing one file per op type", progress):
+                return tflite_profile.profile(fp32, work / "full_int8.tflite", info, write,
+                                              images, threads)  # fmt: skip
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
 
     def simulation(self, model, fp32_onnx, table, config, artifact: Path | None = None):
         """The QDQ simulation of LiteRT's rules, with what a full-integer .tflite adds: one
@@ -482,10 +512,24 @@ class TfliteTarget(Target):
                 raise EdgevtError(f"{flag} applies to --precision int8 only (the full-int8 file).")
         if options.float_ops and self.available() is None:  # unknown ops fail before any work
             _known_float_ops(options.float_ops, "int8")
+        if options.optimize is not None:
+            if "int8" not in precisions:
+                raise EdgevtError("--optimize chooses the int8 file's float ops; add --int8.")
+            if options.optimize not in OPTIMIZE:
+                raise EdgevtError(f"--optimize {options.optimize}: choose from "
+                                  f"{', '.join(OPTIMIZE)}.")  # fmt: skip
+            if options.float_ops and options.optimize != "full":
+                raise EdgevtError(
+                    f"--optimize {options.optimize} chooses the float ops itself; drop it, or "
+                    "drop --float-ops."
+                )  # fmt: skip
 
     def export(self, ctx: ExportContext, options: TfliteOptions) -> list[Artifact]:
         """fp32 through litert-torch, then fp16 / w8 / int8 from it with ai-edge-quantizer.
         int8 is full-integer unless the quant config names the ops to quantize."""
+        if ctx.config is not None and options.optimize not in (None, "full"):
+            raise EdgevtError(f"--optimize {options.optimize} chooses the float ops itself; "
+                              "drop it, or drop --quant-config.")  # fmt: skip
         fp32 = ctx.path(self.spec, "fp32")
         with ctx.stage(f"converting {ctx.info.model} to TFLite (litert-torch)"):
             convert_fp32(ctx.model, ctx.images[:1], ctx.info, fp32)
@@ -495,22 +539,73 @@ class TfliteTarget(Target):
         for precision in ctx.precisions[1:]:
             path = ctx.path(self.spec, precision)
             int8 = precision == "int8"
-            with ctx.stage(f"quantizing to {precision} (ai-edge-quantizer)"):
-                report = quantize(
-                    fp32, path, precision, ctx.info, table=ctx.table if int8 else None,
+
+            def write(out: Path, float_ops: tuple[str, ...], precision=precision, int8=int8):
+                return quantize(
+                    fp32, out, precision, ctx.info, table=ctx.table if int8 else None,
                     modules=modules, images=gap_images if int8 else None,
-                    int8_io=options.int8_io, config=ctx.config,
-                    float_ops=options.float_ops if int8 else (),
+                    int8_io=options.int8_io, config=ctx.config, float_ops=float_ops,
                 )  # fmt: skip
-            artifacts.append(Artifact(path, precision, _quantization(report) if int8 else None,
-                                      notes=report.widened_weights,
-                                      details=report.to_dict()))  # fmt: skip
+
+            with ctx.stage(f"quantizing to {precision} (ai-edge-quantizer)"):
+                report = write(path, options.float_ops if int8 else ())
+            notes, details = list(report.widened_weights), {}
+            if int8:
+                report, notes, details = self._latency_aware(ctx, options, fp32, path, write,
+                                                             gap_images, report)  # fmt: skip
+            quantization = _quantization(report) if int8 else None
+            artifacts.append(Artifact(path, precision, quantization, notes=notes,
+                                      details={**report.to_dict(), **details}))  # fmt: skip
         if ctx.config is not None:
             from edgevt.io import write_json
 
             config = write_json(ctx.run / "quant_config.json", ctx.config.to_dict())
             artifacts[-1].files["config"] = config
         return artifacts
+
+    def _latency_aware(
+        self, ctx: ExportContext, options: TfliteOptions, fp32: Path, path: Path,
+        write: Any, images: np.ndarray, report: TfliteQuantReport,
+    ) -> tuple[TfliteQuantReport, list[str], dict[str, Any]]:  # fmt: skip
+        """Choose the int8 file's float op types from a measured profile (``--optimize``),
+        then time it against fp32: notes and details saying what was chosen and how fast."""
+        from edgevt.op_profile import choose, default_threads, slower_than_fp32, speed_line
+        from edgevt.targets import tflite_profile
+
+        forced = bool(options.float_ops) or ctx.config is not None
+        mode = options.optimize or ("full" if forced else "balanced")
+        threads = default_threads()
+        notes, details = list(report.widened_weights), {"optimize": mode}
+        timed = None
+        if mode != "full":
+            with ctx.stage("profiling what each op type costs in int8 here (a file per type)"):
+                profile = tflite_profile.profile(fp32, path, ctx.info, write, images, threads)
+            details["op_profile"] = profile.save(ctx.run / "op_profile_tflite.json").name
+            chosen = choose(profile, mode)
+            details["float_types"] = chosen
+            if chosen:
+                with ctx.stage(f"quantizing the {mode} recipe: {' '.join(chosen)} in float"):
+                    report = write(path, tuple(chosen))
+                notes = list(report.widened_weights)
+            else:
+                timed = profile.fp32.ms, profile.full.ms
+            notes.append(f"--optimize {mode}: " + (f"{' '.join(chosen)} kept in float"
+                         if chosen else "every op type is faster in int8 here"))  # fmt: skip
+        if timed is None:
+            with ctx.stage("timing the int8 file against fp32"):
+                fp32_ms, int8_ms, _ = tflite_profile.time_pair(fp32, path, ctx.info, images,
+                                                               threads)  # fmt: skip
+            timed = fp32_ms, int8_ms
+        fp32_ms, int8_ms = timed
+        details["latency"] = {"fp32_ms": fp32_ms, "int8_ms": int8_ms, "batch": 1}
+        notes.append(speed_line("int8 latency here", int8_ms, fp32_ms))
+        slow = slower_than_fp32(int8_ms, fp32_ms)
+        if slow:
+            how = ("drop --float-ops / --quant-config and let --optimize choose" if forced
+                   or mode == "full" else "model.tflite is the faster file here")  # fmt: skip
+            notes.append(f"WARNING: this int8 file is slower than fp32 at {slow} thread(s) on "
+                         f"this host; {how}.")  # fmt: skip
+        return report, notes, details
 
     def _gap_images(self, ctx: ExportContext) -> np.ndarray:
         """Images to range what the table has no entry for (LayerNorm, Softmax outputs): the
@@ -536,6 +631,26 @@ class TfliteTarget(Target):
     def read_info(self, path: Path) -> ArtifactInfo | None:
         require("ai_edge_litert")
         return read_tflite_info(path)
+
+
+def _requantize_inputs(run: Path, table: Any, info: ArtifactInfo) -> tuple[Path, list, Any]:
+    """What re-quantizing a run's fp32 .tflite needs, as its export had it: the file, the
+    fused model's module names, the table's calibration images for the unkeyed tensors."""
+    import torch
+
+    from edgevt.fused import load_fused
+    from edgevt.quant.calibrate import calibration_batches
+
+    fp32 = run / "model.tflite"
+    if not fp32.is_file():
+        raise EdgevtError(f"{run} has no model.tflite to quantize; export the run again.")
+    if table.data is None or not Path(table.data).is_dir():
+        raise EdgevtError(f"the table's calibration images ({table.data}) are not here; "
+                          "rerun calibration with --calib DIR.")  # fmt: skip
+    batches = calibration_batches(info.preprocess, table.data, GAP_CALIBRATION_IMAGES,
+                                  progress=False)  # fmt: skip
+    modules = [n for n, _ in load_fused(run / "fused.pt")[0].named_modules()]
+    return fp32, modules, torch.cat(list(batches)).numpy()
 
 
 def _quantization(report: TfliteQuantReport) -> Quantization:

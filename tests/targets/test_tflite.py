@@ -31,11 +31,12 @@ def _cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def levit_tflite(tmp_path_factory, calib_dir: Path) -> api.ExportOutcome:
-    """Random-weight LeViT-128S to fp32, fp16, w8 and int8 .tflite (table from 32 images)."""
+    """Random-weight LeViT-128S to fp32, fp16, w8 and full int8 .tflite (table from 32
+    images; --optimize full: these tests read every op's int8 scales)."""
     out = tmp_path_factory.mktemp("tflite") / "levit"
     return api.export(
         "levit_128s", "tflite", out=out, precisions=["fp16", "w8", "int8"], calib=calib_dir,
-        calib_size=32, progress=False,
+        calib_size=32, progress=False, optimize="full",
     )  # fmt: skip
 
 

@@ -1,0 +1,90 @@
+"""The TFLite side of the int8 op-type profile (``edgevt.op_profile``): one int8 file per op
+type with that type kept in float, each quantized from the same fp32 file and table as the
+full-int8 one, measured with LiteRT on this host."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgevt.artifact import ArtifactInfo
+from edgevt.op_profile import OpProfile, Variant, default_threads, host_label, measure
+
+# Ops that move or reshape data: the quantizer gives them their input's scale, so keeping them
+# float only adds QUANTIZE/DEQUANTIZE pairs around them. Not worth a file each.
+LAYOUT_OPS = {"RESHAPE", "TRANSPOSE", "STRIDED_SLICE", "SLICE", "SPLIT", "CONCATENATION",
+              "PACK", "UNPACK", "GATHER", "GATHER_ND", "PAD", "PADV2", "BROADCAST_TO",
+              "QUANTIZE", "DEQUANTIZE"}  # fmt: skip
+CHECK_IMAGES = 16  # calibration images the cosine to fp32 is taken on
+
+
+def census(path: Path) -> Counter:
+    """Op types of a .tflite and how many of each."""
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fu
+
+    from edgevt.quant.tflite_ranges import read_ops
+
+    return Counter(op.op_type for op in read_ops(fu.read_model(str(path))))
+
+
+def profile(
+    fp32: Path,
+    full_int8: Path,
+    info: ArtifactInfo,
+    quantize_with: Callable[[Path, tuple[str, ...]], Any],
+    images: np.ndarray,
+    threads: list[int] | None = None,
+    progress: Callable[[str], None] = lambda _: None,
+) -> OpProfile:
+    """Measure the int8 cost of every op type of ``fp32`` that is not a layout op.
+
+    ``quantize_with(out, float_types)`` writes the int8 file with those types in float, as
+    the full-int8 ``full_int8`` was written. The variants live in a temporary folder.
+    """
+    from edgevt.targets.tflite import LiteRTRunner
+
+    threads = threads or default_threads()
+    ops = census(fp32)
+    candidates = sorted(t for t in ops if t not in LAYOUT_OPS)
+    work = Path(tempfile.mkdtemp(prefix=".op-profile-", dir=full_int8.parent))
+    try:
+        files = {"fp32": fp32, "full int8": full_int8}
+        for i, op_type in enumerate(candidates, 1):
+            progress(f"int8 with {op_type} in float ({i}/{len(candidates)})")
+            path = work / f"int8_float_{op_type.lower()}.tflite"
+            quantize_with(path, (op_type,))
+            files[op_type] = path
+        checked = images[:CHECK_IMAGES]
+        found = measure(files, lambda p, t: LiteRTRunner(p, threads=t, info=info), checked[:1],
+                        checked, threads, progress)  # fmt: skip
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    def variant(key: str, label: str, float_types: list[str]) -> Variant:
+        ms, cosine = found[key]
+        return Variant(label, float_types, ms, cosine)
+
+    return OpProfile(
+        model=info.model, target="tflite", host=host_label(), threads=list(threads),
+        census=dict(sorted(ops.items())), fp32=variant("fp32", "fp32", []),
+        full=variant("full int8", "full int8", []),
+        types=[variant(t, f"int8, {t} float", [t]) for t in candidates],
+    )  # fmt: skip
+
+
+def time_pair(
+    fp32: Path, int8: Path, info: ArtifactInfo, images: np.ndarray, threads: list[int]
+) -> tuple[dict[int, float], dict[int, float], float]:
+    """fp32 and int8 latency (ms per thread count) measured in one run, and int8's cosine."""
+    from edgevt.targets.tflite import LiteRTRunner
+
+    found = measure({"fp32": fp32, "int8": int8},
+                    lambda p, t: LiteRTRunner(p, threads=t, info=info),
+                    images[:1], images[:CHECK_IMAGES], threads)  # fmt: skip
+    return found["fp32"][0], found["int8"][0], found["int8"][1]

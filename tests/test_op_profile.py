@@ -1,0 +1,148 @@
+"""The int8 op-type profile and the recipe chosen from it (``--optimize``): the choice on
+measured numbers, the profile file, and the TFLite export that profiles, chooses and times
+its int8 file against fp32."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from edgevt import api
+from edgevt.errors import EdgevtError
+from edgevt.op_profile import OpProfile, Variant, choose
+from tests.helpers import tiny_model
+
+
+def _levit_like() -> OpProfile:
+    """LeViT-128S under LiteRT on this host, 2 threads (rounded from a measured profile)."""
+    full, fp32 = 9.14, 4.54
+
+    def v(op: str, ms: float, cosine: float) -> Variant:
+        return Variant(f"int8, {op} float", [op], {1: ms, 2: ms}, cosine)
+
+    return OpProfile(
+        model="levit_128s", target="tflite", host="test", threads=[1, 2],
+        census={"ADD": 33, "BATCH_MATMUL": 22, "FULLY_CONNECTED": 47},
+        fp32=Variant("fp32", [], {1: 7.8, 2: fp32}, 1.0),
+        full=Variant("full int8", [], {1: 8.8, 2: full}, 0.9442),
+        types=[
+            v("ADD", full + 0.31, 0.9557),  # float ADD: slower, much more accurate
+            v("BATCH_MATMUL", full - 2.52, 0.9446),  # int8 BATCH_MATMUL is slow here
+            v("CONV_2D", full + 0.83, 0.9444),
+            v("FULLY_CONNECTED", full + 3.33, 0.9464),  # fast in int8, +0.002 in float
+            v("HARD_SWISH", full - 3.05, 0.9441),
+            v("MEAN", full + 0.01, 0.9442),  # within timing noise: costs nothing
+            v("SOFTMAX", full - 0.56, 0.9428),
+        ],
+    )  # fmt: skip
+
+
+def test_each_mode_chooses_from_the_measured_costs() -> None:
+    profile = _levit_like()
+    slow = ["BATCH_MATMUL", "HARD_SWISH", "SOFTMAX"]
+    assert choose(profile, "latency") == slow
+    # balanced: also ADD, +0.0115 cosine for 0.31 ms (under 10 % of fp32's 4.54 ms)
+    assert choose(profile, "balanced") == sorted([*slow, "ADD"])
+    # accuracy: FULLY_CONNECTED's +0.0022 would cost 3.33 ms, past fp32's time: not taken
+    assert choose(profile, "accuracy") == sorted([*slow, "ADD"])
+    assert choose(profile, "full") == []
+    assert profile.cost("MEAN") == 0.0
+    with pytest.raises(EdgevtError, match="choose from balanced, latency, accuracy, full"):
+        choose(profile, "fastest")
+
+
+def test_accuracy_mode_spends_the_time_fp32_leaves() -> None:
+    profile = _levit_like()
+    profile.fp32.ms[2] = 9.0  # a slow fp32: FULLY_CONNECTED in float now fits under it
+    assert "FULLY_CONNECTED" in choose(profile, "accuracy")
+    assert "FULLY_CONNECTED" not in choose(profile, "balanced")
+
+
+def test_profile_round_trips_and_a_damaged_one_is_named(tmp_path: Path) -> None:
+    profile = _levit_like()
+    path = profile.save(tmp_path / "op_profile_tflite.json")
+    again = OpProfile.load(path)
+    assert again == profile and choose(again, "balanced") == choose(profile, "balanced")
+    assert json.loads(path.read_text())["cost_ms"]["HARD_SWISH"] == pytest.approx(3.05)
+    path.write_text('{"model": "x"}')
+    with pytest.raises(EdgevtError, match="not an op profile"):
+        OpProfile.load(path)
+
+
+# ---------------------------------------------------------------- through the TFLite export
+
+
+@pytest.fixture(scope="module")
+def balanced(tmp_path_factory, calib_dir: Path) -> api.ExportOutcome:
+    pytest.importorskip("ai_edge_litert", reason="pip install edgevt[tflite]")
+    out = tmp_path_factory.mktemp("op-profile") / "run"
+    return api.export(tiny_model(), "tflite", out=out, int8=True, calib=calib_dir,
+                      calib_size=16, progress=False)  # fmt: skip
+
+
+def test_default_int8_is_chosen_from_a_profile_and_timed_against_fp32(balanced) -> None:
+    int8 = balanced.artifacts[-1]
+    details = int8.details
+    assert details["optimize"] == "balanced"
+    profile = OpProfile.load(balanced.run_dir.path / details["op_profile"])
+    assert {v.float_types[0] for v in profile.types} >= {"CONV_2D", "FULLY_CONNECTED"}
+    assert "RESHAPE" not in {v.float_types[0] for v in profile.types}  # layout ops: no file
+    assert details["float_types"] == choose(profile, "balanced")
+    assert sorted(int8.quantization.float_ops) == details["float_types"]
+    assert 0 < profile.full.cosine <= 1 and profile.fp32.cosine == pytest.approx(1.0)
+    latency = details["latency"]
+    assert set(latency["fp32_ms"]) == set(latency["int8_ms"]) == set(profile.threads)
+    assert any(n.startswith("int8 latency here:") and "vs fp32" in n for n in int8.notes)
+    assert not list(balanced.run_dir.path.glob(".op-profile-*"))  # the variants are gone
+    manifest = json.loads((balanced.run_dir.path / "manifest.json").read_text())
+    assert "op_profile_tflite.json" in json.dumps(manifest)
+
+
+def test_full_int8_is_not_profiled_but_still_timed(tmp_path: Path, calib_dir: Path) -> None:
+    pytest.importorskip("ai_edge_litert", reason="pip install edgevt[tflite]")
+    out = api.export(tiny_model(), "tflite", out=tmp_path / "run", int8=True, calib=calib_dir,
+                     calib_size=8, progress=False, optimize="full")  # fmt: skip
+    int8 = out.artifacts[-1]
+    assert int8.details["optimize"] == "full" and "op_profile" not in int8.details
+    assert not (tmp_path / "run" / "op_profile_tflite.json").exists()
+    assert int8.quantization.float_ops == [] and int8.details["latency"]["int8_ms"]
+
+
+def test_optimize_refusals(tmp_path: Path, calib_dir: Path) -> None:
+    with pytest.raises(EdgevtError, match="drop it, or drop --float-ops"):
+        api.export(tiny_model(), "tflite", int8=True, calib=calib_dir, out=tmp_path / "a",
+                   optimize="latency", float_ops=["SOFTMAX"])  # fmt: skip
+    with pytest.raises(EdgevtError, match="add --int8"):
+        api.export(tiny_model(), "tflite", out=tmp_path / "b", optimize="latency")
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"global": {"weights": "per_channel"}}))
+    with pytest.raises(EdgevtError, match="drop it, or drop --quant-config"):
+        api.export(tiny_model(), "tflite", int8=True, calib=calib_dir, out=tmp_path / "c",
+                   calib_size=4, optimize="accuracy", quant_config=config)  # fmt: skip
+    assert not (tmp_path / "c").exists()  # the refused export left nothing
+
+
+def test_profile_command_prints_the_table_and_each_modes_recipe(balanced, tmp_path) -> None:
+    from edgevt.cli import main
+
+    run = balanced.run_dir.path
+    out = tmp_path / "profile.json"
+    code = main(["profile", str(run / "model_int8.tflite"), "--threads", "1", "-o", str(out),
+                 "--json"])  # fmt: skip
+    assert code == 0
+    profile = OpProfile.load(out)
+    assert profile.threads == [1] and profile.model == "tiny_cnn"
+    assert not list(run.glob(".op-profile-*"))
+
+
+def test_profile_command_errors_are_one_line(balanced, tmp_path, capsys) -> None:
+    from edgevt.cli import main
+
+    assert main(["profile", str(tmp_path / "nothing.tflite")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    onnx = api.export(tiny_model(), "onnx", out=tmp_path / "onnx", progress=False)
+    assert main(["profile", str(onnx.artifact)]) == 2
+    err = capsys.readouterr().err
+    assert "does not measure onnx files yet" in err and len(err.splitlines()) == 1
