@@ -576,6 +576,11 @@ class TfliteTarget(Target):
         mode = options.optimize or ("full" if forced else "balanced")
         threads = default_threads()
         notes, details = list(report.widened_weights), {"optimize": mode}
+        try:  # a file LiteRT cannot run is refused by the export's check, with its reason
+            with LiteRTRunner(path, info=ctx.info) as runner:
+                runner.infer(images[:1])
+        except Exception:  # noqa: BLE001  (whatever the runtime raised: the check says it)
+            return report, notes, details
         timed = None
         if mode != "full":
             with ctx.stage("profiling what each op type costs in int8 here (a file per type)"):
