@@ -146,8 +146,10 @@ def render(sections, args, seconds: float) -> str:
             if len(threads) > 1:
                 cells.append(f"{ms[threads[0]] / ms[threads[-1]]:.2f}x")
             lines.append("| " + " | ".join(cells) + " |")
-        lines += ["", f"The default int8 export (fuse, convert, profile, choose, quantize, "
-                  f"time) took {export_s / 60:.1f} min. " + "; ".join(notes), ""]  # fmt: skip
+        what = ("fuse, convert, profile every op type, choose, quantize, time against fp32"
+                if target == "tflite" else "fuse, convert, quantize")  # fmt: skip
+        lines += ["", f"The default int8 export ({what}) took {export_s:.0f} s."
+                  + "".join(f" {n}." for n in notes), ""]  # fmt: skip
     lines.append(f"Command: `{command_line()}` ({seconds / 60:.0f} min)")
     return "\n".join(lines) + "\n"
 

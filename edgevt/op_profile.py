@@ -40,6 +40,7 @@ ACCURACY_GAIN = 0.002  # cosine to fp32 that a float op type must buy to be wort
 CHEAP = 0.10  # ... in balanced mode, for at most this share of fp32's time
 NOISE_MS = 0.05  # a cost smaller than this is timing noise (a 32-px test model's ops): none
 ROUNDS, ITERATIONS = 5, 8
+TURN_MS = 300.0
 
 
 @dataclass
@@ -148,9 +149,10 @@ def measure(
     from edgevt.timing import median_ms_loaded_in_turn, runner_turn
 
     ms: dict[str, dict[int, float]] = {k: {} for k in files}
+    iterations = _iterations(make_runner(next(iter(files.values())), max(threads)), x)
     for t in threads:
         loaders = {k: runner_turn(lambda p=p, t=t: make_runner(p, t), x) for k, p in files.items()}
-        for k, value in median_ms_loaded_in_turn(loaders, ROUNDS, ITERATIONS).items():
+        for k, value in median_ms_loaded_in_turn(loaders, ROUNDS, iterations).items():
             ms[k][t] = value
         progress(f"timed {len(files)} files at {t} thread(s)")
     logits = {}
@@ -159,6 +161,19 @@ def measure(
             logits[k] = runner.infer(images).astype(np.float64)
     ref = logits["fp32"]
     return {k: (ms[k], _cosine(ref, logits[k])) for k in files}
+
+
+def _iterations(runner: Any, x: np.ndarray) -> int:
+    """Timed calls per turn: ``ITERATIONS``, fewer for a slow model (CvT-13 at 130 ms: 3), so
+    that a turn takes about ``TURN_MS`` and a profile of 15 files stays within minutes."""
+    import time
+
+    with runner:
+        runner.infer(x)
+        start = time.perf_counter()
+        runner.infer(x)
+        ms = (time.perf_counter() - start) * 1e3
+    return max(3, min(ITERATIONS, int(TURN_MS / max(ms, 1e-3))))
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
