@@ -430,9 +430,8 @@ class TfliteTarget(Target):
                      "help": "int8 input/output tensors (default: float32 in and out)"}),
         ("float_ops", {"nargs": "+", "metavar": "OP",
                        "help": "TFLite op types to keep in float in the int8 file, e.g. "
-                       "HARD_SWISH BATCH_MATMUL (int8 kernels that are slower than float on "
-                       "CPUs without int8 dot products; benchmarks/tflite_op_profile.py "
-                       "measures which)"}),
+                       "HARD_SWISH BATCH_MATMUL, chosen by hand (by default --optimize "
+                       "chooses them from what `edgevt profile` measures)"}),
         ("optimize", {"choices": OPTIMIZE,
                       "help": "how the int8 file's float op types are chosen, from what each op "
                       "type costs in int8 on this host (measured, op_profile_tflite.json): "
