@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import textwrap
 
 from edgevt.cli.common import add_json, count, print_json
 
@@ -11,13 +12,14 @@ def add_parser(sub) -> None:
     p = sub.add_parser(
         "profile",
         help="what each op type costs in int8 vs float on this host, and the recipes from it",
-        description="Measure, for a run's int8 file, what each op type costs by running in int8 "
-        "instead of float on this host: one int8 file per op type with that type kept in "
+        description=textwrap.fill(
+        "Measure, for a run's int8 file, what each op type costs by running in int8 instead"
+        " of float on this host: one int8 file per op type with that type kept in "
         "float, timed beside fp32 and full int8 (batch 1, interleaved rounds), each scored by "
         "its logit cosine to fp32 on 16 calibration images. Prints the table and the float op "
         "types each `edgevt export --optimize` mode would choose; writes "
         "op_profile_<target>.json in the run (or -o FILE). `edgevt export --int8` runs the "
-        "same profile for its default --optimize balanced. Targets: tflite.",
+        "same profile for its default --optimize balanced. Targets: tflite.", 88),
         epilog="example:\n  edgevt profile runs/levit-tflite/model_int8.tflite --threads 1 2",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
