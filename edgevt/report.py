@@ -71,6 +71,8 @@ class Report:
     checks: list[dict[str, Any]] = field(default_factory=list)
     # run_bundle.py's top-1/top-5 on the bundle's labelled images, beside the host's
     device_accuracy: list[dict[str, Any]] = field(default_factory=list)
+    # RUN/op_profile_<target>.json: what each op type costs in int8 (`edgevt profile`)
+    profiles: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _load_json(path: Path, what: str) -> dict[str, Any]:
@@ -255,10 +257,47 @@ def _collect_run(run_dir: Path, report: Report, owners: dict[str, tuple[str, str
         report.calibration.append(_calibration(table, run, _records(stages)))
     for path in sorted((run_dir / "debug").glob("*.json")):
         report.debug.append(_debug_summary(path, run))
+    for path in sorted(run_dir.glob("op_profile_*.json")):
+        report.profiles.append(_op_profile(path, run))
     if (run_dir / "sensitivity.json").is_file():
         report.sensitivity[run] = _check_sensitivity(
             _load_json(run_dir / "sensitivity.json", "sensitivity")
         )
+
+
+def _op_profile(path: Path, run: str) -> dict[str, Any]:
+    """One run's op-type profile, with what each ``--optimize`` mode keeps in float."""
+    from edgevt.op_profile import OPTIMIZE, OpProfile, choose
+
+    profile = OpProfile.load(path)
+    recipes = {mode: choose(profile, mode) for mode in OPTIMIZE}
+    return {"run": run, "file": path.name, "profile": profile.to_dict(), "recipes": recipes}
+
+
+def profile_table(entry: dict[str, Any]) -> list[list[str]]:
+    """One row per op type: its int8 cost, the cosine float buys, the modes that keep it."""
+    from edgevt.op_profile import OpProfile
+
+    profile = OpProfile.from_dict(entry["profile"])
+    base = profile.base
+    table = [["op type", "count", f"int8 cost ms ({base}T)", "cosine gain in float",
+              "kept in float by"]]  # fmt: skip
+    for v in profile.types:
+        op = v.float_types[0]
+        modes = [m for m, types in entry["recipes"].items() if op in types]
+        table.append([op, str(profile.census.get(op, "")), f"{profile.cost(op):+.2f}",
+                      f"{profile.gain(op):+.4f}", ", ".join(modes) or "none"])  # fmt: skip
+    return table
+
+
+def _profile_caption(entry: dict[str, Any]) -> str:
+    p = entry["profile"]
+    base = max(p["threads"])
+    return (f"{entry['run']} ({p['model']}, {p['target']}, {p['host']}): fp32 "
+            f"{p['fp32']['ms'][base]:.2f} ms, full int8 {p['full']['ms'][base]:.2f} ms at "
+            f"{base} thread(s); full int8 cosine to fp32 {p['full']['cosine']:.4f}. int8 cost: "
+            "full int8 minus the file with that op type in float (positive: slower in "
+            "int8).")  # fmt: skip
 
 
 def _host_timing(path: Path, run: str, model: str, infos: dict[str, ArtifactInfo]) -> Timing:
@@ -685,6 +724,9 @@ def write_report(report: Report, out: Path, title: str) -> dict[str, Path]:
         md += ["", "## Checks on devices", "", "Each bundled file's logits on the device (or "
                "an emulator of it) against this host's, on the bundle's sample images.", "",
                _markdown_table(checks)]  # fmt: skip
+    for entry in report.profiles:
+        md += ["", f"## int8 op-type profile ({entry['run']})", "", _profile_caption(entry), "",
+               _markdown_table(profile_table(entry))]  # fmt: skip
     md += ["", "## Calibration", ""] + [f"- {line}" for line in calib or ["no int8 in these runs"]]
     for run, sens in report.sensitivity.items():
         md += ["", f"## Sensitivity ({run})", "",
@@ -724,6 +766,9 @@ front (no other artifact of that model is both faster and more accurate).
 <h2>Latency</h2>{_html_table(latency)}<p>{html.escape(trt_note)}</p>
 {"<h2>Accuracy on devices</h2>" + _html_table(on_device) if on_device else ""}
 {"<h2>Checks on devices</h2>" + _html_table(checks) if checks else ""}
+{"".join(f"<h2>int8 op-type profile ({html.escape(e['run'])})</h2><p>"
+         f"{html.escape(_profile_caption(e))}</p>" + _html_table(profile_table(e))
+         for e in report.profiles)}
 <h2>Calibration</h2><ul>{
         "".join(f"<li>{html.escape(c)}</li>" for c in calib) or "<li>no int8 in these runs</li>"
     }</ul>
@@ -743,7 +788,8 @@ front (no other artifact of that model is both faster and more accurate).
     data = {"rows": [asdict(r) for r in report.rows],
             "timings": [asdict(t) for t in report.timings],
             "points": points, "calibration": report.calibration,
-            "checks": report.checks, "device_accuracy": report.device_accuracy}  # fmt: skip
+            "checks": report.checks, "device_accuracy": report.device_accuracy,
+            "profiles": report.profiles}  # fmt: skip
     texts = {"markdown": "\n".join(md) + "\n", "html": page,
              "json": json.dumps(data, indent=2) + "\n"}  # fmt: skip
     with contextlib.ExitStack() as stack:  # all three whole, or none replaced

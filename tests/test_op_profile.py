@@ -146,3 +146,17 @@ def test_profile_command_errors_are_one_line(balanced, tmp_path, capsys) -> None
     assert main(["profile", str(onnx.artifact)]) == 2
     err = capsys.readouterr().err
     assert "does not measure onnx files yet" in err and len(err.splitlines()) == 1
+
+
+def test_report_shows_the_profile_and_each_modes_choice(balanced, tmp_path) -> None:
+    from edgevt.report import collect, write_report
+
+    run = balanced.run_dir.path
+    paths = write_report(collect([run]), tmp_path / "report", "profile")
+    md = paths["markdown"].read_text()
+    assert f"## int8 op-type profile ({run.name})" in md
+    assert "| CONV_2D |" in md and "kept in float by" in md
+    data = json.loads(paths["json"].read_text())
+    (entry,) = data["profiles"]
+    assert entry["recipes"]["balanced"] == balanced.artifacts[-1].details["float_types"]
+    assert "int8 op-type profile" in paths["html"].read_text()
