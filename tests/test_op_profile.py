@@ -160,3 +160,21 @@ def test_report_shows_the_profile_and_each_modes_choice(balanced, tmp_path) -> N
     (entry,) = data["profiles"]
     assert entry["recipes"]["balanced"] == balanced.artifacts[-1].details["float_types"]
     assert "int8 op-type profile" in paths["html"].read_text()
+
+
+def test_an_int8_file_slower_than_fp32_is_named_with_both_numbers(
+    tmp_path: Path, calib_dir: Path, monkeypatch
+) -> None:
+    """The guard: a forced full-int8 file that times slower than fp32 gets a WARNING note
+    with both latencies (LiteRT's real timings, replaced here to be slower)."""
+    pytest.importorskip("ai_edge_litert", reason="pip install edgevt[tflite]")
+    from edgevt.targets import tflite_profile
+
+    monkeypatch.setattr(tflite_profile, "time_pair",
+                        lambda *a, **k: ({1: 4.0, 2: 2.5}, {1: 6.0, 2: 2.4}, 0.99))  # fmt: skip
+    out = api.export(tiny_model(), "tflite", out=tmp_path / "run", int8=True, calib=calib_dir,
+                     calib_size=8, progress=False, optimize="full")  # fmt: skip
+    notes = out.artifacts[-1].notes
+    assert "int8 latency here: 6.00 ms vs fp32 4.00 ms at 1 thread (0.67x)" in " ".join(notes)
+    warning = next(n for n in notes if n.startswith("WARNING"))
+    assert "slower than fp32 at [1] thread(s)" in warning and "--optimize balanced" in warning

@@ -594,7 +594,7 @@ class TfliteTarget(Target):
             else:
                 timed = profile.fp32.ms, profile.full.ms
             notes.append(f"--optimize {mode}: " + (f"{' '.join(chosen)} kept in float"
-                         if chosen else "every op type is faster in int8 here"))  # fmt: skip
+                         if chosen else "no op type is slower in int8 here"))  # fmt: skip
         if timed is None:
             with ctx.stage("timing the int8 file against fp32"):
                 fp32_ms, int8_ms, _ = tflite_profile.time_pair(fp32, path, ctx.info, images,
@@ -606,7 +606,8 @@ class TfliteTarget(Target):
         slow = slower_than_fp32(int8_ms, fp32_ms)
         if slow:
             how = ("drop --float-ops / --quant-config and let --optimize choose" if forced
-                   or mode == "full" else "model.tflite is the faster file here")  # fmt: skip
+                   else "--optimize balanced keeps the op types that are slow in int8 in float"
+                   if mode == "full" else "model.tflite is the faster file here")  # fmt: skip
             notes.append(f"WARNING: this int8 file is slower than fp32 at {slow} thread(s) on "
                          f"this host; {how}.")  # fmt: skip
         return report, notes, details
