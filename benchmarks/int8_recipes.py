@@ -54,7 +54,9 @@ def main() -> None:
     for model in args.models:
         work = args.work / model
         table = work / "calibration.json"
-        common = dict(pretrained=model in REAL, progress=False)
+        # random weights: an int8 file under the export's 0.9-cosine floor is still timed
+        # (their cosine says little, README "random weights")
+        common = dict(pretrained=model in REAL, progress=False, accept_degraded=model not in REAL)
         if not table.is_file():
             api.calibrate(model, data=root / "imagenet-sample1000", out=table,
                           pretrained=model in REAL, calib_size=args.calib_size, progress=False)
