@@ -1,8 +1,8 @@
 """Does fusion make the model faster? PyTorch eager unfused vs fused vs ONNX Runtime fp32.
 
 Batch 1, on this machine's CPU; every ratio is measured within one run, with the variants
-timed in interleaved rounds so that machine noise hits them alike (``median_ms_loaded_in_turn``,
-which the other benchmark scripts use too).
+timed in interleaved rounds so that machine noise hits them alike
+(``edgevt.timing.median_ms_loaded_in_turn``, which the other benchmark scripts use too).
 
     .venv/bin/python benchmarks/fusion_speed.py [--models levit_128s cvt_13 efficientnet_lite0]
         [--threads 1 2] [--rounds 7] [--iters 20]
@@ -21,7 +21,7 @@ import torch
 from edgevt import api
 from edgevt.models import get_entry, load_model
 from edgevt.targets.onnx import OnnxRuntimeRunner
-from edgevt.timing import median_ms_loaded_in_turn, runner_turn  # noqa: F401  (other scripts import them from here)
+from edgevt.timing import median_ms_loaded_in_turn, runner_turn
 
 
 def main() -> None:

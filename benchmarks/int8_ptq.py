@@ -19,13 +19,13 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from fusion_speed import median_ms_loaded_in_turn, runner_turn  # noqa: E402  (benchmarks/ is the script's folder)
 from report_file import command_line, write_report  # noqa: E402
 
 from edgevt import api
 from edgevt.data.imagenet import default_data_root, open_dataset
 from edgevt.models import get_entry
 from edgevt.targets.onnx import OnnxRuntimeRunner
+from edgevt.timing import median_ms_loaded_in_turn, runner_turn
 from edgevt.validate.evaluate import compare_logits
 
 REPO = Path(__file__).resolve().parent.parent

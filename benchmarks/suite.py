@@ -40,7 +40,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from fusion_speed import median_ms_loaded_in_turn  # noqa: E402  (benchmarks/ folder)
 from report_file import command_line, write_report  # noqa: E402
 
 from edgevt import api
@@ -53,6 +52,7 @@ from edgevt.targets.executorch import ExecutorchRunner
 from edgevt.targets.onnx import OnnxRuntimeRunner
 from edgevt.targets.openvino import OpenvinoRunner
 from edgevt.targets.tflite import LiteRTRunner
+from edgevt.timing import median_ms_loaded_in_turn
 from edgevt.validate.evaluate import compare_logits
 
 REPO = Path(__file__).resolve().parent.parent

@@ -23,7 +23,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from fusion_speed import median_ms_loaded_in_turn, runner_turn  # noqa: E402  (benchmarks/ is the script's folder)
 from report_file import command_line, cpu_flags, write_report  # noqa: E402
 
 from edgevt import api
@@ -31,6 +30,7 @@ from edgevt.data.imagenet import default_data_root, open_dataset
 from edgevt.models import get_entry, list_models
 from edgevt.targets import artifact_name, get_target
 from edgevt.targets.tflite import LiteRTRunner
+from edgevt.timing import median_ms_loaded_in_turn, runner_turn
 from edgevt.validate.evaluate import compare_logits
 
 REPO = Path(__file__).resolve().parent.parent

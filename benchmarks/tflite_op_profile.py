@@ -27,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from fusion_speed import median_ms_loaded_in_turn, runner_turn  # noqa: E402  (benchmarks/ is the script's folder)
 from report_file import cpu_flags  # noqa: E402
 
 from edgevt import api
@@ -38,16 +37,11 @@ from edgevt.quant.calibrate import calibration_batches
 from edgevt.quant.table import CalibrationTable
 from edgevt.quant.tflite_ranges import read_ops
 from edgevt.targets import tflite
+from edgevt.targets.tflite_profile import LAYOUT_OPS
+from edgevt.timing import median_ms_loaded_in_turn, runner_turn
 from edgevt.validate.evaluate import compare_logits
 
 REPO = Path(__file__).resolve().parent.parent
-# Ops that move or reshape data: the quantizer gives them their input's scale, so keeping
-# them float only adds QUANTIZE/DEQUANTIZE pairs around them. Not worth a file each.
-LAYOUT_OPS = {"RESHAPE", "TRANSPOSE", "STRIDED_SLICE", "SLICE", "SPLIT", "CONCATENATION",
-              "PACK", "UNPACK", "GATHER", "GATHER_ND", "PAD", "PADV2", "BROADCAST_TO",
-              "QUANTIZE", "DEQUANTIZE"}  # fmt: skip
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("model")

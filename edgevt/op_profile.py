@@ -158,9 +158,10 @@ def measure(
     logits = {}
     for k, path in files.items():
         with make_runner(path, max(threads)) as runner:
-            logits[k] = runner.infer(images).astype(np.float64)
-    ref = logits["fp32"]
-    return {k: (ms[k], _cosine(ref, logits[k])) for k in files}
+            logits[k] = runner.infer(images)
+    from edgevt.validate.evaluate import compare_logits
+
+    return {k: (ms[k], compare_logits(logits["fp32"], logits[k])["cosine"]) for k in files}
 
 
 def _iterations(runner: Any, x: np.ndarray) -> int:
@@ -174,12 +175,6 @@ def _iterations(runner: Any, x: np.ndarray) -> int:
         runner.infer(x)
         ms = (time.perf_counter() - start) * 1e3
     return max(3, min(ITERATIONS, int(TURN_MS / max(ms, 1e-3))))
-
-
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    num = (a * b).sum(1)
-    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    return float(np.mean(num / np.maximum(den, 1e-30)))
 
 
 def host_label() -> str:

@@ -178,3 +178,10 @@ def test_an_int8_file_slower_than_fp32_is_named_with_both_numbers(
     assert "int8 latency here: 6.00 ms vs fp32 4.00 ms at 1 thread (0.67x)" in " ".join(notes)
     warning = next(n for n in notes if n.startswith("WARNING"))
     assert "slower than fp32 at [1] thread(s)" in warning and "--optimize balanced" in warning
+
+
+def test_a_run_without_int8_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    pytest.importorskip("ai_edge_litert", reason="pip install edgevt[tflite]")
+    run = api.export(tiny_model(), "tflite", out=tmp_path / "run", progress=False).run_dir.path
+    with pytest.raises(EdgevtError, match="no calibration.json: export it with --int8 first"):
+        api.profile(run)

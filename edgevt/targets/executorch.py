@@ -103,9 +103,10 @@ def lower(exported: Any, info: ArtifactInfo, path: Path, delegate: str = "xnnpac
     from executorch.exir import to_edge_transform_and_lower
 
     from edgevt.io import atomic_path
+    from edgevt.targets.coreml.runner import quiet  # coremltools' bars and Linux warnings
 
     blob = torch.tensor(list(info.to_json().encode()), dtype=torch.uint8)
-    with _quiet_coremltools():
+    with quiet():
         edge = to_edge_transform_and_lower(
             exported, partitioner=[_partitioner(delegate)], constant_methods={INFO_METHOD: blob}
         )
@@ -114,13 +115,6 @@ def lower(exported: Any, info: ArtifactInfo, path: Path, delegate: str = "xnnpac
     with atomic_path(path) as tmp:
         tmp.write_bytes(program.buffer)
     return delegation
-
-
-def _quiet_coremltools() -> contextlib.AbstractContextManager:
-    """coremltools' conversion progress bars and Linux warnings, kept off the terminal."""
-    from edgevt.targets.coreml.runner import quiet
-
-    return quiet()
 
 
 def _delegation(graph_module: Any, delegate: str) -> dict[str, Any]:
@@ -196,9 +190,8 @@ def read_pte_info(path: Path) -> ArtifactInfo | None:
     return ArtifactInfo.from_json(bytes(blob.numpy().tobytes()).decode(), str(path))
 
 
-def read_delegates(path: Path) -> tuple[list[str], list[str]]:
-    """The delegates ``forward`` calls (``XnnpackBackend``, ``CoreMLBackend``) and the ops it
-    leaves to portable kernels, read from the program's flatbuffer."""
+def _forward_plan(path: Path) -> tuple[Any, Any]:
+    """The program's flatbuffer and its ``forward`` execution plan."""
     from executorch.exir._serialize._program import deserialize_pte_binary
 
     try:
@@ -207,19 +200,24 @@ def read_delegates(path: Path) -> tuple[list[str], list[str]]:
         raise EdgevtError(
             f"{path} is not an ExecuTorch program (corrupt or truncated?): {exc} — export it again."
         ) from exc
-    plan = next(p for p in program.execution_plan if p.name == "forward")
+    return program, next(p for p in program.execution_plan if p.name == "forward")
+
+
+def read_delegates(path: Path) -> tuple[list[str], list[str]]:
+    """The delegates ``forward`` calls (``XnnpackBackend``, ``CoreMLBackend``) and the ops it
+    leaves to portable kernels."""
+    _, plan = _forward_plan(path)
     return [d.id for d in plan.delegates], [op.name for op in plan.operators]
 
 
 def coreml_package(path: Path, folder: Path) -> Path:
     """The Core ML package a Core ML-delegated ``.pte`` embeds, unpacked into ``folder``: the
     model Core ML compiles on the Apple device."""
-    from executorch.exir._serialize._program import deserialize_pte_binary
+    from edgevt.targets.coreml.runner import quiet
 
-    with _quiet_coremltools():  # the package imports coremltools
+    with quiet():  # the package imports coremltools
         from executorch.backends.apple.coreml import executorchcoreml
-    program = deserialize_pte_binary(path.read_bytes()).program
-    plan = next(p for p in program.execution_plan if p.name == "forward")
+    program, plan = _forward_plan(path)
     (delegate,) = plan.delegates
     blob = program.backend_delegate_data[delegate.processed.index].data
     if not executorchcoreml.unflatten_directory_contents(bytes(blob), str(folder)):

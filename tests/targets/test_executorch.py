@@ -32,6 +32,22 @@ def exported(tmp_path_factory, calib_dir: Path) -> api.ExportOutcome:
                       calib_size=16, progress=False)  # fmt: skip
 
 
+def _fused_and_table(exported: api.ExportOutcome):
+    """The run's fused model and CalibrationTable, to quantize again in a test."""
+    from edgevt.fused import load_fused
+
+    run = exported.run_dir.path
+    return load_fused(run / "fused.pt")[0], CalibrationTable.load(run / "calibration.json")
+
+
+def _with_range(table: CalibrationTable, key: str, **change: float) -> CalibrationTable:
+    """``table`` with one activation range changed."""
+    r = table.activations[key]
+    return dataclasses.replace(
+        table, activations={**table.activations, key: dataclasses.replace(r, **change)}
+    )
+
+
 def test_fp32_and_int8_programs_with_their_info(exported) -> None:
     fp32, int8 = exported.artifacts
     assert fp32.path.name == "model.pte" and int8.path.name == "model_int8.pte"
@@ -57,22 +73,12 @@ def test_int8_scales_are_the_tables(exported, calib_dir: Path) -> None:
     reads the converted graph), and its logits move."""
     import torch
 
-    from edgevt.fused import load_fused
-
-    run = exported.run_dir.path
-    model, _ = load_fused(run / "fused.pt")
-    table = CalibrationTable.load(run / "calibration.json")
+    model, table = _fused_and_table(exported)
     x = real_images("tiny_cnn", 4)
     base, report = quantize(model, x[:1], table, QuantConfig(), [x])
     key = report.honoured[0]
     r = table.activations[key]
-    wide = dataclasses.replace(
-        table,
-        activations={
-            **table.activations,
-            key: dataclasses.replace(r, min=4 * r.min, max=4 * r.max),
-        },
-    )
+    wide = _with_range(table, key, min=4 * r.min, max=4 * r.max)
     moved, wide_report = quantize(model, x[:1], wide, QuantConfig(), [x])
     assert key in wide_report.honoured and wide_report.not_honoured == []
     scales = [float(n.args[1]) for n in moved.graph.nodes
@@ -86,11 +92,7 @@ def test_int8_scales_are_the_tables(exported, calib_dir: Path) -> None:
 def test_float_ops_of_the_quant_config_stay_float(exported) -> None:
     import torch
 
-    from edgevt.fused import load_fused
-
-    run = exported.run_dir.path
-    model, _ = load_fused(run / "fused.pt")
-    table = CalibrationTable.load(run / "calibration.json")
+    model, table = _fused_and_table(exported)
     ops = sorted(table.ops)
     x = real_images("tiny_cnn", 2)
     converted, report = quantize(model, x[:1], table, QuantConfig().keep_float(ops), [x])
@@ -155,20 +157,13 @@ def test_a_damaged_program_is_named(exported, tmp_path: Path) -> None:
 def test_a_scale_that_is_not_the_tables_is_listed(exported) -> None:
     """The check after conversion reads the graph: a table range the program does not carry
     is named with both scales."""
-    from edgevt.fused import load_fused
     from edgevt.targets.executorch import PteQuantReport, _check_scales
 
-    run = exported.run_dir.path
-    model, _ = load_fused(run / "fused.pt")
-    table = CalibrationTable.load(run / "calibration.json")
+    model, table = _fused_and_table(exported)
     x = real_images("tiny_cnn", 2)
     converted, report = quantize(model, x[:1], table, QuantConfig(), [x])
     key = report.honoured[0]
-    r = table.activations[key]
-    moved = dataclasses.replace(
-        table,
-        activations={**table.activations, key: dataclasses.replace(r, max=r.max * 3 + 1)},
-    )
+    moved = _with_range(table, key, max=table.activations[key].max * 3 + 1)
     sources = {n.args[0].name: key for n in converted.graph.nodes
                if "quantize_per_tensor" in str(n.target)
                and "dequantize" not in str(n.target)}  # fmt: skip
