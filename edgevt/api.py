@@ -435,10 +435,26 @@ def evaluate(
     threads: int | None = None,
     fused: bool = False,
     seed: int = 0,
+    workers: int = 1,
     progress: bool = True,
 ) -> EvalResult:
     """Top-1/top-5 of a zoo model or an exported artifact on labelled images (``seed``: of a
-    zoo model's random weights, without a checkpoint)."""
+    zoo model's random weights, without a checkpoint).
+
+    ``workers`` > 1 splits the images into shards of whole batches, evaluated by that many
+    local processes (each loads the model once, with the cores shared out unless ``threads``
+    is given); the merged result equals one process's, logits included.
+    """
+    if workers != 1:
+        from edgevt.shards import EvalJob, evaluate_sharded
+
+        job = EvalJob(
+            str(model_or_artifact), str(data), labels=None if labels is None else str(labels),
+            limit=limit, batch_size=batch_size, threads=threads,
+            runner_options={"checkpoint": checkpoint, "pretrained": pretrained, "fused": fused,
+                            "seed": seed},
+        )  # fmt: skip
+        return evaluate_sharded(job, workers, progress=progress)
     runner = open_runner(
         model_or_artifact, checkpoint, pretrained=pretrained, threads=threads, fused=fused,
         seed=seed,

@@ -25,7 +25,18 @@ def add_parser(sub) -> None:
     p.add_argument("--fused", action="store_true", help="fuse a zoo model before evaluating")
     p.add_argument("--limit", type=count(1), help="evaluate at most N images (class-interleaved)")
     p.add_argument("--batch-size", type=count(1), help="images per inference (default 32)")
-    p.add_argument("--threads", type=count(1), help="inference threads (default: runtime default)")
+    p.add_argument(
+        "--threads",
+        type=count(1),
+        help="inference threads (default: the runtime's; with --workers, cores / workers each)",
+    )
+    p.add_argument(
+        "--workers",
+        type=count(1),
+        default=1,
+        help="split the images over N local processes, each loading the model once; the "
+        "result equals one process's exactly (default 1)",
+    )
     add_json(p)
     p.set_defaults(func=evaluate)
 
@@ -35,6 +46,7 @@ def evaluate(args: argparse.Namespace) -> None:
 
     result = api.evaluate(
         args.target, args.data, labels=args.labels, limit=args.limit, fused=args.fused,
+        workers=args.workers,
         **given(args, "checkpoint", "pretrained", "batch_size", "threads", "seed"),
     )  # fmt: skip
     note_random(result.runner.get("weights", ""))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,18 @@ class EvalResult:
     seconds: float
     logits: np.ndarray | None = field(default=None, repr=False)
     labels: np.ndarray | None = field(default=None, repr=False)
+
+    def per_class(self) -> dict[int, tuple[int, int, int]]:
+        """Class index -> (images, top-1 hits, top-5 hits); needs the kept logits."""
+        if self.logits is None or self.labels is None:
+            raise ValueError("per_class needs the logits (evaluate with keep_logits=True)")
+        top1 = topk_correct(self.logits, self.labels, 1)
+        top5 = topk_correct(self.logits, self.labels, 5)
+        return {
+            int(c): (int(m.sum()), int(top1[m].sum()), int(top5[m].sum()))
+            for c in np.unique(self.labels)
+            for m in [self.labels == c]
+        }
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -54,7 +67,6 @@ def evaluate(
         raise DataError(f"{dataset.root} has no labels; evaluation needs labelled images.")
     from tqdm.auto import tqdm
 
-    logits, labels = [], []
     start = time.perf_counter()
     with (
         runner,
@@ -66,29 +78,56 @@ def evaluate(
             leave=False,
         ) as bar,
     ):
-        for images, batch_labels in dataset.batches(runner.info.preprocess, batch_size):
-            out = runner.infer(images)
-            if not np.isfinite(out).all():  # scores of NaN logits would read as a bad model
-                what = getattr(runner, "path", None) or runner.info.model
-                raise EdgevtError(
-                    f"{what} gives NaN or infinite logits on {dataset.root}: its weights are "
-                    "damaged or an op overflows — export it again (and `edgevt eval` the run's "
-                    "fp32 file to see whether that one is fine)."
-                )
-            logits.append(out)
-            labels.append(batch_labels)
-            bar.update(len(batch_labels))
-    all_logits = np.concatenate(logits)
-    all_labels = np.concatenate(labels)
+        all_logits, all_labels = infer_dataset(runner, dataset, batch_size, bar.update)
+    return scored(
+        all_logits, all_labels, runner.describe(), str(dataset.root),
+        time.perf_counter() - start, keep_logits,
+    )  # fmt: skip
+
+
+def infer_dataset(
+    runner: Runner,
+    dataset: ImageDataset,
+    batch_size: int = 32,
+    done: Callable[[int], object] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and labels of every image, in the dataset's order (``done(n)`` after each batch).
+    The runner stays loaded: a worker evaluating many shards loads its model once."""
+    logits, labels = [], []
+    for images, batch_labels in dataset.batches(runner.info.preprocess, batch_size):
+        out = runner.infer(images)
+        if not np.isfinite(out).all():  # scores of NaN logits would read as a bad model
+            what = getattr(runner, "path", None) or runner.info.model
+            raise EdgevtError(
+                f"{what} gives NaN or infinite logits on {dataset.root}: its weights are "
+                "damaged or an op overflows — export it again (and `edgevt eval` the run's "
+                "fp32 file to see whether that one is fine)."
+            )
+        logits.append(out)
+        labels.append(batch_labels)
+        if done is not None:
+            done(len(batch_labels))
+    return np.concatenate(logits), np.concatenate(labels)
+
+
+def scored(
+    logits: np.ndarray,
+    labels: np.ndarray,
+    runner: dict[str, Any],
+    data: str,
+    seconds: float,
+    keep_logits: bool = True,
+) -> EvalResult:
+    """The EvalResult of logits in image order (one process's, or shards' merged)."""
     return EvalResult(
-        top1=100.0 * float(topk_correct(all_logits, all_labels, 1).mean()),
-        top5=100.0 * float(topk_correct(all_logits, all_labels, 5).mean()),
-        n=len(all_labels),
-        runner=runner.describe(),
-        data=str(dataset.root),
-        seconds=time.perf_counter() - start,
-        logits=all_logits if keep_logits else None,
-        labels=all_labels if keep_logits else None,
+        top1=100.0 * float(topk_correct(logits, labels, 1).mean()),
+        top5=100.0 * float(topk_correct(logits, labels, 5).mean()),
+        n=len(labels),
+        runner=runner,
+        data=data,
+        seconds=seconds,
+        logits=logits if keep_logits else None,
+        labels=labels if keep_logits else None,
     )
 
 
