@@ -58,6 +58,8 @@ class PipelineOutcome:
 def load_config(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     config = read_toml(path, "pipeline config")
+    if "sweep" in config:
+        raise EdgevtError(f"{path} is a sweep file: run it with `edgevt sweep {path}`.")
     for name in config:
         if name not in SECTIONS:
             raise EdgevtError(
@@ -135,11 +137,17 @@ def load_config(path: str | Path) -> dict[str, Any]:
     return config
 
 
-def _check_types(path: Path, config: dict[str, Any]) -> None:
+def _check_types(
+    path: Path,
+    config: dict[str, Any],
+    sections: dict[str, dict[str, type | tuple[type, ...]]] = KEYS,
+    arrays: tuple[str, ...] = ("export", "devices"),
+) -> None:
     """Unknown keys and values of the wrong type, named by their path in the file
-    (``[[export]][1].max_dorp: unknown key; did you mean max_drop?``)."""
-    for section, keys in KEYS.items():
-        plural = section in ("export", "devices")
+    (``[[export]][1].max_dorp: unknown key; did you mean max_drop?``). ``arrays``: the
+    sections written as [[arrays of tables]]."""
+    for section, keys in sections.items():
+        plural = section in arrays
         value = config.get(section, [] if plural else {})
         tables = value if isinstance(value, list) else [value]
         if not all(isinstance(t, dict) for t in tables) or isinstance(value, list) != plural:
@@ -279,11 +287,27 @@ class _State:
         write_json(self.path, {"format": "edgevt.pipeline/1", "stages": self.stages})
 
 
+class _Recorder(_State):
+    """A copy of another process's state: decides what is fresh the same way, and keeps what
+    finished for that process to record (a sweep's cells run as tasks; one driver writes
+    pipeline.json)."""
+
+    def __init__(self, stages: dict[str, dict[str, Any]]) -> None:
+        self.stages = dict(stages)
+        self.finished: list[tuple[str, str, list[Path]]] = []
+
+    def done(self, stage: str, key: str, outputs: list[Path]) -> None:
+        self.stages[stage] = {"key": key, "outputs": [str(p) for p in outputs]}
+        self.finished.append((stage, key, outputs))
+
+
 class _Stages:
     """Runs a stage unless its key is unchanged and its outputs exist (then skips it)."""
 
-    def __init__(self, out: Path, force: bool, log: Callable[[str], None]) -> None:
-        self.state, self.force, self.log = _State(out), force, log
+    def __init__(
+        self, out: Path, force: bool, log: Callable[[str], None], state: _State | None = None
+    ) -> None:
+        self.state, self.force, self.log = state or _State(out), force, log
         self.outcome = PipelineOutcome(out)
 
     def __call__(self, name: str, key: str, outputs: list[Path], work: Callable[[], None]):
@@ -315,8 +339,7 @@ def _run_stages(
 
     stage = _Stages(out, force, log)
     model = config["model"]
-    weights = sha256(Path(model["checkpoint"])) if model.get("checkpoint") else None
-    model_key = _key(model, weights)
+    model_key = _model_key(config)
     calib_key = _calibrate(config, stage, model_key)
     run_dirs = [_export(config, spec, stage, model_key, calib_key) for spec in config["export"]]
     device_results = _bundles(config, stage, run_dirs)
@@ -326,6 +349,13 @@ def _run_stages(
     title = config.get("report", {}).get("title", f"edgevt run: {model['name']}")
     stage.outcome.report = write_report(report, report_dir, title)["html"]
     return stage.outcome
+
+
+def _model_key(config: dict[str, Any]) -> str:
+    """What every stage depends on: the [model] section and its checkpoint's bytes."""
+    model = config["model"]
+    weights = sha256(Path(model["checkpoint"])) if model.get("checkpoint") else None
+    return _key(model, weights)
 
 
 def _common(config: dict[str, Any]) -> dict[str, Any]:

@@ -73,6 +73,9 @@ class Report:
     device_accuracy: list[dict[str, Any]] = field(default_factory=list)
     # RUN/op_profile_<target>.json: what each op type costs in int8 (`edgevt profile`)
     profiles: list[dict[str, Any]] = field(default_factory=list)
+    # a sweep's best artifact per model and place within its accuracy budget (edgevt.leaderboard)
+    leaderboard: list[dict[str, Any]] = field(default_factory=list)
+    leaderboard_budget: float | None = None
 
 
 def _load_json(path: Path, what: str) -> dict[str, Any]:
@@ -87,12 +90,18 @@ def _load_json(path: Path, what: str) -> dict[str, Any]:
     return data
 
 
-def collect(run_dirs: list[Path], device_results: list[Path] = ()) -> Report:
+def collect(
+    run_dirs: list[Path],
+    device_results: list[Path] = (),
+    names: dict[Path, str] | None = None,
+) -> Report:
+    """``names``: a run directory -> the name its rows get (default: its folder's name; a
+    sweep names them ``group/run``, since every group has an ``onnx-int8``)."""
     report = Report([], [], [], {})
     owners: dict[str, tuple[str, str]] = {}  # artifact file name -> (run, model)
     for run_dir in run_dirs:
         try:
-            _collect_run(Path(run_dir), report, owners)
+            _collect_run(Path(run_dir), report, owners, (names or {}).get(Path(run_dir)))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise EdgevtError(
                 f"run {run_dir} holds a damaged record ({type(exc).__name__}: {exc}) in its "
@@ -100,7 +109,7 @@ def collect(run_dirs: list[Path], device_results: list[Path] = ()) -> Report:
                 "that wrote it (`edgevt export`, `edgevt eval`), or export into a fresh -o folder."
             ) from None
     for path in dict.fromkeys(Path(p).resolve() for p in device_results):  # each file once
-        _collect_device(path, report, owners)
+        _collect_device(path, report, owners, names or {})
     _speedups(report.timings)
     if not report.rows and not report.timings and not report.checks:
         raise EdgevtError("nothing to report: the runs hold no evaluation or benchmark results.")
@@ -204,7 +213,9 @@ def _records(stages: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _collect_run(run_dir: Path, report: Report, owners: dict[str, tuple[str, str]]) -> None:
+def _collect_run(
+    run_dir: Path, report: Report, owners: dict[str, tuple[str, str]], run_name: str | None = None
+) -> None:
     manifest_path = run_dir / "manifest.json"
     if not run_dir.is_dir():
         raise EdgevtError(
@@ -223,7 +234,7 @@ def _collect_run(run_dir: Path, report: Report, owners: dict[str, tuple[str, str
     stages = manifest["stages"]
     if not stages:
         raise EdgevtError(f"{manifest_path} records no stages; re-run `edgevt export`.")
-    run = run_dir.name
+    run = run_name or run_dir.name
     inputs = next(iter(stages.values()), {}).get("inputs", {})
     model = inputs.get("model", "?")
     if not isinstance(model, str) or not isinstance(inputs.get("weights", ""), str):
@@ -338,7 +349,12 @@ def _calibration(table: Path, run: str, records: dict[str, dict[str, Any]]) -> d
     }
 
 
-def _collect_device(path: Path, report: Report, owners: dict[str, tuple[str, str]]) -> None:
+def _collect_device(
+    path: Path,
+    report: Report,
+    owners: dict[str, tuple[str, str]],
+    names: dict[Path, str] | None = None,
+) -> None:
     if not path.is_file():
         raise EdgevtError(
             path_problem(path, "device results")
@@ -397,6 +413,7 @@ def _collect_device(path: Path, report: Report, owners: dict[str, tuple[str, str
             _positive_int(r.get("batch", 1), "batch")
             run, model = owners.get(r["artifact"], ("device", r.get("model", "?")))
             run = r.get("run") or run  # bundles name the run they came from
+            run = _renamed(path, run, names or {})
             target = next((x.target for x in report.rows
                            if (x.run, x.artifact) == (run, r["artifact"])), "?")  # fmt: skip
             report.timings.append(
@@ -408,6 +425,15 @@ def _collect_device(path: Path, report: Report, owners: dict[str, tuple[str, str
         raise EdgevtError(
             f"device results {path} lack {exc} or hold a wrong value; re-run run_bundle.py."
         ) from None
+
+
+def _renamed(results: Path, run: str, names: dict[Path, str]) -> str:
+    """A renamed run's name for a bundle's results inside the same output folder (a sweep
+    group's ``bundles/<device>/results/``): ``onnx-int8`` -> ``lite0/onnx-int8``."""
+    for run_dir, name in names.items():
+        if run_dir.name == run and results.is_relative_to(Path(run_dir).resolve().parent):
+            return name
+    return run
 
 
 def _time(value: Any) -> float:
@@ -687,6 +713,19 @@ def _debug_html(debug: list[dict[str, Any]], out: Path) -> str:
             f"<ul>{links}</ul>")  # fmt: skip
 
 
+def _leaderboard(report: Report) -> tuple[list[list[str]], str]:
+    if not report.leaderboard:
+        return [], ""
+    from edgevt.leaderboard import leaderboard_table
+
+    note = (
+        "Per model, place and thread count: the fastest timed file whose top-1 is within "
+        f"{report.leaderboard_budget:g} pt of the model's fp32 PyTorch top-1 (on a device, its "
+        "on-device top-1 where the bundle measured one)."
+    )
+    return leaderboard_table(report.leaderboard), note
+
+
 def write_report(report: Report, out: Path, title: str) -> dict[str, Path]:
     """``out/report.md``, ``out/report.html`` and ``out/report.json``, each written atomically."""
     accuracy, latency = accuracy_table(report), latency_table(report)
@@ -707,7 +746,11 @@ def write_report(report: Report, out: Path, title: str) -> dict[str, Path]:
         else ""
     )
     trt_note = _target_notes(report)
-    md = [f"# {title}", "", "## Accuracy", "", _markdown_table(accuracy), "", flips_note, "",
+    board, board_note = _leaderboard(report)
+    md = [f"# {title}", ""]
+    if board:
+        md += ["## Leaderboard", "", board_note, "", _markdown_table(board), ""]
+    md += ["## Accuracy", "", _markdown_table(accuracy), "", flips_note, "",
           random_note, "",
           "## Latency", "", _markdown_table(latency), "", trt_note, "",
           "## Accuracy vs latency", "", "See `report.html` for the plot; points:", ""]  # fmt: skip
@@ -757,6 +800,7 @@ th {{ background: #f2f2f2; }}
 td:nth-child(-n+4) {{ text-align: left; }}
 </style></head><body>
 <h1>{html.escape(title)}</h1>
+{f"<h2>Leaderboard</h2><p>{html.escape(board_note)}</p>" + _html_table(board) if board else ""}
 <h2>Accuracy vs latency</h2>
 <figure id="pareto">{scatter}
 <figcaption>One point per artifact (host, fewest threads timed); red: on its model's Pareto
@@ -789,7 +833,7 @@ front (no other artifact of that model is both faster and more accurate).
             "timings": [asdict(t) for t in report.timings],
             "points": points, "calibration": report.calibration,
             "checks": report.checks, "device_accuracy": report.device_accuracy,
-            "profiles": report.profiles}  # fmt: skip
+            "profiles": report.profiles, "leaderboard": report.leaderboard}  # fmt: skip
     texts = {"markdown": "\n".join(md) + "\n", "html": page,
              "json": json.dumps(data, indent=2) + "\n"}  # fmt: skip
     with contextlib.ExitStack() as stack:  # all three whole, or none replaced

@@ -25,6 +25,7 @@ examples:
   edgevt export levit_128s --checkpoint w.pth --target tensorrt --int8 --calib DIR
   edgevt debug runs/lite0/model_int8.onnx --data ../shared/data/imagenet-sample1000
   edgevt profile runs/levit-tflite/model_int8.tflite --threads 1 2
+  edgevt sweep configs/sweep.toml          # models x targets x precisions on Ray
 
 Without --checkpoint a model gets random (non-degenerate) weights: fine for checking
 numerics and speed, meaningless for accuracy.
@@ -41,7 +42,18 @@ class Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from edgevt import __version__
-    from edgevt.cli import bench, debug, deliver, eval, export, fuse, info, profile, qat
+    from edgevt.cli import (
+        bench,
+        debug,
+        deliver,
+        eval,
+        export,
+        fuse,
+        info,
+        profile,
+        qat,
+        sweep,
+    )
 
     parser = Parser(
         prog="edgevt",
@@ -61,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     debug.add_parser(sub)
     profile.add_parser(sub)
     deliver.add_parsers(sub)
+    sweep.add_parser(sub)
     return parser
 
 
