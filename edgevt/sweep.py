@@ -41,7 +41,7 @@ SECTIONS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "sweep": {"targets": list, "precisions": list, "methods": list, "sizes": list,
               "max_drop": (int, float)},
     "calibration": {"data": str},
-    "eval": {"data": str, "limit": int},
+    "eval": {"data": str, "limit": int, "workers": int},
     "bench": {"threads": list, "seconds": (int, float), "iterations": int},
     "devices": {"name": str, "samples": int},
     "report": {"title": str},
@@ -131,27 +131,34 @@ def load_sweep(path: str | Path, out: str | Path | None = None) -> tuple[Path, l
         raise EdgevtError(
             f"{path}: two [[model]] tables are both {twice[0]!r}; give each a label = \"...\"."
         )
-    groups = []
-    for model, label in zip(models, labels, strict=True):
-        if "name" not in model:
-            raise EdgevtError(f'{path}: [[model]] needs name = "levit_128s" (see `edgevt models`).')
-        for method, size in calibrations:
-            name = label if len(calibrations) == 1 else f"{label}-{method}-{size}"
-            config = _group_config(path, sweep, base, model, targets, precisions, method, size)
-            config["report"] = {"title": sweep.get("report", {}).get("title", "edgevt sweep")
-                                + f": {name}"}  # fmt: skip
-            folder = root / name
-            config_path = folder / "run.toml"
-            folder.mkdir(parents=True, exist_ok=True)
-            with atomic_path(config_path) as tmp:
-                tmp.write_text(
-                    f"# written by `edgevt sweep {path.name}`: one group of the sweep; "
-                    "`edgevt run` this file to redo it alone\n" + to_toml(config)
+    groups, texts = [], []
+    with tempfile.TemporaryDirectory(prefix="edgevt-sweep-") as tmp:
+        for model, label in zip(models, labels, strict=True):
+            if "name" not in model:
+                raise EdgevtError(
+                    f'{path}: [[model]] needs name = "levit_128s" (see `edgevt models`).'
                 )
-            try:
-                groups.append(Group(name, config_path, load_config(config_path)))
-            except EdgevtError as exc:  # say which line of the sweep made the bad group
-                raise EdgevtError(f"{path}: model {label}: {exc}") from None
+            for method, size in calibrations:
+                name = label if len(calibrations) == 1 else f"{label}-{method}-{size}"
+                config = _group_config(path, sweep, base, model, targets, precisions, method,
+                                       size)  # fmt: skip
+                title = sweep.get("report", {}).get("title", "edgevt sweep")
+                config["report"] = {"title": f"{title}: {name}"}
+                text = (f"# written by `edgevt sweep {path.name}`: one group of the sweep; "
+                        "`edgevt run` this file to redo it alone\n" + to_toml(config))  # fmt: skip
+                draft = Path(tmp) / f"{len(groups)}.toml"
+                draft.write_text(text)
+                try:  # every group is checked before any is written
+                    checked = load_config(draft)
+                except EdgevtError as exc:  # say which part of the sweep made the bad group
+                    raise EdgevtError(f"{path}: model {label}: {exc}") from None
+                checked["out"] = str(root / name)  # `out = "."`: the folder run.toml is in
+                groups.append(Group(name, root / name / "run.toml", checked))
+                texts.append(text)
+    for group, text in zip(groups, texts, strict=True):
+        group.out.mkdir(parents=True, exist_ok=True)
+        with atomic_path(group.config_path) as tmp_file:
+            tmp_file.write_text(text)
     return root, groups
 
 

@@ -193,8 +193,13 @@ samples = 4
 """
 
 
-def _reports_rows(path: Path) -> list[tuple]:
+def _reports_rows(path: Path, group: str | None = None) -> list[tuple]:
+    """A report's accuracy rows; ``group``: only that group's, of a sweep report (runs named
+    ``group/run``), under their own run names."""
     rows = json.loads(path.read_text())["rows"]
+    if group is not None:
+        rows = [{**r, "run": r["run"].removeprefix(f"{group}/")} for r in rows
+                if r["run"].startswith(f"{group}/")]  # fmt: skip
     return sorted(
         (r["run"], r["artifact"], r["top1"], r["top5"], r["n"], r["agreement"], r["lost"],
          r["won"], round(r["cosine"], 5))
@@ -242,9 +247,9 @@ def test_a_sweep_on_a_two_node_cluster_puts_device_work_on_the_device_node(
         shutil.copy(out / group / "run.toml", alone / "run.toml")
         subprocess.run([str(EDGEVT), "run", str(alone / "run.toml")], check=True,
                        capture_output=True, timeout=900)  # fmt: skip
-        assert _reports_rows(alone / "report" / "report.json") == _reports_rows(
-            out / group / "report" / "report.json"
-        )
+        rows = _reports_rows(alone / "report" / "report.json")
+        assert rows == _reports_rows(out / group / "report" / "report.json")
+        assert rows == _reports_rows(out / "report" / "report.json", group)  # the merged one
 
 
 @pytest.mark.slow
@@ -286,3 +291,17 @@ sizes = [32]
     left = subprocess.run(["pgrep", "-f", str(ray_dir)], capture_output=True, text=True)
     shutil.rmtree(ray_dir, ignore_errors=True)
     assert not left.stdout.strip(), left.stdout
+
+
+def test_a_bad_group_writes_nothing(tmp_path: Path, data_root: Path) -> None:
+    """The second model's checkpoint is missing: the error names it, and the first model's
+    group was not written either."""
+    path = _sweep_file(tmp_path, data_root, MODELS + """
+[[model]]
+name = "levit_128s"
+label = "levit-mine"
+checkpoint = "missing.pth"
+""")  # fmt: skip
+    with pytest.raises(EdgevtError, match="model levit-mine"):
+        load_sweep(path)
+    assert not (tmp_path / "out").exists()
