@@ -156,6 +156,7 @@ def export(
     max_drop: float | None = None,
     options: TargetOptions | dict[str, Any] | None = None,
     accept_degraded: bool = False,
+    eval_workers: int = 1,
     **target_options: Any,
 ) -> ExportOutcome:
     """Fuse, export to ``target`` and check every artifact against the fused PyTorch model.
@@ -223,8 +224,9 @@ def export(
             )
             if eval_data is not None:
                 outcome.evals = _evaluate_run(
-                    fused.loaded, [a.path for a in artifacts], run, eval_data, limit, progress
-                )
+                    fused.loaded, [a.path for a in artifacts], run, eval_data, limit, progress,
+                    workers=eval_workers, seed=seed,
+                )  # fmt: skip
     return outcome
 
 
@@ -383,9 +385,11 @@ def _evaluate_run(
     eval_data: str | Path,
     limit: int | None,
     progress: bool,
+    workers: int = 1,
+    seed: int = 0,
 ) -> dict[str, dict[str, Any]]:
     """Score PyTorch fp32 and every artifact; write eval.json and record the stage."""
-    evals = evaluate_against_reference(loaded, artifacts, eval_data, limit, progress)
+    evals = evaluate_against_reference(loaded, artifacts, eval_data, limit, progress, workers, seed)
     write_json(run / "eval.json", evals)
     run.record(
         "eval",
@@ -402,17 +406,34 @@ def evaluate_against_reference(
     data: str | Path,
     limit: int | None,
     progress: bool,
+    workers: int = 1,
+    seed: int = 0,
 ) -> dict[str, dict[str, Any]]:
-    """Top-1/top-5 of the unfused fp32 PyTorch model and of each artifact, and their agreement."""
+    """Top-1/top-5 of the unfused fp32 PyTorch model and of each artifact, and their agreement
+    (``workers`` > 1: each evaluated in that many processes, see ``edgevt.shards``; ``seed``:
+    of the model's random weights, which those processes rebuild)."""
     dataset = open_dataset(data).subset(limit)
     from edgevt.targets.pytorch import TorchRunner
 
-    ref = _evaluate(
-        TorchRunner(loaded.model, model_info(loaded, "pytorch", False)), dataset, progress=progress
-    )
+    if workers > 1:
+        from edgevt.shards import EvalJob, evaluate_sharded
+
+        def score(model: str | Path, **options: Any) -> EvalResult:
+            job = EvalJob(str(model), str(data), limit=limit, runner_options=options)
+            return evaluate_sharded(job, workers, progress=progress)
+
+        weights = {"checkpoint": str(loaded.checkpoint)} if loaded.checkpoint else {"seed": seed}
+        ref = score(loaded.entry.name, **weights)
+    else:
+
+        def score(model: str | Path, **options: Any) -> EvalResult:
+            return _evaluate(open_runner(model), dataset, progress=progress)
+
+        ref = _evaluate(TorchRunner(loaded.model, model_info(loaded, "pytorch", False)), dataset,
+                        progress=progress)  # fmt: skip
     results: dict[str, dict[str, Any]] = {"pytorch_fp32": ref.to_dict()}
     for artifact in [artifacts] if isinstance(artifacts, Path) else artifacts:
-        art = _evaluate(open_runner(artifact), dataset, progress=progress)
+        art = score(artifact)
         results[artifact.name] = {
             **art.to_dict(),
             "vs_pytorch_fp32": {

@@ -36,14 +36,14 @@ KEYS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "calibration": {"data": str, "size": int, "method": str},
     "export": {"target": str, "int8": bool, "precisions": list, "max_drop": (int, float),
                "quant_config": str},
-    "eval": {"data": str, "limit": int},
+    "eval": {"data": str, "limit": int, "workers": int},
     "bench": {"threads": list, "seconds": (int, float), "iterations": int},
     "devices": {"name": str, "run": str, "samples": int},
     "report": {"out": str, "title": str},
 }  # fmt: skip
 SECTIONS = {"out", *KEYS}
-POSITIVE = {"calibration": ("size",), "eval": ("limit",), "bench": ("seconds", "iterations"),
-            "devices": ("samples",)}  # fmt: skip
+POSITIVE = {"calibration": ("size",), "eval": ("limit", "workers"),
+            "bench": ("seconds", "iterations"), "devices": ("samples",)}  # fmt: skip
 NOT_NEGATIVE = {"model": ("seed",), "export": ("max_drop",)}
 
 
@@ -395,12 +395,15 @@ def _export(
     precisions = target.resolve_precisions(spec.get("precisions", []), spec.get("int8"))
     int8 = target.spec.int8_precision in precisions
     run_dir = out / _run_name(spec)
-    key = _key(model_key, spec, evaluation, calib_key if int8 else None)
+    # how many processes evaluate changes no score: not part of the key
+    scored = {k: v for k, v in evaluation.items() if k != "workers"}
+    key = _key(model_key, spec, scored, calib_key if int8 else None)
     outputs = [run_dir / artifact_name(target.spec, p) for p in precisions]
     stage(f"export {run_dir.name}", key, outputs, lambda: api.export(
         config["model"]["name"], target.spec.name, out=run_dir, int8=int8,
         precisions=precisions[1:], calib_table=out / "calib" / "calibration.json" if int8 else None,
         eval_data=evaluation.get("data"), limit=evaluation.get("limit"),
+        eval_workers=int(evaluation.get("workers", 1)),
         max_drop=spec.get("max_drop"),
         calib=calib.get("data") if spec.get("max_drop") is not None else None,
         quant_config=spec.get("quant_config"), options=_target_options(spec), **_common(config),

@@ -43,6 +43,10 @@ def add_parsers(sub) -> None:
     )
     p.add_argument("--limit", type=count(1), help="evaluate at most N images")
     p.add_argument(
+        "--eval-workers", type=count(1), metavar="N",
+        help="evaluate in N local processes (shards of whole batches; the same scores as one)",
+    )  # fmt: skip
+    p.add_argument(
         "--precision",
         nargs="+",
         default=[],
@@ -102,7 +106,7 @@ def export(args: argparse.Namespace) -> None:
         calib_table=args.calib_table, quant_config=args.quant_config, max_drop=args.max_drop,
         precisions=[p for arg in args.precision for p in arg.split(",") if p],
         accept_degraded=args.accept_degraded,
-        **given(args, "checkpoint", "pretrained", "seed", "calib_size", "method"),
+        **given(args, "checkpoint", "pretrained", "seed", "calib_size", "method", "eval_workers"),
         **_target_options(args),
     )  # fmt: skip
     note_random(out.weights)

@@ -95,3 +95,18 @@ def test_ray_actors_evaluate_shards_like_one_process(
     finally:
         shutil.rmtree(ray_dir, ignore_errors=True)
     assert proc.returncode == 0 and "same" in proc.stdout, proc.stderr[-3000:]
+
+
+def test_an_export_evaluated_by_workers_scores_as_one_process(tmp_path: Path, val_dir) -> None:
+    """`edgevt export --eval-workers 2` (and [eval] workers in a pipeline): the reference and
+    each file are sharded. Random weights: the workers rebuild the same model from its seed, so
+    the file still agrees with the reference it was exported from."""
+    out = api.export("levit_128s", seed=3, out=tmp_path / "levit", eval_data=val_dir, limit=64,
+                     eval_workers=2, progress=False)  # fmt: skip
+    sharded = out.evals
+    one = api.evaluate("levit_128s", val_dir, seed=3, limit=64, progress=False)
+    assert sharded["pytorch_fp32"]["n"] == 64
+    assert sharded["pytorch_fp32"]["top5"] == round(one.top5, 3)
+    assert sharded["pytorch_fp32"]["runner"]["workers"] == 2
+    assert sharded["model.onnx"]["vs_pytorch_fp32"]["cosine"] > 0.99999
+    assert sharded["model.onnx"]["vs_pytorch_fp32"]["top1_agreement"] == 1.0
