@@ -10,7 +10,8 @@ against the fp32 PyTorch model and McNemar's exact p.
         [--limit 1000] [--work runs/targets-lite0] [--out reports/targets_lite0.md]
 
 ``--targets`` also takes variants of a target with its own options: ``executorch-coreml``
-(ExecuTorch lowered to the Core ML delegate).
+(ExecuTorch lowered to the Core ML delegate), ``tflite-maxdrop`` and ``coreml-maxdrop``
+(``--max-drop 0.3``: the ops to keep in float chosen on the calibration images).
 """
 
 from __future__ import annotations
@@ -29,7 +30,12 @@ from edgevt.targets import all_targets
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "efficientnet_lite0"
 # a row name -> (target, its export options)
-VARIANTS = {"executorch-coreml": ("executorch", {"delegate": "coreml"})}
+VARIANTS = {
+    "executorch-coreml": ("executorch", {"delegate": "coreml"}),
+    # --max-drop 0.3: the float ops chosen in QuantSim with the target's rules
+    "tflite-maxdrop": ("tflite", {"max_drop": 0.3}),
+    "coreml-maxdrop": ("coreml", {"max_drop": 0.3}),
+}
 
 
 def _rows() -> list[str]:

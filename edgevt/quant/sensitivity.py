@@ -121,3 +121,37 @@ def choose_float_layers(
     fq.set_active(ops)
     measure = "top-1 drop vs labels" if labelled else "top-1 disagreement with fp32"
     return SensitivityResult(ranking, order[:best_k], all_int8, best_drop, len(images), measure)
+
+
+def budget_config(ctx: Any, rules: TargetRules, fp32_onnx: Path | None = None):
+    """``--max-drop`` for any target with a simulation of its int8 rules: the fewest, most
+    sensitive ops to keep in float (chosen on the calibration images), as the QuantConfig the
+    target then exports with; writes RUN/sensitivity.json. ``fp32_onnx``: the graph that maps
+    the quantized tensors (a target without an ONNX file of its own gets a temporary one, as
+    QAT does). Returns (config, the sensitivity record)."""
+    import tempfile
+
+    from edgevt.io import write_json
+
+    config = ctx.config or QuantConfig()
+    with tempfile.TemporaryDirectory(prefix="edgevt-sensitivity-") as tmp:
+        if fp32_onnx is None:
+            from edgevt.targets.onnx import export_onnx
+
+            fp32_onnx = export_onnx(ctx.model, ctx.info, Path(tmp) / "graph.onnx")
+        result = choose_float_layers(
+            ctx.model, ctx.table, config, rules, ctx.calib or ctx.table.data,
+            ctx.info.preprocess, ctx.max_drop, fp32_onnx=fp32_onnx, progress=ctx.progress,
+        )  # fmt: skip
+    details = result.to_dict()
+    write_json(ctx.run / "sensitivity.json", details)
+    return config.keep_float(result.kept_float), details
+
+
+def budget_summary(details: dict[str, Any]) -> str:
+    """What ``--max-drop`` chose, for an export's one-line int8 summary."""
+    return (
+        f"; --max-drop: all-int8 {details['drop_all_int8']:.2f} pt -> "
+        f"{details['drop_chosen']:.2f} pt ({details['measure']}, {details['images']} "
+        "calibration images)"
+    )

@@ -229,15 +229,10 @@ class OnnxTarget(Target):
         details: dict[str, Any] = {}
         files = {"calibration": ctx.run / "calibration.json"}
         if ctx.max_drop is not None:
-            from edgevt.quant.sensitivity import choose_float_layers
+            from edgevt.quant.sensitivity import budget_config
 
-            sensitivity = choose_float_layers(
-                ctx.model, ctx.table, config, rules, ctx.calib or ctx.table.data,
-                ctx.info.preprocess, ctx.max_drop, fp32_onnx=fp32, progress=ctx.progress,
-            )  # fmt: skip
-            config = config.keep_float(sensitivity.kept_float)
-            details["sensitivity"] = sensitivity.to_dict()
-            files["sensitivity"] = write_json(ctx.run / "sensitivity.json", details["sensitivity"])
+            config, details["sensitivity"] = budget_config(ctx, rules, fp32)
+            files["sensitivity"] = ctx.run / "sensitivity.json"
         files["config"] = write_json(ctx.run / "quant_config.json", config.to_dict())
         qdq = ctx.path(self.spec, "int8")
         info = ctx.info_for("int8", ort_optimization=self.ort_optimization)
@@ -248,11 +243,9 @@ class OnnxTarget(Target):
             + (f", {len(plan.kept_float)} kept in float" if plan.kept_float else ""),
         )  # fmt: skip
         if "sensitivity" in details:
-            s = details["sensitivity"]
-            quant.summary += (
-                f"; --max-drop: all-int8 {s['drop_all_int8']:.2f} pt -> {s['drop_chosen']:.2f} pt "
-                f"({s['measure']}, {s['images']} calibration images)"
-            )
+            from edgevt.quant.sensitivity import budget_summary
+
+            quant.summary += budget_summary(details["sensitivity"])
         return Artifact(qdq, "int8", quant, files, details=details), plan
 
     def check(self, artifact: Artifact, images: np.ndarray, reference: np.ndarray) -> dict:

@@ -424,6 +424,7 @@ class TfliteTarget(Target):
     Options = TfliteOptions
     requires = REQUIRES
     supports_debug = True
+    supports_max_drop = True  # the float ops chosen in QuantSim with LiteRT's rules
     version_packages = ("litert-torch", "ai-edge-quantizer", "ai-edge-litert")
     cli_options = (
         ("int8_io", {"action": "store_true",
@@ -517,6 +518,11 @@ class TfliteTarget(Target):
             if options.optimize not in OPTIMIZE:
                 raise EdgevtError(f"--optimize {options.optimize}: choose from "
                                   f"{', '.join(OPTIMIZE)}.")  # fmt: skip
+            if max_drop is not None and options.optimize != "full":
+                raise EdgevtError(
+                    f"--optimize {options.optimize} chooses the float ops for speed; --max-drop "
+                    "chooses them for accuracy. Drop one (or use --optimize full)."
+                )
             if options.float_ops and options.optimize != "full":
                 raise EdgevtError(
                     f"--optimize {options.optimize} chooses the float ops itself; drop it, or "
@@ -525,10 +531,17 @@ class TfliteTarget(Target):
 
     def export(self, ctx: ExportContext, options: TfliteOptions) -> list[Artifact]:
         """fp32 through litert-torch, then fp16 / w8 / int8 from it with ai-edge-quantizer.
-        int8 is full-integer unless the quant config names the ops to quantize."""
+        int8 is full-integer unless the quant config (or ``--max-drop``'s choice, simulated
+        with LiteRT's rules) names ops to keep in float."""
         if ctx.config is not None and options.optimize not in (None, "full"):
             raise EdgevtError(f"--optimize {options.optimize} chooses the float ops itself; "
                               "drop it, or drop --quant-config.")  # fmt: skip
+        budget: dict[str, Any] = {}
+        if ctx.max_drop is not None and "int8" in ctx.precisions:
+            from edgevt.quant.sensitivity import budget_config
+
+            config, budget = budget_config(ctx, LITERT_RULES)
+            ctx = dataclasses.replace(ctx, config=config)
         fp32 = ctx.path(self.spec, "fp32")
         with ctx.stage(f"converting {ctx.info.model} to TFLite (litert-torch)"):
             convert_fp32(ctx.model, ctx.images[:1], ctx.info, fp32)
@@ -553,6 +566,11 @@ class TfliteTarget(Target):
                 report, notes, details = self._latency_aware(ctx, options, fp32, path, write,
                                                              gap_images, report)  # fmt: skip
             quantization = _quantization(report) if int8 else None
+            if int8 and budget:
+                from edgevt.quant.sensitivity import budget_summary
+
+                quantization.summary += budget_summary(budget)
+                details["sensitivity"] = budget
             artifacts.append(Artifact(path, precision, quantization, notes=notes,
                                       details={**report.to_dict(), **details}))  # fmt: skip
         if ctx.config is not None:
@@ -560,6 +578,9 @@ class TfliteTarget(Target):
 
             config = write_json(ctx.run / "quant_config.json", ctx.config.to_dict())
             artifacts[-1].files["config"] = config
+        if budget:
+            int8_file = next(a for a in artifacts if a.precision == "int8")
+            int8_file.files["sensitivity"] = ctx.run / "sensitivity.json"
         return artifacts
 
     def _latency_aware(

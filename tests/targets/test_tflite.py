@@ -147,8 +147,9 @@ def test_eval_bench_and_pi_bundle_on_tflite(
 def test_clear_errors(levit_tflite: api.ExportOutcome, tmp_path: Path) -> None:
     with pytest.raises(EdgevtError, match="does not offer fp16"):
         api.export("levit_128s", "onnx", precisions=["fp16"], out=tmp_path / "x")
-    with pytest.raises(EdgevtError, match="--max-drop is not yet honoured"):
-        api.export("levit_128s", "tflite", max_drop=0.3, int8=True, calib=".", out=tmp_path)
+    with pytest.raises(EdgevtError, match="--max-drop chooses them for accuracy"):
+        api.export("levit_128s", "tflite", max_drop=0.3, int8=True, calib=".", out=tmp_path,
+                   optimize="balanced")  # fmt: skip
     corrupt = tmp_path / "broken.tflite"
     corrupt.write_bytes(b"not a flatbuffer at all" * 10)
     with pytest.raises(EdgevtError, match="broken.tflite"):

@@ -50,6 +50,7 @@ class CoremlTarget(Target):
     Options = CoremlOptions
     requires = ("coremltools",)
     supports_debug = True
+    supports_max_drop = True  # the float ops chosen in QuantSim with Core ML's rules
     version_packages = ("coremltools",)
     cli_options = (
         ("deployment_target", {"metavar": "OS",
@@ -81,6 +82,11 @@ class CoremlTarget(Target):
         from edgevt.targets.coreml.convert import export_coreml
 
         config = ctx.config or QuantConfig()
+        budget: dict = {}
+        if ctx.max_drop is not None and "w8a8" in ctx.precisions:
+            from edgevt.quant.sensitivity import budget_config
+
+            config, budget = budget_config(ctx, COREML_RULES)
         artifacts = []
         for precision in ctx.precisions:
             path = ctx.path(self.spec, precision)
@@ -99,11 +105,17 @@ class CoremlTarget(Target):
                     f"{details['census']['int8_ops']} ops int8"
                     + (f", {len(done.kept_float)} kept in float" if done.kept_float else ""),
                 )  # fmt: skip
+                if budget:
+                    from edgevt.quant.sensitivity import budget_summary
+
+                    quant.summary += budget_summary(budget)
+                    details["sensitivity"] = budget
             artifacts.append(Artifact(path, precision, quant, details=details))
         if "w8a8" in ctx.precisions:
-            artifacts[-1].files["config"] = write_json(
-                ctx.run / "quant_config.json", config.to_dict()
-            )
+            int8_file = next(a for a in artifacts if a.precision == "w8a8")
+            int8_file.files["config"] = write_json(ctx.run / "quant_config.json", config.to_dict())
+            if budget:
+                int8_file.files["sensitivity"] = ctx.run / "sensitivity.json"
         return artifacts
 
     def check(self, artifact: Artifact, images: np.ndarray, reference: np.ndarray) -> dict:
