@@ -117,6 +117,27 @@ def _private_apt(work: Path, source: str, *options: str) -> list[str]:
     ]  # fmt: skip
 
 
+def core_for_device(device: str, core: str | None = None) -> str:
+    """The core to emulate for a device profile (its ``core``, or the one given), checked, and
+    qemu found: before any work is done."""
+    from edgevt.devices import load_profile
+
+    profile = load_profile(device)
+    if profile.arch not in ("aarch64", "arm64"):
+        raise EdgevtError(
+            f"{profile.name} is an {profile.arch} device; emulation runs ARM ones "
+            "(raspberry-pi-5, or a profile with arch = \"aarch64\")."
+        )
+    core = core or profile.core
+    if not core:
+        raise EdgevtError(
+            f"device {profile.name} names no ARM core to emulate; pass --core "
+            f"({', '.join(CORES)})."
+        )
+    qemu()
+    return check_core(core)
+
+
 def check_core(core: str) -> str:
     """``core`` if QEMU emulates it faithfully here, else the one-line refusal."""
     if core not in CORES:
@@ -407,3 +428,46 @@ def verify(bundle: Path, core: str, threads: int = 1, timeout: float = 1800) -> 
             name, row["precision"], row["backend"], check["cosine"], check["max_abs_diff"],
             tolerance, bool(ok)))  # fmt: skip
     return verification
+
+
+INSTRUCTIONS = "instructions_{device}_{core}.json"  # in the run: what `edgevt report` reads
+
+
+def instruction_profile(
+    artifact: Path, device: str, core: str | None = None, progress: bool = True
+) -> tuple[dict[str, Any], Path]:
+    """aarch64 instructions per inference of a run's files (or one file) for a device's core:
+    the run bundled for that device in a temporary folder, each file counted under emulation
+    (1 thread). Written to ``RUN/instructions_<device>_<core>.json``; an ARM cost estimate
+    where no device has been measured, never a time."""
+    from edgevt.bundle import make_bundle
+    from edgevt.io import write_json
+    from edgevt.progress import step
+
+    path = Path(artifact)
+    if not path.exists():
+        raise EdgevtError(f"{path} does not exist; give a run directory or one of its files.")
+    core = core_for_device(device, core)
+    run = path if path.is_dir() else path.parent
+    with tempfile.TemporaryDirectory(prefix="edgevt-emulate-") as tmp:
+        made = make_bundle(run, device, Path(tmp) / "bundle", samples=1)
+        names = made.models if path.is_dir() else [path.name]
+        if path.is_file() and path.name not in made.models:
+            raise EdgevtError(
+                f"{path.name} is not a file {device} runs (its bundle holds "
+                f"{', '.join(made.models)}); give one of those, or the run."
+            )
+        what = (f"counting aarch64 instructions per inference on emulated {core} (the first "
+                "run downloads Debian arm64 Python and the runtimes' wheels)")  # fmt: skip
+        with step(what, progress):
+            counts = count_instructions(made.path, core, names)
+    from edgevt.targets import read_artifact_info
+
+    files = {
+        name: {"instructions": n, "precision": read_artifact_info(run / name).precision}
+        for name, n in counts.items()
+    }
+    data = {"format": "edgevt.instructions/1", "device": device, "core": core, "threads": 1,
+            "files": files, "note": "instructions per inference under emulation, not a time"}
+    written = write_json(run / INSTRUCTIONS.format(device=device, core=core), data)
+    return data, written

@@ -73,6 +73,8 @@ class Report:
     device_accuracy: list[dict[str, Any]] = field(default_factory=list)
     # RUN/op_profile_<target>.json: what each op type costs in int8 (`edgevt profile`)
     profiles: list[dict[str, Any]] = field(default_factory=list)
+    # RUN/instructions_<device>_<core>.json: aarch64 instructions per inference, emulated
+    instructions: list[dict[str, Any]] = field(default_factory=list)
     # a sweep's best artifact per model and place within its accuracy budget (edgevt.leaderboard)
     leaderboard: list[dict[str, Any]] = field(default_factory=list)
     leaderboard_budget: float | None = None
@@ -270,6 +272,8 @@ def _collect_run(
         report.debug.append(_debug_summary(path, run))
     for path in sorted(run_dir.glob("op_profile_*.json")):
         report.profiles.append(_op_profile(path, run))
+    for path in sorted(run_dir.glob("instructions_*.json")):
+        report.instructions += _instructions(path, run)
     if (run_dir / "sensitivity.json").is_file():
         report.sensitivity[run] = _check_sensitivity(
             _load_json(run_dir / "sensitivity.json", "sensitivity")
@@ -299,6 +303,37 @@ def profile_table(entry: dict[str, Any]) -> list[list[str]]:
         table.append([op, str(profile.census.get(op, "")), f"{profile.cost(op):+.2f}",
                       f"{profile.gain(op):+.4f}", ", ".join(modes) or "none"])  # fmt: skip
     return table
+
+
+def _instructions(path: Path, run: str) -> list[dict[str, Any]]:
+    """`edgevt profile --emulate`'s counts, one row per file, with the ratio to fp32's."""
+    data = _load_json(path, "instruction counts")
+    files = data["files"]
+    base = next((f["instructions"] for f in files.values() if f["precision"] == "fp32"), None)
+    rows = []
+    for name, f in files.items():
+        count = _positive_int(f["instructions"], "instructions")
+        rows.append({"run": run, "artifact": name, "precision": str(f["precision"]),
+                     "device": str(data["device"]), "core": str(data["core"]),
+                     "instructions": count, "vs_fp32": base / count if base else None})  # fmt: skip
+    return rows
+
+
+def instructions_table(report: Report) -> list[list[str]]:
+    table = [["run", "artifact", "precision", "device (emulated core)", "M instructions",
+              "fewer than fp32"]]  # fmt: skip
+    for r in report.instructions:
+        table.append([r["run"], r["artifact"], r["precision"], f"{r['device']} ({r['core']})",
+                      f"{r['instructions'] / 1e6:.1f}",
+                      f"{r['vs_fp32']:.2f}x" if r["vs_fp32"] else "–"])  # fmt: skip
+    return table
+
+
+INSTRUCTIONS_NOTE = (
+    "aarch64 instructions one inference executes on the device's core under qemu (1 thread, "
+    "`edgevt profile --emulate`): what the runtime's kernel choice for that core costs. An "
+    "instruction count, not a time."
+)
 
 
 def _profile_caption(entry: dict[str, Any]) -> str:
@@ -770,6 +805,9 @@ def write_report(report: Report, out: Path, title: str) -> dict[str, Path]:
     for entry in report.profiles:
         md += ["", f"## int8 op-type profile ({entry['run']})", "", _profile_caption(entry), "",
                _markdown_table(profile_table(entry))]  # fmt: skip
+    if report.instructions:
+        md += ["", "## ARM instruction counts (emulated)", "", INSTRUCTIONS_NOTE, "",
+               _markdown_table(instructions_table(report))]  # fmt: skip
     md += ["", "## Calibration", ""] + [f"- {line}" for line in calib or ["no int8 in these runs"]]
     for run, sens in report.sensitivity.items():
         md += ["", f"## Sensitivity ({run})", "",
@@ -813,6 +851,8 @@ front (no other artifact of that model is both faster and more accurate).
 {"".join(f"<h2>int8 op-type profile ({html.escape(e['run'])})</h2><p>"
          f"{html.escape(_profile_caption(e))}</p>" + _html_table(profile_table(e))
          for e in report.profiles)}
+{"<h2>ARM instruction counts (emulated)</h2><p>" + html.escape(INSTRUCTIONS_NOTE) + "</p>"
+ + _html_table(instructions_table(report)) if report.instructions else ""}
 <h2>Calibration</h2><ul>{
         "".join(f"<li>{html.escape(c)}</li>" for c in calib) or "<li>no int8 in these runs</li>"
     }</ul>
@@ -833,7 +873,8 @@ front (no other artifact of that model is both faster and more accurate).
             "timings": [asdict(t) for t in report.timings],
             "points": points, "calibration": report.calibration,
             "checks": report.checks, "device_accuracy": report.device_accuracy,
-            "profiles": report.profiles, "leaderboard": report.leaderboard}  # fmt: skip
+            "profiles": report.profiles, "leaderboard": report.leaderboard,
+            "instructions": report.instructions}  # fmt: skip
     texts = {"markdown": "\n".join(md) + "\n", "html": page,
              "json": json.dumps(data, indent=2) + "\n"}  # fmt: skip
     with contextlib.ExitStack() as stack:  # all three whole, or none replaced

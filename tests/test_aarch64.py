@@ -153,3 +153,45 @@ def test_verify_requests_are_checked_before_the_bundle_is_built(tmp_path: Path) 
     proc = bundle("--device", "raspberry-pi-5", "--verify-aarch64",
                   env={**os.environ, "PATH": str(empty)})  # fmt: skip
     assert proc.returncode == 2 and "apt-get install qemu-user" in proc.stderr, proc.stderr
+
+
+@needs_qemu
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc builds the QEMU counting plugin")
+def test_profile_emulate_counts_every_file_of_a_run_and_the_report_shows_it(
+    tmp_path: Path, calib_dir: Path
+) -> None:
+    import json
+
+    from edgevt.report import collect, write_report
+
+    run = api.export(tiny_model(), "tflite", out=tmp_path / "run", int8=True, calib=calib_dir,
+                     calib_size=8, progress=False).run_dir.path  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "edgevt.cli", "profile", str(run), "--emulate", "raspberry-pi-5",
+         "--json"], capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads((run / "instructions_raspberry-pi-5_cortex-a76.json").read_text())
+    assert data["core"] == "cortex-a76" and set(data["files"]) == {"model.tflite",
+                                                                  "model_int8.tflite"}
+    assert all(f["instructions"] > 0 for f in data["files"].values())
+    assert "instructions per inference" in proc.stdout
+    report = collect([run])
+    assert {r["artifact"] for r in report.instructions} == set(data["files"])
+    md = write_report(report, tmp_path / "report", "emulated")["markdown"].read_text()
+    assert "## ARM instruction counts (emulated)" in md and "not a time" in md
+
+
+def test_profile_emulate_refuses_what_it_cannot_emulate(tmp_path: Path) -> None:
+    def profile(*flags: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "edgevt.cli", "profile", str(tmp_path),
+                               *flags], capture_output=True, text=True, timeout=120)  # fmt: skip
+
+    for flags, message in [
+        (["--core", "cortex-a76"], "--core applies with --emulate"),
+        (["--emulate", "intel-nuc"], "intel-nuc is an x86_64 device"),
+        (["--emulate", "raspberry-pi-5", "--threads", "2"], "--threads and -o apply to the host"),
+    ]:
+        proc = profile(*flags)
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr

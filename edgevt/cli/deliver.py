@@ -115,7 +115,9 @@ def bundle(args: argparse.Namespace) -> None:
 
     core = None
     if args.verify_aarch64 or args.core or args.count_instructions:
-        core = _aarch64_core(args.device, args.core)  # before any work: nothing to undo
+        from edgevt.aarch64 import core_for_device
+
+        core = core_for_device(args.device, args.core)  # before any work: nothing to undo
     eval_images = args.eval_images
     if eval_images is None:  # the default: score on the device where labelled images are here
         from edgevt.data.imagenet import default_data_root
@@ -133,29 +135,6 @@ def bundle(args: argparse.Namespace) -> None:
     )
     if core is not None:
         _verify_aarch64(made, core, args.count_instructions)
-
-
-def _aarch64_core(device: str, core: str | None) -> str:
-    """The core --verify-aarch64 emulates, checked (and qemu found) before the bundle is
-    built."""
-    from edgevt.aarch64 import CORES, check_core, qemu
-    from edgevt.devices import load_profile
-    from edgevt.errors import EdgevtError
-
-    profile = load_profile(device)
-    if profile.arch not in ("aarch64", "arm64"):
-        raise EdgevtError(
-            f"{profile.name} is an {profile.arch} device; --verify-aarch64 emulates ARM ones "
-            "(raspberry-pi-5, or a profile with arch = \"aarch64\")."
-        )
-    core = core or profile.core
-    if not core:
-        raise EdgevtError(
-            f"device {profile.name} names no ARM core to emulate; pass --core "
-            f"({', '.join(CORES)})."
-        )
-    qemu()
-    return check_core(core)
 
 
 def _verify_aarch64(made, core: str, count: bool) -> None:

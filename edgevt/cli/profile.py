@@ -19,14 +19,25 @@ def add_parser(sub) -> None:
         "its logit cosine to fp32 on 16 calibration images. Prints the table and the float op "
         "types each `edgevt export --optimize` mode would choose; writes "
         "op_profile_<target>.json in the run (or -o FILE). `edgevt export --int8` runs the "
-        "same profile for its default --optimize balanced. Targets: tflite.", 88),
-        epilog="example:\n  edgevt profile runs/levit-tflite/model_int8.tflite --threads 1 2",
+        "same profile for its default --optimize balanced. Targets: tflite. With --emulate "
+        "DEVICE: instead count the aarch64 instructions one inference of each of the run's "
+        "files executes on the device's core under qemu (an ARM cost estimate, not a time).",
+        88),
+        epilog="examples:\n  edgevt profile runs/levit-tflite/model_int8.tflite --threads 1 2\n"
+        "  edgevt profile runs/levit-tflite --emulate raspberry-pi-5    # cortex-a76",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("artifact", metavar="ARTIFACT", help="an int8 file of a run, or the run")
     p.add_argument("--threads", type=count(1), nargs="+",
                    help="thread counts to time (default 1 2; recipes use the largest)")
     p.add_argument("-o", "--out", metavar="FILE", help="write the profile here instead")
+    p.add_argument(
+        "--emulate", metavar="DEVICE",
+        help="count aarch64 instructions per inference of the run's files (or the one given) "
+        "on DEVICE's core under qemu-aarch64, 1 thread; writes instructions_<device>_<core>.json "
+        "in the run (needs qemu-user and gcc; the first run downloads Debian arm64 Python)",
+    )  # fmt: skip
+    p.add_argument("--core", help="with --emulate: the ARM core (default: the profile's)")
     add_json(p)
     p.set_defaults(func=profile)
 
@@ -34,6 +45,9 @@ def add_parser(sub) -> None:
 def profile(args: argparse.Namespace) -> None:
     from edgevt import api
     from edgevt.op_profile import OPTIMIZE, choose
+
+    if args.emulate or args.core:
+        return emulate(args)
 
     measured, written = api.profile(args.artifact, threads=args.threads, out=args.out,
                                     progress=not args.json)  # fmt: skip
@@ -54,3 +68,23 @@ def profile(args: argparse.Namespace) -> None:
     print(f"profile: {written}")
     if args.json:
         print_json({**measured.to_dict(), "recipes": recipes, "file": str(written)})
+
+
+def emulate(args: argparse.Namespace) -> None:
+    from edgevt.aarch64 import instruction_profile
+    from edgevt.errors import EdgevtError
+
+    if not args.emulate:
+        raise EdgevtError("--core applies with --emulate DEVICE.")
+    if args.threads or args.out:
+        raise EdgevtError("--threads and -o apply to the host profile, not --emulate (1 thread, "
+                          "written into the run).")  # fmt: skip
+    data, written = instruction_profile(args.artifact, args.emulate, args.core,
+                                        progress=not args.json)  # fmt: skip
+    print(f"{data['device']}: emulated {data['core']}, 1 thread (instructions per inference, "
+          "not a time)")  # fmt: skip
+    for name, entry in data["files"].items():
+        print(f"  {name:<28}{entry['precision']:<8}{entry['instructions'] / 1e6:>10.1f} M")
+    print(f"written: {written}")
+    if args.json:
+        print_json({**data, "file": str(written)})
