@@ -439,14 +439,22 @@ class _Driver:
         if group.name in self.bundled:
             return
         self.bundled.add(group.name)
+        why = None
         if any(c.status == "failed" for c in self.cells if c.group is group):
-            for device in group.config.get("devices", []):  # their run may be missing
+            why = "not run: an export of this group failed"  # their run may be missing
+        else:
+            stage = _Stages(group.out, False, lambda message: None, self.states[group.name])
+            run_dirs = [group.out / _run_name_of(e) for e in group.config["export"]]
+            try:  # bundles are made here: they read this machine's run directories
+                _bundles(group.config, stage, run_dirs)
+            except EdgevtError as exc:
+                why = f"its bundle could not be made: {exc}"
+        if why is not None:
+            for device in group.config.get("devices", []):
                 cell = self._cell(group, "device", f"device {device['name']}")
-                cell.status, cell.error = "failed", "not run: an export of this group failed"
+                cell.status, cell.error = "failed", why
+                self.log(f"[fail] {cell.label}: {why}")
             return
-        stage = _Stages(group.out, False, lambda message: None, self.states[group.name])
-        run_dirs = [group.out / _run_name_of(e) for e in group.config["export"]]
-        _bundles(group.config, stage, run_dirs)
         bench = group.config.get("bench", {})
         for device in group.config.get("devices", []):
             name = device["name"]

@@ -305,3 +305,28 @@ checkpoint = "missing.pth"
     with pytest.raises(EdgevtError, match="model levit-mine"):
         load_sweep(path)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_bundle_that_cannot_be_made_fails_its_device_cells_only(
+    tmp_path: Path, data_root: Path, monkeypatch
+) -> None:
+    """The driver makes bundles itself: an error there is the device cells' failure, named,
+    not the end of the sweep."""
+    import edgevt.pipeline
+    from edgevt.sweep import _Driver
+
+    def no_bundle(*args, **kwargs):
+        raise EdgevtError("the run holds no file raspberry-pi-5 runs")
+
+    monkeypatch.setattr(edgevt.pipeline, "_bundles", no_bundle)
+    path = _sweep_file(tmp_path, data_root, MODELS + """
+[sweep]
+precisions = ["fp32"]
+[[devices]]
+name = "raspberry-pi-5"
+""")  # fmt: skip
+    _, groups = load_sweep(path)
+    driver = _Driver(groups[:1], force=False, log=lambda line: None, progress=False)
+    driver._submit_devices(groups[0])
+    [cell] = driver.cells
+    assert cell.status == "failed" and "no file raspberry-pi-5 runs" in cell.error
