@@ -44,9 +44,9 @@ CASES = [
     ("export-max-drop-negative", "export {model} --int8 --calib {images} --max-drop -1",
      "--max-drop"),
     ("export-max-drop-nan", "export {model} --int8 --calib {images} --max-drop nan", "--max-drop"),
-    ("export-max-drop-tflite", "export {model} --target tflite --int8 --calib {images} "
-     "--max-drop 1 -o {out}", "max-drop"),
-    ("export-max-drop-coreml", "export {model} --target coreml --int8 --calib {images} "
+    ("export-max-drop-with-optimize", "export {model} --target tflite --int8 --calib {images} "
+     "--max-drop 1 --optimize latency -o {out}", "max-drop"),
+    ("export-max-drop-executorch", "export {model} --target executorch --int8 --calib {images} "
      "--max-drop 1 -o {out}", "max-drop"),
     ("export-calib-no-int8", "export {model} --calib {images} -o {out}", "only apply with --int8"),
     ("export-calib-table-no-int8", "export {model} --calib-table {table} -o {out}",
