@@ -92,7 +92,17 @@ class SweepOutcome:
         return [c for c in self.cells if c.status == "failed"]
 
 
-def load_sweep(path: str | Path, out: str | Path | None = None) -> tuple[Path, list[Group]]:
+@dataclass
+class Plan:
+    """A checked sweep file: its groups, and what its report needs."""
+
+    root: Path
+    groups: list[Group]
+    budget: float  # the leaderboard's top-1 budget, points
+    title: str
+
+
+def load_sweep(path: str | Path, out: str | Path | None = None) -> Plan:
     """Check a sweep file and expand it into groups (their run.toml written and checked)."""
     from edgevt.pipeline import SECTIONS as RUN_SECTIONS
     from edgevt.pipeline import _check_types, did_you_mean, load_config
@@ -159,7 +169,9 @@ def load_sweep(path: str | Path, out: str | Path | None = None) -> tuple[Path, l
         group.out.mkdir(parents=True, exist_ok=True)
         with atomic_path(group.config_path) as tmp_file:
             tmp_file.write_text(text)
-    return root, groups
+    budget = float(spec.get("max_drop", DEFAULT_BUDGET))
+    title = sweep.get("report", {}).get("title", f"edgevt sweep: {path.stem}")
+    return Plan(root, groups, budget, title)
 
 
 def _check_precisions(path: Path, targets: list[str], precisions: list[str]) -> None:
@@ -288,7 +300,8 @@ def run_sweep(
     report and the sweep's report (with its leaderboard) in ``<out>/report``."""
     from edgevt.run import run_lock
 
-    root, groups = load_sweep(path, out)
+    plan = load_sweep(path, out)
+    root, groups = plan.root, plan.groups
     with contextlib.ExitStack() as held:
         for group in groups:  # a second sweep (or `edgevt run`) of a group is refused
             held.enter_context(run_lock(group.out))
@@ -301,7 +314,7 @@ def run_sweep(
         "cells": [{"cell": c.label, "kind": c.kind, "status": c.status, "node": c.node,
                    "seconds": c.seconds, "error": c.error} for c in cells],
     })  # fmt: skip
-    outcome.report = _reports(path, groups, root, log)
+    outcome.report = _reports(plan, log)
     return outcome
 
 
@@ -434,7 +447,7 @@ class _Driver:
     def _submit_devices(self, group: Group) -> None:
         """Bundles (here: they read this machine's run directories), then each bundle's runner
         on a node of its device."""
-        from edgevt.pipeline import _bundles, _key, _Stages
+        from edgevt.pipeline import _bundles, _key, _run_name, _Stages
 
         if group.name in self.bundled:
             return
@@ -444,7 +457,7 @@ class _Driver:
             why = "not run: an export of this group failed"  # their run may be missing
         else:
             stage = _Stages(group.out, False, lambda message: None, self.states[group.name])
-            run_dirs = [group.out / _run_name_of(e) for e in group.config["export"]]
+            run_dirs = [group.out / _run_name(e) for e in group.config["export"]]
             try:  # bundles are made here: they read this machine's run directories
                 _bundles(group.config, stage, run_dirs)
             except EdgevtError as exc:
@@ -554,12 +567,6 @@ class _Planner:
     def __call__(self, name: str, key: str, outputs: list[Path], work: Callable[[], None]):
         if self.force or not self.state.fresh(name, key, outputs):
             self.pending.append(name)
-
-
-def _run_name_of(spec: dict[str, Any]) -> str:
-    from edgevt.pipeline import _run_name
-
-    return _run_name(spec)
 
 
 def _reason(exc: BaseException) -> str:
@@ -685,14 +692,16 @@ def _device_task(bundle: bytes, args: list[str], device: str) -> dict:
 # --- reports -------------------------------------------------------------------------------
 
 
-def _reports(path: str | Path, groups: list[Group], root: Path, log: Callable[[str], None]):
+def _reports(plan: Plan, log: Callable[[str], None]):
     """Each group's report (what `edgevt run` writes) and the sweep's, with its leaderboard."""
     from edgevt.leaderboard import leaderboard
+    from edgevt.pipeline import _run_name
     from edgevt.report import collect, write_report
 
+    groups = plan.groups
     run_dirs, names, device_results = [], {}, []
     for group in groups:
-        found = [group.out / _run_name_of(e) for e in group.config["export"]]
+        found = [group.out / _run_name(e) for e in group.config["export"]]
         found = [d for d in found if (d / "manifest.json").is_file()]
         results = sorted((group.out / "bundles").glob("*/results/*.json"))
         if not found:
@@ -706,11 +715,9 @@ def _reports(path: str | Path, groups: list[Group], root: Path, log: Callable[[s
         log("no cell finished: no report written")
         return None
     report = collect(run_dirs, device_results, names=names)
-    sweep = read_toml(Path(path), "sweep file")
-    budget = float(sweep.get("sweep", {}).get("max_drop", DEFAULT_BUDGET))
-    report.leaderboard, report.leaderboard_budget = leaderboard(report, budget), budget
-    title = sweep.get("report", {}).get("title", f"edgevt sweep: {Path(path).stem}")
-    return write_report(report, root / "report", title)["html"]
+    report.leaderboard = leaderboard(report, plan.budget)
+    report.leaderboard_budget = plan.budget
+    return write_report(report, plan.root / "report", plan.title)["html"]
 
 
 if __name__ == "__main__":

@@ -59,7 +59,8 @@ sizes = [32]
 [[devices]]
 name = "raspberry-pi-5"
 """)  # fmt: skip
-    root, groups = load_sweep(path)
+    plan = load_sweep(path)
+    root, groups = plan.root, plan.groups
     assert root == tmp_path / "out"
     assert [g.name for g in groups] == [
         "efficientnet_lite0-percentile-32", "efficientnet_lite0-minmax-32",
@@ -78,14 +79,16 @@ name = "raspberry-pi-5"
 
 
 def test_the_example_sweep_expands(tmp_path: Path) -> None:
-    root, groups = load_sweep(REPO / "configs" / "sweep.toml", out=tmp_path / "sweep")
+    plan = load_sweep(REPO / "configs" / "sweep.toml", out=tmp_path / "sweep")
+    root, groups = plan.root, plan.groups
     assert [g.name for g in groups] == ["efficientnet_lite0", "levit_128s"]
     assert all((root / g.name / "run.toml").is_file() for g in groups)
+    assert (plan.budget, plan.title) == (1.0, "edgevt sweep: sweep")  # what its report uses
 
 
 def test_fp32_only_sweeps_need_no_calibration(tmp_path: Path, data_root: Path) -> None:
     path = _sweep_file(tmp_path, data_root, MODELS + '[sweep]\nprecisions = ["fp32"]\n')
-    _, groups = load_sweep(path)
+    groups = load_sweep(path).groups
     assert [g.name for g in groups] == ["efficientnet_lite0", "levit_128s"]
     assert "calibration" not in groups[0].config
     assert groups[0].config["export"] == [{"target": "onnx", "int8": False}]
@@ -325,7 +328,7 @@ precisions = ["fp32"]
 [[devices]]
 name = "raspberry-pi-5"
 """)  # fmt: skip
-    _, groups = load_sweep(path)
+    groups = load_sweep(path).groups
     driver = _Driver(groups[:1], force=False, log=lambda line: None, progress=False)
     driver._submit_devices(groups[0])
     [cell] = driver.cells
