@@ -193,7 +193,7 @@ def _copy_models(
         runner = open_runner(path, threads=1)
         if runner.info.preprocess != preprocess:
             raise EdgevtError(f"{path.name} expects other preprocessing than the first artifact.")
-        key = "expected_" + path.stem
+        key = "expected_" + path.name  # the name, not the stem: model_int8.onnx and .tflite
         arrays[key] = np.concatenate([runner.infer(inputs[i : i + 1]) for i in range(samples)])
         runner.deactivate()
         target = staging / "models" / path.name
@@ -233,15 +233,19 @@ def _eval_subset(
         with open_runner(path) as runner:
             logits = np.concatenate([runner.infer(preprocess.normalize(c)[None]) for c in images])
         top5 = np.argsort(-logits, axis=1)[:, :5]
-        arrays["top5_" + path.stem] = top5.astype(np.int32)
+        arrays["top5_" + path.name] = top5.astype(np.int32)
         models[path.name] = {
-            "top5": "top5_" + path.stem,
+            "top5": "top5_" + path.name,
             "top1_pct": 100.0 * float((top5[:, 0] == truth).mean()),
             "top5_pct": 100.0 * float((top5 == truth[:, None]).any(1).mean()),
         }
     np.savez_compressed(staging / "eval.npz", **arrays)
-    fp32 = [a.name for a in artifacts if read_artifact_info(a).precision == "fp32"]
+    infos = {a.name: read_artifact_info(a) for a in artifacts}
+    fp32 = [name for name, info in infos.items() if info.precision == "fp32"]
     reference = (fp32 or [artifacts[0].name])[0]  # what "agreement with the host's fp32" means
+    for name, info in infos.items():  # ... for each file: its own target's fp32 where there is one
+        same = [f for f in fp32 if infos[f].target == info.target]
+        models[name]["fp32"] = (same or [reference])[0]
     return {"images": len(images), "data": str(folder), "mean": list(preprocess.mean),
             "std": list(preprocess.std), "reference": reference, "host": models}  # fmt: skip
 

@@ -207,7 +207,8 @@ def evaluate(model: Model, name: str, bundle: dict, arrays) -> dict:
     top5 = np.stack(top5)
     host = meta["host"][name]
     host_top1 = arrays[host["top5"]][:, 0]
-    fp32_top1 = arrays[meta["host"][meta["reference"]]["top5"]][:, 0]
+    fp32 = host.get("fp32", meta["reference"])  # the same runtime's fp32 file (older bundles: one)
+    fp32_top1 = arrays[meta["host"][fp32]["top5"]][:, 0]
     right, host_right = top5[:, 0] == labels, host_top1 == labels
     lost, won = int((host_right & ~right).sum()), int((~host_right & right).sum())
     return {

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edgevt.bundle import make_bundle
@@ -71,13 +72,45 @@ def test_raspberry_pi_bundle_runs_here_standalone(lite0_run: Path, tmp_path: Pat
     assert "## Accuracy on devices" in md and "gap beyond noise" not in md
 
 
+def test_files_of_one_name_in_two_formats_keep_their_own_expectations(
+    tmp_path: Path, calib_dir: Path, val_dir: Path
+) -> None:
+    """A Pi 5 bundle holds model_int8.onnx and model_int8.tflite: each is checked against its
+    own host logits and scored against its own host answers (keys by file name, not stem), and
+    "agreement with the host's fp32" means the same runtime's fp32 file."""
+    from edgevt import api
+    from tests.helpers import tiny_model
+
+    for target in ("onnx", "tflite"):
+        api.export(tiny_model(), target, out=tmp_path / "run", int8=True, calib=calib_dir,
+                   calib_size=8, progress=False)  # fmt: skip
+    bundle = make_bundle(tmp_path / "run", "raspberry-pi-5", tmp_path / "pi5", samples=4,
+                         data=val_dir, eval_images=8).path  # fmt: skip
+    samples = np.load(bundle / "samples.npz")
+    onnx, tflite = samples["expected_model_int8.onnx"], samples["expected_model_int8.tflite"]
+    assert not np.array_equal(onnx, tflite)  # two runtimes' int8: not the same numbers
+    ran = subprocess.run(
+        [sys.executable, "-c", STANDALONE, str(bundle / "run_bundle.py"), "--threads", "1",
+         "--seconds", "0", "--iterations", "1", "--warmup", "0"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    results = json.loads(next((bundle / "results").glob("*.json")).read_text())
+    rows = {r["artifact"]: r for r in results["results"]}
+    assert set(rows) == {"model.onnx", "model_int8.onnx", "model.tflite", "model_int8.tflite"}
+    for row in rows.values():  # the same file and runtime as the host: the same logits
+        assert row["check"]["passed"] and row["check"]["max_abs_diff"] < 1e-4, row
+        assert row["accuracy"]["agreement_host"] == 1.0
+    host = json.loads((bundle / "bundle.json").read_text())["eval"]["host"]
+    assert host["model_int8.tflite"]["fp32"] == "model.tflite"
+    assert host["model_int8.onnx"]["fp32"] == "model.onnx"
+
+
 def test_bundle_fails_a_wrong_expectation(lite0_run: Path, tmp_path: Path) -> None:
     """The check is real: logits that do not match the bundled expectations fail the run."""
-    import numpy as np
-
     bundle = make_bundle(lite0_run, "x86-host", tmp_path / "pi5", samples=2).path
     samples = dict(np.load(bundle / "samples.npz"))
-    samples["expected_model"] = -samples["expected_model"]
+    samples["expected_model.onnx"] = -samples["expected_model.onnx"]
     np.savez(bundle / "samples.npz", **samples)
     ran = subprocess.run(
         [sys.executable, str(bundle / "run_bundle.py"), "--models", "model.onnx", "--threads", "1"],
