@@ -143,6 +143,9 @@ def make_bundle(
             evaluation = _eval_subset(staging, artifacts, first.info.preprocess, folder,
                                       eval_images)  # fmt: skip
         shutil.copy2(RUNNER, staging / "run_bundle.py")
+        builds = {}  # what the device builds from the bundled files (TensorRT engines)
+        for name in profile.targets:
+            builds.update(get_target(name).device_builds(infos))
         write_json(
             staging / "bundle.json",
             {
@@ -155,6 +158,7 @@ def make_bundle(
                 "threads": list(profile.threads),
                 "samples": described,
                 "models": models,
+                **({"builds": builds} if builds else {}),
                 **({"eval": evaluation} if evaluation else {}),
             },
         )

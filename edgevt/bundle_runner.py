@@ -143,19 +143,20 @@ class Model:
         inp = next(n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
         out = next(n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
 
+        kind = cudart.cudaMemcpyKind
+        buffers: dict[tuple, tuple] = {}  # device memory per input shape, allocated once
+
         def run(x: np.ndarray) -> np.ndarray:
             context.set_input_shape(inp, x.shape)
             y = np.empty(tuple(context.get_tensor_shape(out)), np.float32)
-            _, d_in = cudart.cudaMalloc(x.nbytes)
-            _, d_out = cudart.cudaMalloc(y.nbytes)
-            kind = cudart.cudaMemcpyKind
+            if x.shape not in buffers:
+                buffers[x.shape] = (cudart.cudaMalloc(x.nbytes)[1], cudart.cudaMalloc(y.nbytes)[1])
+            d_in, d_out = buffers[x.shape]
             cudart.cudaMemcpy(d_in, x.ctypes.data, x.nbytes, kind.cudaMemcpyHostToDevice)
             context.set_tensor_address(inp, d_in)
             context.set_tensor_address(out, d_out)
             context.execute_async_v3(0)
             cudart.cudaMemcpy(y.ctypes.data, d_out, y.nbytes, kind.cudaMemcpyDeviceToHost)
-            cudart.cudaFree(d_in)
-            cudart.cudaFree(d_out)
             return y
 
         return f"tensorrt {trt.__version__}", run
@@ -193,10 +194,66 @@ def check(model: Model, inputs: np.ndarray, expected: np.ndarray) -> dict:
     }
 
 
+def build_engine(onnx_path: Path, engine_path: Path, int8: bool) -> None:
+    """Build a batch-1 TensorRT engine from a bundled ONNX file with TensorRT's Python API, as
+    trtexec.sh would (``--int8 --fp16`` for a QDQ graph, ``--fp16`` otherwise): the same steps
+    as ``edgevt.targets.tensorrt.build_engine``, restated because a bundle cannot import edgevt."""
+    import tensorrt as trt
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flags = 0
+    if hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH"):  # required before 10.0
+        flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(onnx_path.read_bytes()):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise SystemExit(f"run_bundle: TensorRT could not parse {onnx_path.name}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, 1 << 30)
+    config.set_flag(trt.BuilderFlag.FP16)
+    if int8:  # the Q/DQ nodes carry the scales: explicit quantization, no calibrator
+        config.set_flag(trt.BuilderFlag.INT8)
+    name = network.get_input(0).name
+    size = tuple(network.get_input(0).shape)[1:]
+    profile = builder.create_optimization_profile()
+    profile.set_shape(name, (1, *size), (1, *size), (1, *size))
+    config.add_optimization_profile(profile)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise SystemExit(f"run_bundle: TensorRT failed to build {engine_path.name} (log above)")
+    tmp = engine_path.with_name(engine_path.name + ".partial")
+    tmp.write_bytes(bytes(serialized))
+    os.replace(tmp, engine_path)  # atomic: an interrupted build leaves no half engine
+
+
+def ready(name: str, build: dict) -> bool:
+    """Whether a file the device builds (a TensorRT engine) is there, building it with
+    TensorRT's Python API when it can; else say how and run the rest."""
+    path = HERE / "models" / name
+    if path.exists():
+        return True
+    if not name.endswith(".engine"):
+        print(f"{name}: not built yet ({build['build']}); skipped", flush=True)
+        return False
+    try:
+        import tensorrt as trt
+    except ImportError:
+        print(f"{name}: not built yet and TensorRT's Python API is missing here: run "
+              "./trtexec.sh first (JetPack ships trtexec); skipped", flush=True)  # fmt: skip
+        return False
+    print(f"{name}: building from {build['from']} with TensorRT {trt.__version__} (minutes on a "
+          "Jetson)", flush=True)  # fmt: skip
+    build_engine(HERE / "models" / build["from"], path, build["precision"] == "int8")
+    return True
+
+
 def evaluate(model: Model, name: str, bundle: dict, arrays) -> dict:
     """Top-1/top-5 on the bundle's labelled images (uint8 crops, normalised here as the host
     does), and image by image against this file's and the fp32 file's answers on the host:
-    lost / won with McNemar's exact p, so a gap beyond noise stands out."""
+    lost / won with McNemar's exact p, so a gap beyond noise stands out. ``name`` is the
+    bundled file whose host answers it is held to (an engine's: its ONNX file's)."""
     meta = bundle["eval"]
     mean, std = np.asarray(meta["mean"], np.float32), np.asarray(meta["std"], np.float32)
     labels = arrays["labels"]
@@ -282,8 +339,21 @@ def main(argv: list[str] | None = None) -> int:
     inputs = samples["inputs"]
     scored = "eval" in bundle and not (args.no_eval or args.check_only)
     evaluation = np.load(HERE / "eval.npz") if scored else None
+    known = [*bundle["models"], *bundle.get("builds", {})]
+    unknown = [m for m in args.models or [] if m not in known]
+    if unknown:
+        raise SystemExit(f"run_bundle: --models {' '.join(unknown)}: not in this bundle (it runs "
+                         f"{', '.join(known)})")  # fmt: skip
+    # the bundled files, then what the device builds from them (TensorRT engines), each held
+    # to its source's host results
+    runs = [(name, name, meta["precision"], meta) for name, meta in bundle["models"].items()]
+    for name, build in bundle.get("builds", {}).items():
+        if (not args.models or name in args.models) and ready(name, build):
+            source = dict(bundle["models"][build["from"]], target=build.get("target"))
+            source["size_bytes"] = (HERE / "models" / name).stat().st_size
+            runs.append((name, build["from"], build["precision"], source))
     rows = []
-    for name, meta in bundle["models"].items():
+    for name, source, precision, meta in runs:
         if args.models and name not in args.models:
             continue
         for threads in args.threads:
@@ -293,12 +363,14 @@ def main(argv: list[str] | None = None) -> int:
                 "artifact": name,
                 "run": bundle.get("run"),
                 "model": bundle["model"],
-                "precision": meta["precision"],
+                "precision": precision,
+                "target": meta.get("target"),
                 "backend": model.backend,
                 "threads": threads,
                 "batch": 1,
                 "size_bytes": meta["size_bytes"],
                 "check": verdict,
+                **({"built_from": source} if name != source else {}),
             }
             status = "ok" if verdict["passed"] else "FAILED"
             print(
@@ -307,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
             if verdict["passed"] and evaluation is not None and threads == args.threads[0]:
-                row["accuracy"] = a = evaluate(model, name, bundle, evaluation)
+                row["accuracy"] = a = evaluate(model, source, bundle, evaluation)
                 print(f"  top-1 {a['top1']:.2f} %  top-5 {a['top5']:.2f} % on {a['n']} images "
                       f"(host {a['host_top1']:.2f} %; {a['lost']} lost / {a['won']} won, "
                       f"p={a['p_value']:.2g}; agreement with host fp32 "

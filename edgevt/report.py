@@ -450,7 +450,8 @@ def _collect_device(
             run = r.get("run") or run  # bundles name the run they came from
             run = _renamed(path, run, names or {})
             target = next((x.target for x in report.rows
-                           if (x.run, x.artifact) == (run, r["artifact"])), "?")  # fmt: skip
+                           if (x.run, x.artifact) == (run, r["artifact"])),
+                          r.get("target") or "?")  # fmt: skip
             report.timings.append(
                 Timing(run, r.get("model", model), r["artifact"], r["precision"], where,
                        r["backend"], _positive_int(r["threads"], "threads"), _time(r["p50_ms"]),

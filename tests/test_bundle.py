@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -143,6 +144,61 @@ def test_jetson_bundle_builds_engines_on_the_device(lite0_run: Path, tmp_path: P
     meta = json.loads((bundle / "bundle.json").read_text())
     assert meta["models"]["model_int8.onnx"]["precision"] == "int8"
     assert "./trtexec.sh" in (bundle / "README.md").read_text()
+
+
+FAKE_TENSORRT = Path(__file__).parent / "fake_tensorrt"
+
+
+def test_jetson_bundle_checks_scores_and_times_its_engines(lite0_run: Path, tmp_path: Path) -> None:
+    """Issue 22 item 4, the plumbing (TensorRT cannot be installed here, so a stand-in for its
+    Python API runs the ONNX graph: tests/fake_tensorrt/README.md): the runner builds each
+    missing engine from its ONNX file with the flags trtexec.sh uses, holds it to that file's
+    host logits, scores it on the labelled images and times it; the report shows it."""
+    bundle = make_bundle(lite0_run, "jetson-orin-nano", tmp_path / "orin", samples=2,
+                         eval_images=16).path  # fmt: skip
+    builds = json.loads((bundle / "bundle.json").read_text())["builds"]
+    assert builds["model_int8.engine"]["from"] == "model_int8.onnx"
+    assert builds["model_fp16.engine"]["precision"] == "fp16"
+    runner = [sys.executable, "-c", STANDALONE, str(bundle / "run_bundle.py"), "--threads", "1",
+              "--seconds", "0", "--iterations", "2", "--warmup", "0"]  # fmt: skip
+
+    no_tensorrt = subprocess.run(runner, capture_output=True, text=True, timeout=600)
+    assert no_tensorrt.returncode == 0, no_tensorrt.stderr  # the ONNX files still run
+    assert "model_int8.engine: not built yet and TensorRT's Python API is missing" in (
+        no_tensorrt.stdout
+    )
+    env = {**os.environ, "PYTHONPATH": str(FAKE_TENSORRT)}
+    built = subprocess.run(runner, capture_output=True, text=True, timeout=600, env=env)
+    assert built.returncode == 0, built.stdout + built.stderr
+    assert "model_int8.engine: building from model_int8.onnx with TensorRT 10.3.0-fake" in (
+        built.stdout
+    )
+    flags = {e: (bundle / "models" / e).read_bytes().split(b"\n")[1] for e in builds}
+    assert flags == {"model_int8.engine": b"FP16,INT8", "model_fp16.engine": b"FP16"}
+    results = sorted((bundle / "results").glob("*.json"))[-1]
+    rows = {r["artifact"]: r for r in json.loads(results.read_text())["results"]}
+    assert set(rows) == {"model.onnx", "model_int8.onnx", "model_int8.engine", "model_fp16.engine"}
+    engine = rows["model_int8.engine"]
+    assert engine["backend"] == "tensorrt 10.3.0-fake" and engine["precision"] == "int8"
+    assert engine["built_from"] == "model_int8.onnx" and engine["target"] == "tensorrt"
+    assert engine["check"]["passed"] and engine["p50_ms"] > 0
+    assert engine["accuracy"]["n"] == 16 and engine["accuracy"]["agreement_host"] >= 0.9
+    assert engine["accuracy"]["host_top1"] == rows["model_int8.onnx"]["accuracy"]["host_top1"]
+
+    again = subprocess.run([*runner, "--models", "model_int8.engine"], capture_output=True,
+                           text=True, timeout=600, env=env)  # fmt: skip
+    assert again.returncode == 0 and "building" not in again.stdout  # built once (or by trtexec)
+    wrong = subprocess.run([*runner, "--models", "model.engine"], capture_output=True, text=True,
+                           timeout=600)  # fmt: skip
+    assert wrong.returncode == 1 and "model.engine: not in this bundle" in wrong.stderr
+
+    from edgevt.report import collect
+
+    report = collect([lite0_run], [results])
+    assert {"model_int8.engine", "model_fp16.engine"} <= {a["artifact"]
+                                                          for a in report.device_accuracy}
+    timed = {t.artifact: t for t in report.timings}
+    assert timed["model_int8.engine"].target == "tensorrt"
 
 
 def test_the_bundles_mcnemar_is_edgevts() -> None:

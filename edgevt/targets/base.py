@@ -414,6 +414,13 @@ class Target(abc.ABC):
         """Extra files a device bundle of this target needs (a build script); their names."""
         return []
 
+    def device_builds(self, models: dict[str, ArtifactInfo]) -> dict[str, dict[str, str]]:
+        """Files the device builds from the bundled ones before it runs them (a Jetson's
+        TensorRT engines): ``{built name: {"from": bundled name, "precision": ...,
+        "build": how}}``, listed in bundle.json so that ``run_bundle.py`` checks, scores and
+        times each against its source's host results once it exists."""
+        return {}
+
     def runs_on(self, info: ArtifactInfo, device: DeviceProfile) -> bool:
         """Whether ``device`` can run this target's file described by ``info`` (a bundle leaves
         out the files it cannot: an ExecuTorch program lowered to Core ML on a Pi)."""

@@ -140,6 +140,12 @@ def write_calibration_cache(
     return Path(path)
 
 
+def engine_name(onnx_name: str, int8: bool) -> str:
+    """The engine trtexec.sh (and run_bundle.py) builds from ``onnx_name``."""
+    stem = Path(onnx_name).stem
+    return f"{stem}.engine" if int8 else f"{stem}_fp16.engine"
+
+
 def trtexec_script(
     models: list[tuple[str, bool]],
     size: int,
@@ -172,8 +178,7 @@ def trtexec_script(
     if results:
         lines.append(f"mkdir -p {q(results)}")
     for name, int8 in models:
-        stem = Path(name).stem
-        engine = f"{stem}.engine" if int8 else f"{stem}_fp16.engine"
+        stem, engine = Path(name).stem, engine_name(name, int8)
         flags = "--int8 --fp16" if int8 else "--fp16"
         lines.append(
             f'"$TRTEXEC" --onnx={q(folder + name)} {flags} {shapes} '
@@ -321,6 +326,18 @@ class TensorrtTarget(OnnxTarget):
                 "ONNX Runtime ran the same QDQ graph as the stand-in for TensorRT's int8 numerics"
             )
 
+    def device_builds(self, models: dict[str, ArtifactInfo]) -> dict[str, dict[str, str]]:
+        """An engine per bundled ONNX file, named as trtexec.sh names it: int8 from a QDQ graph
+        (explicit quantization), fp16 from an fp32 one."""
+        return {
+            engine_name(name, info.precision == "int8"): {
+                "from": name, "precision": "int8" if info.precision == "int8" else "fp16",
+                "target": self.spec.name,
+                "build": "./trtexec.sh, or run_bundle.py with TensorRT's Python API",
+            }
+            for name, info in models.items() if name.endswith(".onnx")
+        }  # fmt: skip
+
     def bundle_files(self, folder: Path, models: dict[str, ArtifactInfo], size: int) -> list[str]:
         onnx_models = [(n, i.precision == "int8") for n, i in models.items() if n.endswith(".onnx")]
         text = trtexec_script(onnx_models, size, folder="models/", results="results/",
@@ -345,7 +362,11 @@ Engines are built on the Jetson. With TensorRT's Python API the runner can time 
 the simplest route is `trtexec`, which builds and times each model in one go:
 
 ```bash
-./trtexec.sh            # writes models/*.engine and results/*-times.json
-python3 run_bundle.py --models model_int8.engine
+./trtexec.sh            # builds models/*.engine, times them: results/*-times.json
+python3 run_bundle.py   # checks, scores and times every engine beside its ONNX file
 ```
+
+`run_bundle.py` holds each engine to its ONNX file's logits on this host and scores it on the
+bundled labelled images. Without trtexec it builds a missing engine itself with TensorRT's
+Python API (minutes per engine on a Jetson); `--models model_int8.engine` runs one.
 """
