@@ -2,13 +2,17 @@
 
 For each model: a TFLite export with every op in int8 (`--optimize full`: fp32 + full int8)
 and one with the default latency-aware recipe (`--optimize balanced`, chosen from this x86
-host's profile), from one CalibrationTable. Each file is counted under qemu-aarch64 on
-cortex-a76 (Raspberry Pi 5, dotprod) and cortex-a72 (Pi 4, no dotprod), 1 thread
-(`edgevt profile --emulate`), and timed on this host at 1 thread (interleaved rounds). A count
-is what the kernels XNNPACK picks for that core execute, not a time.
+host's profile), from one CalibrationTable; for the models of `--arm-recipes`, also the
+recipe chosen for each Pi from its own core's instruction counts (`--profile-on
+raspberry-pi-5` / `raspberry-pi-4`), whose op-type profiles are tabulated too. Each file is
+counted under qemu-aarch64 on cortex-a76 (Raspberry Pi 5, dotprod) and cortex-a72 (Pi 4, no
+dotprod), 1 thread (`edgevt profile --emulate`), and timed on this host at 1 thread
+(interleaved rounds). A count is what the kernels XNNPACK picks for that core execute, not a
+time.
 
     .venv/bin/python benchmarks/arm_instruction_counts.py [--models efficientnet_lite0
-        levit_128s cvt_13] [--cores cortex-a76 cortex-a72] [--work runs/arm-counts]
+        levit_128s cvt_13] [--arm-recipes efficientnet_lite0 levit_128s]
+        [--cores cortex-a76 cortex-a72] [--work runs/arm-counts]
         [--out reports/arm_instruction_counts.md]
 """
 
@@ -30,6 +34,7 @@ from edgevt.timing import median_ms_loaded_in_turn, runner_turn
 
 REPO = Path(__file__).resolve().parent.parent
 DEVICE = "raspberry-pi-5"  # its bundle takes .tflite files; --core picks the emulated core
+FOR_CORE = {"cortex-a76": "raspberry-pi-5", "cortex-a72": "raspberry-pi-4"}  # --profile-on
 WEIGHTS = {"efficientnet_lite0": {"pretrained": True}}  # the others: random weights (seed 0)
 
 
@@ -37,13 +42,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+",
                         default=["efficientnet_lite0", "levit_128s", "cvt_13"])  # fmt: skip
+    parser.add_argument("--arm-recipes", nargs="*",
+                        default=["efficientnet_lite0", "levit_128s"])  # fmt: skip
     parser.add_argument("--cores", nargs="+", default=["cortex-a76", "cortex-a72"])
     parser.add_argument("--calib-size", type=int, default=64)
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "arm-counts")
     parser.add_argument("--out", type=Path, default=REPO / "reports" / "arm_instruction_counts.md")
     args = parser.parse_args()
     calib = default_data_root() / "imagenet-sample1000"
-    rows = []
+    rows, profiles = [], []
     for model in args.models:
         start = time.perf_counter()
         weights = WEIGHTS.get(model, {})
@@ -59,6 +66,14 @@ def main() -> None:
             if recipe == "full":
                 files["fp32"] = run / "model.tflite"
             files[f"int8 {recipe}"] = run / "model_int8.tflite"
+        for core in args.cores if model in args.arm_recipes else []:
+            device = FOR_CORE[core]
+            run = args.work / model / f"for-{device}"
+            if not (run / "model_int8.tflite").is_file():
+                api.export(model, "tflite", out=run, int8=True, calib_table=table, calib=calib,
+                           profile_on=device, accept_degraded=True, **weights)  # fmt: skip
+            files[f"int8 for {device}"] = run / "model_int8.tflite"
+            profiles.append((model, core, run / f"op_profile_tflite_{device}_{core}.json"))
         counts = {core: {} for core in args.cores}
         for core in args.cores:
             for label, path in files.items():
@@ -101,9 +116,35 @@ def main() -> None:
         "",
         "Read a row's counts against its model's fp32 on the same core: XNNPACK picks its int8 "
         "kernels by the core's features, and cortex-a72 lacks the dot-product instructions "
-        "cortex-a76 has.",
+        "cortex-a76 has. `int8 for raspberry-pi-5` / `-4`: the default recipe chosen from that "
+        "Pi's core's own counts (`edgevt export --profile-on DEVICE`), where the x86 one was "
+        "chosen from this host's timings.",
+        *profile_tables(profiles),
     ]) + "\n"  # fmt: skip
     write_report(text, args.out)
+
+
+def profile_tables(profiles: list[tuple[str, str, Path]]) -> list[str]:
+    """Per model, each op type's int8 cost on each core (full int8 minus the file with that
+    type in float, M instructions; positive: costlier in int8) and what each core's
+    `balanced` recipe keeps in float."""
+    from edgevt.op_profile import OpProfile, choose
+
+    out = []
+    for model in dict.fromkeys(m for m, _, _ in profiles):
+        loaded = {core: OpProfile.load(path) for m, core, path in profiles if m == model}
+        kept = {core: set(choose(p, "balanced")) for core, p in loaded.items()}
+        types = sorted({v.float_types[0] for p in loaded.values() for v in p.types})
+        cores = list(loaded)
+        out += ["", f"### {model}: what each op type costs in int8, per core (M instructions)",
+                "", "| op type | " + " | ".join(f"int8 cost {c}" for c in cores) + " | "
+                + " | ".join(f"float for {c}" for c in cores) + " |",
+                "|---|" + "--:|" * len(cores) + ":-:|" * len(cores)]  # fmt: skip
+        for t in types:
+            out.append(f"| {t} | " + " | ".join(f"{loaded[c].cost(t):+.2f}" for c in cores)
+                       + " | " + " | ".join("float" if t in kept[c] else "" for c in cores)
+                       + " |")  # fmt: skip
+    return out
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -322,6 +323,29 @@ def count_instructions(bundle: Path, core: str, names: list[str], n: int = 3) ->
     return counts
 
 
+def count_files(
+    files: dict[str, Path], core: str, x: np.ndarray, n: int = 1,
+    progress: Callable[[str], None] = lambda _: None,
+) -> dict[str, int]:
+    """aarch64 instructions per inference of loose files (an op-type profile's variants) on
+    ``core``: each counted through a throwaway bundle of its own (the runner, the file, the
+    input ``x``), as ``count_instructions`` counts a bundle's files."""
+    from edgevt.bundle import RUNNER
+
+    counts = {}
+    with tempfile.TemporaryDirectory(prefix="edgevt-count-") as tmp:
+        for i, (key, path) in enumerate(files.items(), 1):
+            folder = Path(tmp) / f"b{i}"
+            (folder / "models").mkdir(parents=True)
+            os.symlink(Path(path).resolve(), folder / "models" / path.name)
+            shutil.copy2(RUNNER, folder / "run_bundle.py")
+            (folder / "bundle.json").write_text(json.dumps({"models": {path.name: {}}}))
+            np.savez(folder / "samples.npz", inputs=np.ascontiguousarray(x[:1], np.float32))
+            counts[key] = count_instructions(folder, core, [path.name], n)[path.name]
+            progress(f"counted {key} on emulated {core} ({i}/{len(files)})")
+    return counts
+
+
 @dataclass
 class ModelCheck:
     artifact: str
@@ -343,6 +367,8 @@ class Verification:
     not_emulated: list[str] = field(default_factory=list)  # "file: why"
     # aarch64 instructions per inference (emulated; a count, not a time), where asked for
     instructions: dict[str, int] = field(default_factory=dict)
+    # per file, where asked for: run_bundle.py's accuracy on the bundle's labelled images
+    accuracy: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -362,11 +388,18 @@ def grid_step(logits: np.ndarray) -> float:
     return float(gaps.min()) if gaps.size else 0.0
 
 
-def verify(bundle: Path, core: str, threads: int = 1, timeout: float = 1800) -> Verification:
+SECONDS_PER_IMAGE = 10.0  # the most one scored image may take under emulation (fp32 Lite0: 2.5)
+
+
+def verify(
+    bundle: Path, core: str, threads: int = 1, timeout: float = 1800, score: bool = False
+) -> Verification:
     """Run ``bundle``'s own runner under ``qemu-aarch64 -cpu core`` and hold every file it
     runs to the host's logits: fp32 at cosine >= 0.99999; LiteRT int8 bit-exact or within one
     step of its output grid (its int8 kernels are integer arithmetic); ONNX Runtime int8 at
-    cosine >= 0.999 with the same top-1 (its ARM int8 kernels are other code than x86's)."""
+    cosine >= 0.999 with the same top-1 (its ARM int8 kernels are other code than x86's).
+    ``score``: also score the bundle's labelled images on ARM code (slow: QEMU runs float
+    vector code an element at a time), recorded as the emulated run's accuracy."""
     import time
 
     check_core(core)
@@ -384,6 +417,11 @@ def verify(bundle: Path, core: str, threads: int = 1, timeout: float = 1800) -> 
             f"{bundle} holds no file this host can run on emulated aarch64 (it runs "
             f"{', '.join(RUNTIME_WHEELS)}): {'; '.join(skipped)}."
         )
+    images = meta.get("eval", {}).get("images", 0) if score else 0
+    if score and not images:
+        raise EdgevtError(
+            f"{bundle} carries no labelled images to score; make it with --eval-images N."
+        )
     binary = qemu()
     root, site = _guest(core, models)
     label = f"aarch64 ({core})"
@@ -393,8 +431,10 @@ def verify(bundle: Path, core: str, threads: int = 1, timeout: float = 1800) -> 
     proc = subprocess.run(
         [binary, "-cpu", core, "-L", str(root), "-E", f"PYTHONPATH={site}",
          str(root / "usr" / "bin" / "python3.11"), str(bundle / "run_bundle.py"),
-         "--threads", str(threads), "--check-only", "--emulated", label, "--models", *models],
-        capture_output=True, text=True, timeout=timeout, cwd=bundle,
+         "--threads", str(threads), "--no-timing" if images else "--check-only",
+         "--emulated", label, "--models", *models],
+        capture_output=True, text=True, timeout=timeout + SECONDS_PER_IMAGE * images * len(models),
+        cwd=bundle,
     )  # fmt: skip
     seconds = time.perf_counter() - start
     written = sorted(set(out.glob("*.json")) - before) if out.is_dir() else []
@@ -427,6 +467,8 @@ def verify(bundle: Path, core: str, threads: int = 1, timeout: float = 1800) -> 
         verification.checks.append(ModelCheck(
             name, row["precision"], row["backend"], check["cosine"], check["max_abs_diff"],
             tolerance, bool(ok)))  # fmt: skip
+        if "accuracy" in row:
+            verification.accuracy[name] = row["accuracy"]
     return verification
 
 

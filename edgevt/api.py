@@ -489,9 +489,13 @@ def profile(
     threads: list[int] | None = None,
     out: str | Path | None = None,
     progress: bool = True,
+    device: str | None = None,
+    core: str | None = None,
 ) -> tuple[Any, Path]:
     """Measure what each op type of an int8 file (or its run directory) costs in int8 on this
-    host, and write the profile (``op_profile_<target>.json`` in the run, or ``out``).
+    host, and write the profile (``op_profile_<target>.json`` in the run, or ``out``). With
+    an ARM ``device`` (``core``: another than its own), the cost is aarch64 instructions per
+    inference on its emulated core instead (``op_profile_<target>_<device>_<core>.json``).
 
     Returns the ``OpProfile`` and the file it was written to; ``edgevt.op_profile.choose``
     turns it into the float op types of each ``--optimize`` mode.
@@ -510,6 +514,14 @@ def profile(
         target = targets[0]
     else:
         target = read_artifact_info(path).target
-    measured = get_target(target).op_profile(run, threads, progress)
-    written = measured.save(Path(out) if out else run / f"op_profile_{target}.json")
+    emulated = ""
+    if device is not None:
+        from edgevt.aarch64 import core_for_device
+
+        core = core_for_device(device, core)
+        emulated = f"_{device}_{core}"
+    elif core is not None:
+        raise EdgevtError("core applies with an ARM device (device='raspberry-pi-5').")
+    measured = get_target(target).op_profile(run, threads, progress, core=core)
+    written = measured.save(Path(out) if out else run / f"op_profile_{target}{emulated}.json")
     return measured, written

@@ -330,7 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-eval", action="store_true",
                         help="skip the accuracy run on the bundled labelled images")
     parser.add_argument("--check-only", action="store_true",
-                        help="check every model, time none (under emulation time means nothing)")
+                        help="check every model, score and time none")
+    parser.add_argument("--no-timing", action="store_true",
+                        help="check and score, time none (under emulation time means nothing)")
     parser.add_argument("--emulated", default=None,
                         help="what emulated the device (recorded; e.g. 'aarch64 (cortex-a76)')")
     args = parser.parse_args(argv)
@@ -384,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"(host {a['host_top1']:.2f} %; {a['lost']} lost / {a['won']} won, "
                       f"p={a['p_value']:.2g}; agreement with host fp32 "
                       f"{100 * a['agreement_host_fp32']:.1f} %)", flush=True)  # fmt: skip
-            if verdict["passed"] and not args.check_only:
+            if verdict["passed"] and not (args.check_only or args.no_timing):
                 row.update(time_model(model, inputs[:1], args.warmup, args.seconds,
                                       args.iterations))  # fmt: skip
                 print(f"  p50 {row['p50_ms']:.2f} ms  p90 {row['p90_ms']:.2f} ms", flush=True)

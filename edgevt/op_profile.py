@@ -39,13 +39,16 @@ MIN_SAVING = 0.03  # an int8 op type slower than float by 3 % of the file's time
 ACCURACY_GAIN = 0.002  # cosine to fp32 that a float op type must buy to be worth its time
 CHEAP = 0.10  # ... in balanced mode, for at most this share of fp32's time
 NOISE_MS = 0.05  # a cost smaller than this is timing noise (a 32-px test model's ops): none
+COUNT_NOISE = 0.01  # instruction counts repeat within 1 %: a smaller difference is none
+MS, COUNTS = "ms", "M instructions"  # the profile's unit: host time, or aarch64 instructions
 ROUNDS, ITERATIONS = 5, 8
 TURN_MS = 300.0
 
 
 @dataclass
 class Variant:
-    """One measured file: its float op types, latency (ms) per thread count, cosine to fp32."""
+    """One measured file: its float op types, cost per thread count (ms, or millions of
+    aarch64 instructions under emulation: the profile's unit), cosine to fp32."""
 
     label: str
     float_types: list[str]
@@ -65,6 +68,7 @@ class OpProfile:
     fp32: Variant
     full: Variant
     types: list[Variant] = field(default_factory=list)  # one per op type kept in float
+    unit: str = MS  # or COUNTS: an ARM core's instruction counts (emulated), not a time
 
     @property
     def base(self) -> int:
@@ -72,11 +76,12 @@ class OpProfile:
         return max(self.threads)
 
     def cost(self, op_type: str) -> float:
-        """ms that ``op_type`` costs by running in int8 at ``base`` threads (negative: saves;
-        0 within ``NOISE_MS``, so that noise never decides)."""
+        """What ``op_type`` costs by running in int8 at ``base`` threads, in the profile's
+        unit (negative: saves; 0 within the noise, so that noise never decides)."""
         variant = next(v for v in self.types if v.float_types == [op_type])
         cost = self.full.ms[self.base] - variant.ms[self.base]
-        return cost if abs(cost) >= NOISE_MS else 0.0
+        noise = NOISE_MS if self.unit == MS else COUNT_NOISE * self.full.ms[self.base]
+        return cost if abs(cost) >= noise else 0.0
 
     def gain(self, op_type: str) -> float:
         """Cosine to fp32 that keeping ``op_type`` in float buys."""
@@ -97,7 +102,7 @@ class OpProfile:
         return cls(
             data["model"], data["target"], data["host"], [int(t) for t in data["threads"]],
             dict(data["census"]), variant(data["fp32"]), variant(data["full"]),
-            [variant(v) for v in data["types"]],
+            [variant(v) for v in data["types"]], str(data.get("unit", MS)),
         )  # fmt: skip
 
     def save(self, path: Path) -> Path:

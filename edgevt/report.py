@@ -295,7 +295,7 @@ def profile_table(entry: dict[str, Any]) -> list[list[str]]:
 
     profile = OpProfile.from_dict(entry["profile"])
     base = profile.base
-    table = [["op type", "count", f"int8 cost ms ({base}T)", "cosine gain in float",
+    table = [["op type", "count", f"int8 cost {profile.unit} ({base}T)", "cosine gain in float",
               "kept in float by"]]  # fmt: skip
     for v in profile.types:
         op = v.float_types[0]
@@ -338,11 +338,12 @@ INSTRUCTIONS_NOTE = (
 
 def _profile_caption(entry: dict[str, Any]) -> str:
     p = entry["profile"]
-    base = max(p["threads"])
-    return (f"{entry['run']} ({p['model']}, {p['target']}, {p['host']}): fp32 "
-            f"{p['fp32']['ms'][base]:.2f} ms, full int8 {p['full']['ms'][base]:.2f} ms at "
-            f"{base} thread(s); full int8 cosine to fp32 {p['full']['cosine']:.4f}. int8 cost: "
-            "full int8 minus the file with that op type in float (positive: slower in "
+    base, unit = max(p["threads"]), p.get("unit", "ms")
+    counted = "" if unit == "ms" else " (instructions per inference, not a time)"
+    return (f"{entry['run']} ({p['model']}, {p['target']}, {p['host']}{counted}): fp32 "
+            f"{p['fp32']['ms'][base]:.2f} {unit}, full int8 {p['full']['ms'][base]:.2f} {unit} "
+            f"at {base} thread(s); full int8 cosine to fp32 {p['full']['cosine']:.4f}. int8 "
+            "cost: full int8 minus the file with that op type in float (positive: costlier in "
             "int8).")  # fmt: skip
 
 

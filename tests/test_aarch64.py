@@ -92,18 +92,35 @@ def test_a_bundle_runs_on_emulated_cortex_a76_and_matches_the_host(
 
 @needs_qemu
 @pytest.mark.slow
-@pytest.mark.parametrize("target", ["tflite", "onnx"])
-def test_the_real_lite0_pi5_bundle_matches_on_emulated_cortex_a76(
-    target: str, tmp_path: Path, calib_dir: Path, val_dir: Path
+def test_the_real_lite0_pi5_bundle_matches_and_scores_on_emulated_cortex_a76(
+    tmp_path: Path, calib_dir: Path, val_dir: Path
 ) -> None:
-    """Issue 22's bar: the real Lite0's fp32 and int8 files, on cortex-a76 code."""
-    run = api.export("efficientnet_lite0", target, pretrained=True, out=tmp_path / "run",
-                     int8=True, calib=calib_dir, calib_size=64, progress=False)  # fmt: skip
-    run = run.run_dir.path
-    bundle = make_bundle(run, "raspberry-pi-5", tmp_path / "pi5", samples=8, data=val_dir).path
-    result = verify(bundle, "cortex-a76")
+    """Issue 22's bars: the real Lite0's ONNX and TFLite, fp32 and int8, in one Pi 5 bundle on
+    cortex-a76 code, each file matching the host and scoring 200 labelled images with the
+    host's top-1; the report shows that accuracy labelled emulated. About 20 minutes: QEMU runs
+    float vector code an element at a time."""
+    for target in ("tflite", "onnx"):
+        api.export("efficientnet_lite0", target, pretrained=True, out=tmp_path / "run",
+                   int8=True, calib=calib_dir, calib_size=64, progress=False)  # fmt: skip
+    bundle = make_bundle(tmp_path / "run", "raspberry-pi-5", tmp_path / "pi5", samples=8,
+                         data=val_dir, eval_images=200).path  # fmt: skip
+    result = verify(bundle, "cortex-a76", threads=2, score=True)
     assert result.passed, result.to_dict()
-    assert {c.precision for c in result.checks} == {"fp32", "int8"}
+    names = {"model.onnx", "model_int8.onnx", "model.tflite", "model_int8.tflite"}
+    assert {c.artifact for c in result.checks} == names == set(result.accuracy)
+    for name, scored in result.accuracy.items():
+        assert scored["n"] == 200 and scored["top1"] == scored["host_top1"], (name, scored)
+    int8 = next(c for c in result.checks if c.artifact == "model_int8.tflite")
+    assert int8.max_abs_diff == 0.0  # LiteRT's int8 kernels: the same integers on ARM
+    from edgevt.report import collect, write_report
+
+    report = collect([tmp_path / "run"], [Path(result.results)])
+    where = "raspberry-pi-5 (emulated aarch64 (cortex-a76))"
+    assert {(a["where"], a["artifact"]) for a in report.device_accuracy} == {
+        (where, n) for n in names
+    }
+    md = write_report(report, tmp_path / "report", "emulated")["markdown"].read_text()
+    assert "## Accuracy on devices" in md and "gap beyond noise" not in md
 
 
 @needs_qemu
@@ -143,6 +160,8 @@ def test_verify_requests_are_checked_before_the_bundle_is_built(tmp_path: Path) 
         (["--device", "raspberry-pi-5", "--core", "max"], "no emulated core 'max'"),
         (["--device", "intel-nuc", "--verify-aarch64"], "intel-nuc is an x86_64 device"),
         (["--device", "pixel-8", "--verify-aarch64"], "pixel-8 names no ARM core"),
+        (["--device", "raspberry-pi-5", "--verify-aarch64", "--emulated-accuracy",
+          "--eval-images", "0"], "carries none: give --eval-images N"),
     ]
     for flags, message in cases:
         proc = bundle(*flags)
@@ -195,3 +214,63 @@ def test_profile_emulate_refuses_what_it_cannot_emulate(tmp_path: Path) -> None:
         proc = profile(*flags)
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+@needs_qemu
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc builds the QEMU counting plugin")
+def test_recipes_for_an_arm_device_come_from_its_cores_instruction_counts(
+    tmp_path: Path, calib_dir: Path, capsys
+) -> None:
+    """Issue 22 item 2 / issue 21 item 1: `--profile-on raspberry-pi-5` measures each op type's
+    int8 cost in aarch64 instructions on the emulated cortex-a76 (no device needed), chooses
+    the recipe from that, and says what the chosen file executes against fp32 there;
+    `edgevt profile --emulate raspberry-pi-4 --op-types` does the same for the Pi 4's core."""
+    from edgevt.op_profile import COUNTS, OpProfile
+    from edgevt.report import collect, write_report
+
+    result = api.export(tiny_model(), "tflite", out=tmp_path / "run", int8=True, calib=calib_dir,
+                        calib_size=8, progress=False, profile_on="raspberry-pi-5")  # fmt: skip
+    run = result.run_dir.path
+    profile = OpProfile.load(run / "op_profile_tflite_raspberry-pi-5_cortex-a76.json")
+    assert profile.unit == COUNTS and profile.threads == [1]
+    assert profile.host == "emulated aarch64 (cortex-a76)"
+    counted = {v.float_types[0] for v in profile.types}
+    assert counted == {"ADD", "CONV_2D", "FULLY_CONNECTED", "MEAN"}
+    assert all(v.ms[1] > 0.01 for v in [profile.fp32, profile.full, *profile.types])  # millions
+    assert not (run / "op_profile_tflite.json").exists()  # no host profile was taken
+    int8 = result.artifacts[-1]
+    assert "on emulated cortex-a76, 1 thread: int8" in " ".join(int8.notes)
+    assert int8.details["instructions"]["fp32"] == round(profile.fp32.ms[1] * 1e6)
+
+    from edgevt.cli import main  # in this process: it knows the test's tiny model
+
+    assert main(["profile", str(run / "model_int8.tflite"), "--emulate", "raspberry-pi-4",
+                 "--op-types"]) in (0, None)  # fmt: skip
+    out = capsys.readouterr().out
+    assert "emulated aarch64 (cortex-a72) (instructions per inference, not a time)" in out
+    a72 = OpProfile.load(run / "op_profile_tflite_raspberry-pi-4_cortex-a72.json")
+    assert a72.full.ms[1] > profile.full.ms[1]  # no dotprod: int8 costs more on the Pi 4's core
+    md = write_report(collect([run]), tmp_path / "report", "arm")["markdown"].read_text()
+    assert md.count("(instructions per inference, not a time)") == 2
+    assert "int8 cost M instructions (1T)" in md
+
+
+def test_profile_on_is_checked_before_any_work(tmp_path: Path) -> None:
+    def export(*flags: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "edgevt.cli", "export", "efficientnet_lite0", "--target",
+             "tflite", "-o", str(tmp_path / "run"), *flags],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+
+    cases = [
+        (["--profile-on", "raspberry-pi-5"], "--profile-on chooses the int8 file's float ops"),
+        (["--int8", "--profile-on", "raspberry-pi-5", "--optimize", "full"], "Drop one"),
+        (["--int8", "--profile-on", "raspberry-pi-5", "--max-drop", "1"], "Drop one"),
+        (["--int8", "--profile-on", "intel-nuc"], "intel-nuc is an x86_64 device"),
+        (["--int8", "--profile-on", "rpi"], "unknown device 'rpi'"),
+    ]
+    for flags, message in cases:
+        proc = export(*flags)
+        assert proc.returncode == 2 and message in proc.stderr, (flags, proc.stderr)
+        assert "Traceback" not in proc.stderr and not (tmp_path / "run").exists()

@@ -38,27 +38,42 @@ def add_parser(sub) -> None:
         "in the run (needs qemu-user and gcc; the first run downloads Debian arm64 Python)",
     )  # fmt: skip
     p.add_argument("--core", help="with --emulate: the ARM core (default: the profile's)")
+    p.add_argument(
+        "--op-types", action="store_true",
+        help="with --emulate: the op-type profile instead, counted on the device's core (one "
+        "int8 file per op type in float): the recipes `edgevt export --profile-on DEVICE` "
+        "chooses; writes op_profile_<target>_<device>_<core>.json",
+    )  # fmt: skip
     add_json(p)
     p.set_defaults(func=profile)
 
 
 def profile(args: argparse.Namespace) -> None:
     from edgevt import api
+    from edgevt.errors import EdgevtError
     from edgevt.op_profile import OPTIMIZE, choose
 
-    if args.emulate or args.core:
+    if args.op_types and not args.emulate:
+        raise EdgevtError("--op-types applies with --emulate DEVICE (the host profile is the "
+                          "op-type profile already).")  # fmt: skip
+    if (args.emulate or args.core) and not args.op_types:
         return emulate(args)
+    if args.emulate and args.threads:
+        raise EdgevtError("--threads applies to the host profile; --emulate counts at 1 thread.")
 
     measured, written = api.profile(args.artifact, threads=args.threads, out=args.out,
-                                    progress=not args.json)  # fmt: skip
+                                    progress=not args.json, device=args.emulate,
+                                    core=args.core)  # fmt: skip
     threads = measured.threads
-    base = measured.base
-    print(f"{measured.model} on {measured.target}, {measured.host}")
-    head = f"{'variant':<32}{'cosine':>9}" + "".join(f"{f'ms {t}T':>9}" for t in threads)
+    base, unit = measured.base, measured.unit
+    short = "ms" if unit == "ms" else "M ins"
+    print(f"{measured.model} on {measured.target}, {measured.host}"
+          + ("" if unit == "ms" else " (instructions per inference, not a time)"))  # fmt: skip
+    head = f"{'variant':<32}{'cosine':>9}" + "".join(f"{f'{short} {t}T':>10}" for t in threads)
     print(head + f"{f'int8 cost {base}T':>16}")
     for v in [measured.fp32, measured.full, *measured.types]:
-        cost = f"{measured.cost(v.float_types[0]):+.2f} ms" if v.float_types else ""
-        print(f"{v.label:<32}{v.cosine:>9.5f}" + "".join(f"{v.ms[t]:>9.2f}" for t in threads)
+        cost = f"{measured.cost(v.float_types[0]):+.2f} {short}" if v.float_types else ""
+        print(f"{v.label:<32}{v.cosine:>9.5f}" + "".join(f"{v.ms[t]:>10.2f}" for t in threads)
               + f"{cost:>16}")  # fmt: skip
     print("int8 cost: full int8 minus the file with that type in float (positive: the type is "
           "slower in int8 here)")  # fmt: skip

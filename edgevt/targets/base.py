@@ -361,10 +361,12 @@ class Target(abc.ABC):
         raise EdgevtError(f"edgevt debug cannot write {self.spec.name} int8 variants yet.")
 
     def op_profile(
-        self, run: Path, threads: list[int] | None = None, progress: bool = True
+        self, run: Path, threads: list[int] | None = None, progress: bool = True,
+        core: str | None = None,
     ) -> OpProfile:
-        """Measure what each op type of this run's int8 file costs in int8 on this host
-        (``edgevt profile``; see ``edgevt.op_profile``)."""
+        """Measure what each op type of this run's int8 file costs in int8 on this host, or in
+        aarch64 instructions on an emulated ARM ``core`` (``edgevt profile``; see
+        ``edgevt.op_profile``)."""
         raise EdgevtError(
             f"edgevt profile does not measure {self.spec.name} files yet (tflite does)."
         )

@@ -28,7 +28,7 @@ import numpy as np
 from edgevt.artifact import METADATA_KEY, ArtifactInfo
 from edgevt.errors import EdgevtError
 from edgevt.io import atomic_path
-from edgevt.op_profile import OPTIMIZE
+from edgevt.op_profile import COUNT_NOISE, OPTIMIZE
 from edgevt.quant.rules import TargetRules
 from edgevt.targets import register_target
 from edgevt.targets.base import (
@@ -408,6 +408,7 @@ class TfliteOptions(TargetOptions):
     int8_io: bool = False
     float_ops: tuple[str, ...] = ()
     optimize: str | None = None
+    profile_on: str | None = None  # an ARM device: --optimize counts its core's instructions
 
 
 @register_target
@@ -439,6 +440,11 @@ class TfliteTarget(Target):
                       "latency (fastest), balanced (also cheap accuracy wins; default), "
                       "accuracy (most accurate not slower than fp32), full (every op int8, "
                       "for NPUs; no profile). --float-ops and --quant-config choose by hand"}),
+        ("profile_on", {"metavar": "DEVICE",
+                        "help": "choose --optimize's recipe for an ARM device instead of this "
+                        "host: what each op type costs in aarch64 instructions on DEVICE's core "
+                        "under qemu (raspberry-pi-5: cortex-a76, raspberry-pi-4: cortex-a72; "
+                        "1 thread, a count, not a time; needs qemu-user and gcc)"}),
     )  # fmt: skip
 
     def quantization_rules(self) -> TargetRules:
@@ -457,7 +463,10 @@ class TfliteTarget(Target):
                  config=config)  # fmt: skip
         return out
 
-    def op_profile(self, run: Path, threads: list[int] | None = None, progress: bool = True):
+    def op_profile(
+        self, run: Path, threads: list[int] | None = None, progress: bool = True,
+        core: str | None = None,
+    ):
         """The run's int8 op-type profile, measured again (the export's own choice of float
         ops is in its manifest); the files it quantizes live in a temporary folder."""
         import shutil
@@ -486,9 +495,10 @@ class TfliteTarget(Target):
         try:
             with step("quantizing the full-int8 file", progress):
                 write(work / "full_int8.tflite", ())
-            with step("quantizing and timing one file per op type", progress):
+            how = "timing" if core is None else f"counting instructions on emulated {core} of"
+            with step(f"quantizing and {how} one file per op type", progress):
                 return tflite_profile.profile(fp32, work / "full_int8.tflite", info, write,
-                                              images, threads)  # fmt: skip
+                                              images, threads, core=core)  # fmt: skip
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
@@ -528,6 +538,17 @@ class TfliteTarget(Target):
                     f"--optimize {options.optimize} chooses the float ops itself; drop it, or "
                     "drop --float-ops."
                 )  # fmt: skip
+        if options.profile_on is not None:
+            if "int8" not in precisions:
+                raise EdgevtError("--profile-on chooses the int8 file's float ops; add --int8.")
+            if options.optimize == "full" or options.float_ops or max_drop is not None:
+                raise EdgevtError(
+                    "--profile-on measures the op types --optimize chooses from; --optimize "
+                    "full, --float-ops and --max-drop choose otherwise. Drop one."
+                )
+            from edgevt.aarch64 import core_for_device
+
+            core_for_device(options.profile_on)  # an ARM profile with a core, qemu here
 
     def export(self, ctx: ExportContext, options: TfliteOptions) -> list[Artifact]:
         """fp32 through litert-torch, then fp16 / w8 / int8 from it with ai-edge-quantizer.
@@ -536,6 +557,9 @@ class TfliteTarget(Target):
         if ctx.config is not None and options.optimize not in (None, "full"):
             raise EdgevtError(f"--optimize {options.optimize} chooses the float ops itself; "
                               "drop it, or drop --quant-config.")  # fmt: skip
+        if ctx.config is not None and options.profile_on and ctx.max_drop is None:
+            raise EdgevtError("--profile-on measures the op types --optimize chooses from; "
+                              "--quant-config chooses by hand. Drop one.")  # fmt: skip
         budget: dict[str, Any] = {}
         if ctx.max_drop is not None and "int8" in ctx.precisions:
             from edgevt.quant.sensitivity import budget_config
@@ -601,21 +625,41 @@ class TfliteTarget(Target):
                 runner.infer(images[:1])
         except Exception:  # noqa: BLE001  (whatever the runtime raised: the check says it)
             return report, notes, details
-        timed = None
+        timed, counts, core = None, None, None
+        if options.profile_on and mode != "full":
+            from edgevt.aarch64 import core_for_device
+
+            core = core_for_device(options.profile_on)
         if mode != "full":
-            with ctx.stage("profiling what each op type costs in int8 here (a file per type)"):
-                profile = tflite_profile.profile(fp32, path, ctx.info, write, images, threads)
-            details["op_profile"] = profile.save(ctx.run / "op_profile_tflite.json").name
+            where = "here" if core is None else f"on emulated {core} (instructions)"
+            with ctx.stage(f"profiling what each op type costs in int8 {where} (a file per "
+                           "type)"):  # fmt: skip
+                profile = tflite_profile.profile(fp32, path, ctx.info, write, images, threads,
+                                                 core=core)  # fmt: skip
+            name = ("op_profile_tflite.json" if core is None
+                    else f"op_profile_tflite_{options.profile_on}_{core}.json")  # fmt: skip
+            details["op_profile"] = profile.save(ctx.run / name).name
             chosen = choose(profile, mode)
             details["float_types"] = chosen
             if chosen:
                 with ctx.stage(f"quantizing the {mode} recipe: {' '.join(chosen)} in float"):
                     report = write(path, tuple(chosen))
                 notes = list(report.widened_weights)
-            else:
+            elif core is None:
                 timed = profile.fp32.ms, profile.full.ms
             notes.append(f"--optimize {mode}: " + (f"{' '.join(chosen)} kept in float"
-                         if chosen else "no op type is slower in int8 here"))  # fmt: skip
+                         if chosen else f"no op type costs more in int8 {where}"))  # fmt: skip
+            if core is not None:
+                counts = self._counted_on(core, fp32, path, chosen, profile, images)
+                details["instructions"] = counts
+                notes.append(
+                    f"on emulated {core}, 1 thread: int8 {counts['int8'] / 1e6:.4g} M vs fp32 "
+                    f"{counts['fp32'] / 1e6:.4g} M instructions per inference "
+                    f"({counts['fp32'] / counts['int8']:.2f}x fewer; a count, not a time)"
+                )  # fmt: skip
+                if counts["int8"] > counts["fp32"] * (1 + COUNT_NOISE):
+                    notes.append(f"WARNING: this int8 file executes more instructions than fp32 "
+                                 f"on {core}; model.tflite is the cheaper file there.")  # fmt: skip
         if timed is None:
             with ctx.stage("timing the int8 file against fp32"):
                 fp32_ms, int8_ms, _ = tflite_profile.time_pair(fp32, path, ctx.info, images,
@@ -632,6 +676,19 @@ class TfliteTarget(Target):
             notes.append(f"WARNING: this int8 file is slower than fp32 at {slow} thread(s) on "
                          f"this host; {how}.")  # fmt: skip
         return report, notes, details
+
+    @staticmethod
+    def _counted_on(
+        core: str, fp32: Path, path: Path, chosen: list[str], profile, images: np.ndarray
+    ) -> dict[str, int]:
+        """fp32's and the chosen int8 file's instructions per inference on ``core`` (the
+        profile's own counts where the chosen file is one it counted)."""
+        fp32_count = round(profile.fp32.ms[1] * 1e6)
+        if not chosen:
+            return {"fp32": fp32_count, "int8": round(profile.full.ms[1] * 1e6)}
+        from edgevt.aarch64 import count_files
+
+        return {"fp32": fp32_count, "int8": count_files({"int8": path}, core, images[:1])["int8"]}
 
     def _gap_images(self, ctx: ExportContext) -> np.ndarray:
         """Images to range what the table has no entry for (LayerNorm, Softmax outputs): the

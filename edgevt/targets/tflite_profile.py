@@ -14,7 +14,15 @@ from typing import Any
 import numpy as np
 
 from edgevt.artifact import ArtifactInfo
-from edgevt.op_profile import OpProfile, Variant, default_threads, host_label, measure
+from edgevt.op_profile import (
+    COUNTS,
+    MS,
+    OpProfile,
+    Variant,
+    default_threads,
+    host_label,
+    measure,
+)
 
 # Ops that move or reshape data: the quantizer gives them their input's scale, so keeping them
 # float only adds QUANTIZE/DEQUANTIZE pairs around them. Not worth a file each.
@@ -41,11 +49,14 @@ def profile(
     images: np.ndarray,
     threads: list[int] | None = None,
     progress: Callable[[str], None] = lambda _: None,
+    core: str | None = None,
 ) -> OpProfile:
     """Measure the int8 cost of every op type of ``fp32`` that is not a layout op.
 
     ``quantize_with(out, float_types)`` writes the int8 file with those types in float, as
-    the full-int8 ``full_int8`` was written. The variants live in a temporary folder.
+    the full-int8 ``full_int8`` was written. The variants live in a temporary folder. With
+    ``core`` (an ARM core, e.g. cortex-a76) the cost is aarch64 instructions per inference on
+    that emulated core (1 thread), not host time: the profile of a device not at hand.
     """
     from edgevt.targets.tflite import LiteRTRunner
 
@@ -61,8 +72,13 @@ def profile(
             quantize_with(path, (op_type,))
             files[op_type] = path
         checked = images[:CHECK_IMAGES]
-        found = measure(files, lambda p, t: LiteRTRunner(p, threads=t, info=info), checked[:1],
-                        checked, threads, progress)  # fmt: skip
+        if core is None:
+            found = measure(files, lambda p, t: LiteRTRunner(p, threads=t, info=info),
+                            checked[:1], checked, threads, progress)  # fmt: skip
+            where, unit = host_label(), MS
+        else:
+            found = counted(files, info, checked, core, progress)
+            threads, where, unit = [1], f"emulated aarch64 ({core})", COUNTS
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -71,11 +87,31 @@ def profile(
         return Variant(label, float_types, ms, cosine)
 
     return OpProfile(
-        model=info.model, target="tflite", host=host_label(), threads=list(threads),
+        model=info.model, target="tflite", host=where, threads=list(threads),
         census=dict(sorted(ops.items())), fp32=variant("fp32", "fp32", []),
         full=variant("full int8", "full int8", []),
-        types=[variant(t, f"int8, {t} float", [t]) for t in candidates],
+        types=[variant(t, f"int8, {t} float", [t]) for t in candidates], unit=unit,
     )  # fmt: skip
+
+
+def counted(
+    files: dict[str, Path], info: ArtifactInfo, images: np.ndarray, core: str,
+    progress: Callable[[str], None] = lambda _: None,
+) -> dict[str, tuple[dict[int, float], float]]:
+    """``measure``'s answer with millions of aarch64 instructions per inference on ``core``
+    (emulated, 1 thread) for the time; the cosine to fp32 is taken here, because LiteRT's
+    int8 kernels compute the same integers on ARM (``edgevt bundle --verify-aarch64``)."""
+    from edgevt.aarch64 import count_files
+    from edgevt.targets.tflite import LiteRTRunner
+    from edgevt.validate.evaluate import compare_logits
+
+    counts = count_files(files, core, images[:1], progress=progress)
+    logits = {}
+    for key, path in files.items():
+        with LiteRTRunner(path, info=info) as runner:
+            logits[key] = runner.infer(images)
+    return {k: ({1: counts[k] / 1e6}, compare_logits(logits["fp32"], logits[k])["cosine"])
+            for k in files}  # fmt: skip
 
 
 def time_pair(
