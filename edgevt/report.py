@@ -336,6 +336,12 @@ INSTRUCTIONS_NOTE = (
 )
 
 
+RECIPES_NOTE = (
+    "Each measured candidate (fp32, full int8, int8 with one op type in float) by its cost and "
+    "its logit cosine to fp32; red: the Pareto front, none cheaper and closer to fp32."
+)
+
+
 def _profile_caption(entry: dict[str, Any]) -> str:
     p = entry["profile"]
     base, unit = max(p["threads"]), p.get("unit", "ms")
@@ -601,8 +607,14 @@ def plot_points(report: Report) -> list[dict[str, Any]]:
                        "accuracy": accuracy, "threads": t.threads, "run": r.run,
                        "model": r.model})  # fmt: skip
     # One Pareto front per model: one model's top-1 is no trade-off against another's.
+    return mark_pareto(points)
+
+
+def mark_pareto(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Set each point's ``pareto``: no other point of its model is both faster and more
+    accurate."""
     for model in {p["model"] for p in points}:
-        best = -1.0
+        best = -math.inf
         mine = [p for p in points if p["model"] == model]
         for p in sorted(mine, key=lambda p: (p["latency"], -p["accuracy"])):
             p["pareto"] = p["accuracy"] > best
@@ -610,15 +622,58 @@ def plot_points(report: Report) -> list[dict[str, Any]]:
     return points
 
 
-def scatter_svg(points: list[dict[str, Any]], width: int = 720, height: int = 420) -> str:
-    """Accuracy vs latency, Pareto front joined by a line; an inline, dependency-free SVG."""
+def recipe_points(entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """An op-type profile's measured candidates (fp32, full int8, each type in float) as
+    cost-vs-cosine points with their Pareto front: the trade-off ``--optimize`` chooses on."""
+    from edgevt.op_profile import OpProfile
+
+    profile = OpProfile.from_dict(entry["profile"])
+    return mark_pareto([
+        {"label": v.label, "latency": v.ms[profile.base], "accuracy": v.cosine,
+         "model": profile.model}
+        for v in [profile.fp32, profile.full, *profile.types]
+    ])  # fmt: skip
+
+
+def recipe_svg(entry: dict[str, Any]) -> str:
+    p = entry["profile"]
+    unit, base = p.get("unit", "ms"), max(p["threads"])
+    return scatter_svg(recipe_points(entry), x_label=f"{unit} per inference at {base} "
+                       f"thread(s) ({p['host']})", y_label="logit cosine to fp32",
+                       y_pad=None, y_format=None, label="int8 recipe candidates")  # fmt: skip
+
+
+def recipe_front(entry: dict[str, Any]) -> str:
+    """The Markdown line naming the candidates' Pareto front, fastest first."""
+    unit = entry["profile"].get("unit", "ms")
+    front = sorted((q for q in recipe_points(entry) if q["pareto"]), key=lambda q: q["latency"])
+    return "Pareto front of the measured candidates, cheapest first: " + "; ".join(
+        f"{q['label']} ({q['latency']:.2f} {unit}, cosine {q['accuracy']:.4f})" for q in front
+    ) + "."
+
+
+def _decimals(step: float, least: int) -> int:
+    """Decimals that tell ticks ``step`` apart (at least ``least``)."""
+    return max(least, -math.floor(math.log10(step)) + 1) if step > 0 else least
+
+
+def scatter_svg(
+    points: list[dict[str, Any]], width: int = 720, height: int = 420,
+    x_label: str = "host latency p50 (ms, batch 1)",
+    y_label: str = "top-1 % (random weights: agreement with fp32 %)",
+    y_pad: float | None = 1.0, y_format: str | None = ".1f", label: str = "accuracy vs latency",
+) -> str:
+    """Accuracy vs latency, Pareto front joined by a line; an inline, dependency-free SVG.
+    ``y_pad`` None: a tenth of the accuracy span (cosines); ``y_format`` None: as many
+    decimals as the ticks need."""
     if not points:
         return "<p><em>No artifact has both an evaluation and a host benchmark yet.</em></p>"
     left, right, top, bottom = 70, 20, 20, 50
     xs = [p["latency"] for p in points]
     ys = [p["accuracy"] for p in points]
     x0, x1 = 0.0, max(xs) * 1.1
-    y0, y1 = min(ys) - 1.0, max(ys) + 1.0
+    pad = y_pad if y_pad is not None else max(1e-4, 0.1 * (max(ys) - min(ys)))
+    y0, y1 = min(ys) - pad, max(ys) + pad
 
     def sx(x: float) -> float:
         return left + (x - x0) / (x1 - x0) * (width - left - right)
@@ -628,23 +683,25 @@ def scatter_svg(points: list[dict[str, Any]], width: int = 720, height: int = 42
 
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" role="img" aria-label="accuracy vs latency">',
+        f'viewBox="0 0 {width} {height}" role="img" aria-label="{html.escape(label)}">',
         f'<rect x="0" y="0" width="{width}" height="{height}" fill="#ffffff"/>',
         f'<line x1="{left}" y1="{height - bottom}" x2="{width - right}" y2="{height - bottom}" '
         'stroke="#333"/>',
         f'<line x1="{left}" y1="{top}" x2="{left}" y2="{height - bottom}" stroke="#333"/>',
     ]
+    x_format = f".{_decimals((x1 - x0) / 5, 1)}f"
+    y_format = y_format or f".{_decimals((y1 - y0) / 5, 1)}f"
     for i in range(6):
         xv, yv = x0 + (x1 - x0) * i / 5, y0 + (y1 - y0) * i / 5
         parts.append(f'<text x="{sx(xv):.1f}" y="{height - bottom + 16}" font-size="11" '
-                     f'text-anchor="middle">{xv:.1f}</text>')  # fmt: skip
+                     f'text-anchor="middle">{xv:{x_format}}</text>')  # fmt: skip
         parts.append(f'<text x="{left - 6}" y="{sy(yv) + 4:.1f}" font-size="11" '
-                     f'text-anchor="end">{yv:.1f}</text>')  # fmt: skip
+                     f'text-anchor="end">{yv:{y_format}}</text>')  # fmt: skip
     parts.append(f'<text x="{(left + width - right) / 2}" y="{height - 12}" font-size="12" '
-                 'text-anchor="middle">host latency p50 (ms, batch 1)</text>')  # fmt: skip
+                 f'text-anchor="middle">{html.escape(x_label)}</text>')  # fmt: skip
     parts.append(f'<text x="16" y="{(top + height - bottom) / 2}" font-size="12" '
                  f'text-anchor="middle" transform="rotate(-90 16 {(top + height - bottom) / 2})">'
-                 "top-1 % (random weights: agreement with fp32 %)</text>")  # fmt: skip
+                 f"{html.escape(y_label)}</text>")  # fmt: skip
     for model in sorted({p["model"] for p in points}):
         front = sorted((p for p in points if p["pareto"] and p["model"] == model),
                        key=lambda p: p["latency"])  # fmt: skip
@@ -806,7 +863,7 @@ def write_report(report: Report, out: Path, title: str) -> dict[str, Path]:
                _markdown_table(checks)]  # fmt: skip
     for entry in report.profiles:
         md += ["", f"## int8 op-type profile ({entry['run']})", "", _profile_caption(entry), "",
-               _markdown_table(profile_table(entry))]  # fmt: skip
+               _markdown_table(profile_table(entry)), "", recipe_front(entry)]  # fmt: skip
     if report.instructions:
         md += ["", "## ARM instruction counts (emulated)", "", INSTRUCTIONS_NOTE, "",
                _markdown_table(instructions_table(report))]  # fmt: skip
@@ -852,6 +909,8 @@ front (no other artifact of that model is both faster and more accurate).
 {"<h2>Checks on devices</h2>" + _html_table(checks) if checks else ""}
 {"".join(f"<h2>int8 op-type profile ({html.escape(e['run'])})</h2><p>"
          f"{html.escape(_profile_caption(e))}</p>" + _html_table(profile_table(e))
+         + f'<figure class="recipes">{recipe_svg(e)}<figcaption>'
+         + html.escape(RECIPES_NOTE + " " + recipe_front(e)) + "</figcaption></figure>"
          for e in report.profiles)}
 {"<h2>ARM instruction counts (emulated)</h2><p>" + html.escape(INSTRUCTIONS_NOTE) + "</p>"
  + _html_table(instructions_table(report)) if report.instructions else ""}

@@ -159,7 +159,14 @@ def test_report_shows_the_profile_and_each_modes_choice(balanced, tmp_path) -> N
     data = json.loads(paths["json"].read_text())
     (entry,) = data["profiles"]
     assert entry["recipes"]["balanced"] == balanced.artifacts[-1].details["float_types"]
-    assert "int8 op-type profile" in paths["html"].read_text()
+    page = paths["html"].read_text()
+    assert "int8 op-type profile" in page
+    # the candidates as a cost/cosine scatter: one point each, the front named in both pages
+    figure = page[page.index('<figure class="recipes">'):]
+    figure = figure[: figure.index("</figure>")]
+    assert figure.count("<circle") == 2 + len(entry["profile"]["types"])
+    assert 'fill="#d62728"' in figure and "logit cosine to fp32" in figure
+    assert "Pareto front of the measured candidates, cheapest first: " in md
 
 
 def test_an_int8_file_slower_than_fp32_is_named_with_both_numbers(
