@@ -152,7 +152,7 @@ def test_options_are_typed_and_unknown_ones_refused(tmp_path: Path) -> None:
         api.export(TINY, "torchscript", int8=False, max_drop=0.5, out=tmp_path / "x")
     options = all_targets()["tflite"].options({"float_ops": ["SOFTMAX"], "int8_io": None})
     assert dataclasses.asdict(options) == {"int8_io": False, "float_ops": ("SOFTMAX",),
-                                           "optimize": None}  # fmt: skip
+                                           "optimize": None, "profile_on": None}  # fmt: skip
 
 
 # ------------------------------------------------- the test target through the whole product
