@@ -99,9 +99,12 @@ def devices(args: argparse.Namespace) -> None:
             print(f"{key:<16}{', '.join(map(str, value)) if isinstance(value, tuple) else value}")
     else:
         print(f"device profiles in {profiles_dir()}:")
-        for p in profiles:
-            print(f"  {p.name:<18}{'/'.join(p.targets):<16}{'/'.join(p.precisions):<18}"
-                  f"{p.description}")  # fmt: skip
+        rows = [(p.name, "/".join(p.targets), "/".join(p.precisions), p.description)
+                for p in profiles]  # fmt: skip
+        widths = [max(len(r[i]) for r in rows) + 2 for i in range(3)]  # columns that never merge
+        for name, targets, precisions, description in rows:
+            print(f"  {name:<{widths[0]}}{targets:<{widths[1]}}{precisions:<{widths[2]}}"
+                  f"{description}")  # fmt: skip
     if args.json:
         print_json(
             [{k: str(v) if k == "path" else v for k, v in asdict(p).items()} for p in profiles]
