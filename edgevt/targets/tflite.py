@@ -625,7 +625,7 @@ class TfliteTarget(Target):
                 runner.infer(images[:1])
         except Exception:  # noqa: BLE001  (whatever the runtime raised: the check says it)
             return report, notes, details
-        timed, counts, core = None, None, None
+        timed, core = None, None
         if options.profile_on and mode != "full":
             from edgevt.aarch64 import core_for_device
 
