@@ -152,10 +152,35 @@ def check_core(core: str) -> str:
 def _guest(core: str, names: list[str]) -> tuple[Path, Path]:
     """The root file system (its /proc/cpuinfo written for ``core``) and the site-packages
     that run the bundled files ``names``."""
-    root = rootfs()
+    root = core_view(rootfs(), core)
     site = site_packages(sorted({w for n in names for w in RUNTIME_WHEELS[Path(n).suffix]}))
-    (root / "proc" / "cpuinfo").write_text(CORES[core].cpuinfo())
     return root, site
+
+
+def core_view(root: Path, core: str) -> Path:
+    """The root file system as one core shows it: a hard-linked copy (no extra space) whose
+    own ``/proc/cpuinfo`` names that core, built once. One shared cpuinfo rewritten per run let
+    two runs at once (a cortex-a72 count beside a cortex-a76 test) read each other's core, and
+    XNNPACK then ran dot-product code on a core without it (SIGILL)."""
+    text = CORES[core].cpuinfo()
+    view = root.with_name(f"{root.name}-{core}")
+    cpuinfo = view / "proc" / "cpuinfo"
+    if cpuinfo.is_file() and cpuinfo.read_text() == text:
+        return view
+    with tempfile.TemporaryDirectory(prefix=f".{view.name}.", dir=root.parent) as tmp:
+        work = Path(tmp) / "view"
+        _run(["cp", "-al", str(root), str(work)], f"linking the root file system for {core}")
+        mine = work / "proc" / "cpuinfo"
+        mine.parent.mkdir(exist_ok=True)
+        mine.unlink(missing_ok=True)  # a new file, never the linked one
+        mine.write_text(text)
+        if view.exists():  # an older view (another cpuinfo)
+            shutil.rmtree(view, ignore_errors=True)
+        try:
+            os.replace(work, view)
+        except OSError:  # another run built it first: theirs is the same
+            pass
+    return view
 
 
 def rootfs(cache: Path | None = None) -> Path:

@@ -33,6 +33,26 @@ def test_cpuinfo_names_the_emulated_core_and_its_features() -> None:
     assert "manylinux_2_27_aarch64" in WHEEL_TAGS and "manylinux2014_aarch64" in WHEEL_TAGS
 
 
+def test_each_core_sees_its_own_cpuinfo_in_a_linked_root(tmp_path: Path) -> None:
+    """Two runs at once on two cores (a cortex-a72 count beside a cortex-a76 check) must not
+    read each other's /proc/cpuinfo: each core gets a hard-linked view of the root file system
+    with its own, and the shared root is never written."""
+    from edgevt.aarch64 import core_view
+
+    root = tmp_path / "debian12"
+    (root / "usr" / "bin").mkdir(parents=True)
+    (root / "usr" / "bin" / "python3.11").write_text("python")
+    (root / "proc").mkdir()
+    (root / "proc" / "cpuinfo").write_text("the host's")
+    a76, a72 = core_view(root, "cortex-a76"), core_view(root, "cortex-a72")
+    assert "asimddp" in (a76 / "proc" / "cpuinfo").read_text()
+    assert "asimddp" not in (a72 / "proc" / "cpuinfo").read_text()
+    assert (root / "proc" / "cpuinfo").read_text() == "the host's"
+    python = [v / "usr" / "bin" / "python3.11" for v in (root, a76, a72)]
+    assert len({p.stat().st_ino for p in python}) == 1  # linked, not copied
+    assert core_view(root, "cortex-a76") == a76  # built once
+
+
 def test_grid_step_reads_the_output_grid() -> None:
     import numpy as np
 
