@@ -174,6 +174,8 @@ def core_view(root: Path, core: str) -> Path:
         mine.parent.mkdir(exist_ok=True)
         mine.unlink(missing_ok=True)  # a new file, never the linked one
         mine.write_text(text)
+        if cpuinfo.is_file() and cpuinfo.read_text() == text:
+            return view  # another run built it meanwhile (and may be using it): keep theirs
         if view.exists():  # an older view (another cpuinfo)
             shutil.rmtree(view, ignore_errors=True)
         try:
