@@ -194,10 +194,13 @@ def check(model: Model, inputs: np.ndarray, expected: np.ndarray) -> dict:
     }
 
 
-def build_engine(onnx_path: Path, engine_path: Path, int8: bool) -> None:
-    """Build a batch-1 TensorRT engine from a bundled ONNX file with TensorRT's Python API, as
-    trtexec.sh would (``--int8 --fp16`` for a QDQ graph, ``--fp16`` otherwise): the same steps
-    as ``edgevt.targets.tensorrt.build_engine``, restated because a bundle cannot import edgevt."""
+def build_engine(
+    onnx_path: Path, engine_path: Path, int8: bool, max_batch: int = 1, workspace_gib: float = 1.0
+) -> Path:
+    """Build a TensorRT engine from an ONNX file with TensorRT's Python API (8.6/10.x), as
+    trtexec.sh would: ``--int8 --fp16`` for a QDQ graph (explicit quantization, the Q/DQ
+    nodes carry the scales), ``--fp16`` otherwise; batch 1 to ``max_batch``. The one builder:
+    ``edgevt.targets.tensorrt`` calls it too (a bundle cannot import edgevt)."""
     import tensorrt as trt
 
     logger = trt.Logger(trt.Logger.WARNING)
@@ -207,25 +210,26 @@ def build_engine(onnx_path: Path, engine_path: Path, int8: bool) -> None:
         flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse(onnx_path.read_bytes()):
+    if not parser.parse(Path(onnx_path).read_bytes()):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise SystemExit(f"run_bundle: TensorRT could not parse {onnx_path.name}: {errors}")
+        raise RuntimeError(f"TensorRT could not parse {Path(onnx_path).name}: {errors}")
     config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, 1 << 30)
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
     config.set_flag(trt.BuilderFlag.FP16)
-    if int8:  # the Q/DQ nodes carry the scales: explicit quantization, no calibrator
+    if int8:
         config.set_flag(trt.BuilderFlag.INT8)
     name = network.get_input(0).name
     size = tuple(network.get_input(0).shape)[1:]
     profile = builder.create_optimization_profile()
-    profile.set_shape(name, (1, *size), (1, *size), (1, *size))
+    profile.set_shape(name, (1, *size), (1, *size), (max_batch, *size))
     config.add_optimization_profile(profile)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise SystemExit(f"run_bundle: TensorRT failed to build {engine_path.name} (log above)")
-    tmp = engine_path.with_name(engine_path.name + ".partial")
+        raise RuntimeError(f"TensorRT failed to build {Path(engine_path).name} (log above)")
+    tmp = Path(engine_path).with_name(Path(engine_path).name + ".partial")
     tmp.write_bytes(bytes(serialized))
     os.replace(tmp, engine_path)  # atomic: an interrupted build leaves no half engine
+    return Path(engine_path)
 
 
 def ready(name: str, build: dict) -> bool:
@@ -245,7 +249,10 @@ def ready(name: str, build: dict) -> bool:
         return False
     print(f"{name}: building from {build['from']} with TensorRT {trt.__version__} (minutes on a "
           "Jetson)", flush=True)  # fmt: skip
-    build_engine(HERE / "models" / build["from"], path, build["precision"] == "int8")
+    try:
+        build_engine(HERE / "models" / build["from"], path, build["precision"] == "int8")
+    except RuntimeError as exc:
+        raise SystemExit(f"run_bundle: {exc}") from None
     return True
 
 

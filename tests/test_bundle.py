@@ -232,3 +232,25 @@ def test_the_report_flags_an_accuracy_gap_on_a_device(tmp_path: Path) -> None:
     md = write_report(report, tmp_path / "report", "gap")["markdown"].read_text()
     flagged = [line for line in md.splitlines() if "gap beyond noise" in line]
     assert len(flagged) == 1 and "a_int8.tflite" in flagged[0] and "25 / 5" in flagged[0]
+
+
+def test_the_export_builds_engines_with_the_bundles_builder(
+    lite0_run: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """One engine builder: `edgevt.targets.tensorrt.build_engine` is the bundle runner's, with
+    trtexec.sh's flags (the stand-in for TensorRT records them in its engine)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "tensorrt", FAKE_TENSORRT / "tensorrt" / "__init__.py"
+    )
+    fake = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fake)
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)  # this test only
+    from edgevt.targets.tensorrt import build_engine
+
+    engine = build_engine(lite0_run / "model_int8.onnx", tmp_path / "model_int8.engine")
+    assert engine.read_bytes().split(b"\n")[1] == b"FP16,INT8"
+    fp16 = build_engine(lite0_run / "model.onnx", tmp_path / "model_fp16.engine", int8=False)
+    assert fp16.read_bytes().split(b"\n")[1] == b"FP16"
+    assert not list(tmp_path.glob("*.partial"))

@@ -210,46 +210,14 @@ def tensorrt_available() -> str | None:
 
 
 def build_engine(
-    onnx_path: str | Path,
-    engine_path: str | Path,
-    input_name: str,
-    size: int,
-    int8: bool = True,
-    fp16: bool = True,
-    max_batch: int = 8,
-    workspace_gib: float = 2.0,
+    onnx_path: str | Path, engine_path: str | Path, int8: bool = True, max_batch: int = 8
 ) -> Path:
-    """Build a serialized engine with TensorRT's Python API (8.6/10.x). Not run in CI: TensorRT
-    cannot be installed there; the Jetson bundle runs it."""
-    import tensorrt as trt
+    """Build a serialized engine with TensorRT's Python API: the bundle runner's builder, so
+    the export and the Jetson build alike. Not run in CI: TensorRT cannot be installed there."""
+    from edgevt.bundle_runner import build_engine as build
 
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    flags = 0
-    if hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH"):  # required before 10.0
-        flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse(Path(onnx_path).read_bytes()):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise RuntimeError(f"TensorRT could not parse {onnx_path}: {errors}")
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
-    if fp16:
-        config.set_flag(trt.BuilderFlag.FP16)
-    if int8:
-        config.set_flag(trt.BuilderFlag.INT8)  # with Q/DQ in the graph: explicit quantization
-    profile = builder.create_optimization_profile()
-    profile.set_shape(
-        input_name, (1, 3, size, size), (1, 3, size, size), (max_batch, 3, size, size)
-    )
-    config.add_optimization_profile(profile)
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise RuntimeError("TensorRT failed to build the engine (see the log above).")
-    with atomic_path(engine_path) as tmp:
-        tmp.write_bytes(bytes(serialized))
-    return Path(engine_path)
+    return build(Path(onnx_path), Path(engine_path), int8, max_batch=max_batch,
+                 workspace_gib=2.0)  # fmt: skip
 
 
 # TensorRT: int8 symmetric everywhere (zero point 0), per-output-channel weights, Q/DQ on the
@@ -317,7 +285,7 @@ class TensorrtTarget(OnnxTarget):
         )
         why_not = tensorrt_available()
         if why_not is None:
-            engine = build_engine(int8.path, int8.path.with_suffix(".engine"), INPUT, size)
+            engine = build_engine(int8.path, int8.path.with_suffix(".engine"))
             int8.files["engine"] = engine
             int8.notes.append(f"  {engine}")
         else:
