@@ -6,7 +6,8 @@ host's profile), from one CalibrationTable; for the models of `--arm-recipes`, a
 recipe chosen for each Pi from its own core's instruction counts (`--profile-on
 raspberry-pi-5` / `raspberry-pi-4`), whose op-type profiles are tabulated too. Each file is
 counted under qemu-aarch64 on cortex-a76 (Raspberry Pi 5, dotprod) and cortex-a72 (Pi 4, no
-dotprod), 1 thread (`edgevt profile --emulate`), and timed on this host at 1 thread
+dotprod), or with `--cores cortex-x3` on Pixel 8's stand-in (QEMU's max without SME: dotprod
+and i8mm), 1 thread (`edgevt profile --emulate`), and timed on this host at 1 thread
 (interleaved rounds). A count is what the kernels XNNPACK picks for that core execute, not a
 time.
 
@@ -34,7 +35,9 @@ from edgevt.timing import median_ms_loaded_in_turn, runner_turn
 
 REPO = Path(__file__).resolve().parent.parent
 DEVICE = "raspberry-pi-5"  # its bundle takes .tflite files; --core picks the emulated core
-FOR_CORE = {"cortex-a76": "raspberry-pi-5", "cortex-a72": "raspberry-pi-4"}  # --profile-on
+FOR_CORE = {  # --profile-on
+    "cortex-a76": "raspberry-pi-5", "cortex-a72": "raspberry-pi-4", "cortex-x3": "pixel-8",
+}
 WEIGHTS = {"efficientnet_lite0": {"pretrained": True}}  # the others: random weights (seed 0)
 
 
@@ -116,9 +119,10 @@ def main() -> None:
         "",
         "Read a row's counts against its model's fp32 on the same core: XNNPACK picks its int8 "
         "kernels by the core's features, and cortex-a72 lacks the dot-product instructions "
-        "cortex-a76 has. `int8 for raspberry-pi-5` / `-4`: the default recipe chosen from that "
-        "Pi's core's own counts (`edgevt export --profile-on DEVICE`), where the x86 one was "
-        "chosen from this host's timings.",
+        "cortex-a76 has; cortex-x3 (Pixel 8's stand-in: QEMU's `max` without SME) adds i8mm. "
+        "`int8 for DEVICE`: the default recipe chosen from that device's core's own counts "
+        "(`edgevt export --profile-on DEVICE`), where the x86 one was chosen from this host's "
+        "timings.",
         *profile_tables(profiles),
     ]) + "\n"  # fmt: skip
     write_report(text, args.out)

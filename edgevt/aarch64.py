@@ -16,7 +16,8 @@ What ``edgevt bundle --verify-aarch64`` does, all cached under ``$EDGEVT_CACHE``
    x86 file, onnxruntime then crashes at import, and one for another core gives SIGILL.
 
 Traps found on this machine (``../shared/FINDINGS.md``): ``-cpu max`` includes SME and gave
-wrong int8 LiteRT output, so only named cores are offered. Emulated time means nothing (fp32
+wrong int8 LiteRT output, so only named cores are offered (``cortex-x3``, Pixel 8's stand-in,
+is ``max`` with SME off). Emulated time means nothing (fp32
 is emulated in software): nothing here is ever a device timing.
 """
 
@@ -61,6 +62,7 @@ class Core:
     variant: int
     revision: int
     features: str
+    qemu_cpu: str = ""  # QEMU's -cpu value where it differs from the core's name
 
     def cpuinfo(self, cpus: int = 4) -> str:
         return "\n".join(
@@ -71,12 +73,28 @@ class Core:
         )  # fmt: skip
 
 
+# QEMU 7.2 names no core with i8mm (Pixel 8's Tensor G3: Cortex-X3/A715/A510, Armv9-A). Its
+# `max` without SME (SME gave wrong int8) and with 128-bit SVE like those cores has dotprod,
+# i8mm, bf16 and SVE2, and LiteRT int8 is bit-exact on it: it stands in for the X3, its
+# cpuinfo listing the features QEMU reports in AT_HWCAP/AT_HWCAP2 so both agree.
+_X3 = (
+    "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm jscvt fcma "
+    "lrcpc dcpop sha3 sm3 sm4 asimddp sha512 sve asimdfhm ilrcpc flagm sb paca pacg dcpodp sve2 "
+    "sveaes svepmull svebitperm svesha3 svesm4 flagm2 frint svei8mm svef32mm svef64mm svebf16 "
+    "i8mm bf16 rng bti mte"
+)
 _A76 = "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp"  # noqa: E501
 CORES = {
     "cortex-a76": Core(0xD0B, 0x4, 1, _A76),  # Raspberry Pi 5
     "cortex-a72": Core(0xD08, 0x0, 3, "fp asimd evtstrm aes pmull sha1 sha2 crc32 cpuid"),  # Pi 4
     "neoverse-n1": Core(0xD0C, 0x3, 1, _A76 + " ssbs"),  # Graviton 2, Ampere Altra
+    "cortex-x3": Core(0xD4E, 0x1, 0, _X3, "max,sme=off,sve-default-vector-length=16"),  # Pixel 8
 }
+
+
+def qemu_cpu(core: str) -> str:
+    """What ``qemu-aarch64 -cpu`` is given for ``core``."""
+    return CORES[core].qemu_cpu or core
 
 
 def cache_dir() -> Path:
@@ -143,8 +161,8 @@ def check_core(core: str) -> str:
     """``core`` if QEMU emulates it faithfully here, else the one-line refusal."""
     if core not in CORES:
         raise EdgevtError(
-            f"no emulated core {core!r}; choose one of {', '.join(CORES)} (-cpu max is not "
-            "offered: its SME gave wrong int8 results)."
+            f"no emulated core {core!r}; choose one of {', '.join(CORES)} (-cpu max with its "
+            "SME is not offered: it gave wrong int8 results)."
         )
     return core
 
@@ -337,7 +355,7 @@ def count_instructions(bundle: Path, core: str, names: list[str], n: int = 3) ->
     counts = {}
     for name in names:
         proc = subprocess.run(
-            [qemu(), "-cpu", core, "-plugin", str(plugin), "-L", str(root),
+            [qemu(), "-cpu", qemu_cpu(core), "-plugin", str(plugin), "-L", str(root),
              "-E", f"PYTHONPATH={site}", str(root / "usr" / "bin" / "python3.11"), "-c",
              GUEST_COUNT, str(bundle), name, str(n)],
             capture_output=True, text=True, timeout=3600,
@@ -456,7 +474,7 @@ def verify(
     before = set(out.glob("*.json")) if out.is_dir() else set()
     start = time.perf_counter()
     proc = subprocess.run(
-        [binary, "-cpu", core, "-L", str(root), "-E", f"PYTHONPATH={site}",
+        [binary, "-cpu", qemu_cpu(core), "-L", str(root), "-E", f"PYTHONPATH={site}",
          str(root / "usr" / "bin" / "python3.11"), str(bundle / "run_bundle.py"),
          "--threads", str(threads), "--no-timing" if images else "--check-only",
          "--emulated", label, "--models", *models],

@@ -29,6 +29,8 @@ def test_cpuinfo_names_the_emulated_core_and_its_features() -> None:
     assert a76.count("processor\t:") == 4 and "CPU part\t: 0xd0b" in a76 and "asimddp" in a76
     assert "CPU part\t: 0xd08" in a72 and "asimddp" not in a72  # no dotprod on the Pi 4
     assert "max" not in CORES  # its SME gave wrong int8 LiteRT output
+    x3 = CORES["cortex-x3"]  # Pixel 8: QEMU's max without SME stands in, with i8mm
+    assert "sme=off" in x3.qemu_cpu and "i8mm" in x3.features and "sme" not in x3.features.split()
     # pip does not widen explicit tags; ai-edge-litert 2.x is manylinux_2_27 only
     assert "manylinux_2_27_aarch64" in WHEEL_TAGS and "manylinux2014_aarch64" in WHEEL_TAGS
 
@@ -163,6 +165,24 @@ def test_the_real_lite0_pi5_bundle_matches_and_scores_on_emulated_cortex_a76(
     md = write_report(report, tmp_path / "report", "emulated")["markdown"].read_text()
     assert "## Accuracy on devices" in md and "gap beyond noise" not in md
 
+@needs_qemu
+def test_a_pixel_8_bundle_runs_on_an_emulated_i8mm_core_bit_exact(
+    tmp_path: Path, calib_dir: Path, val_dir: Path
+) -> None:
+    """Pixel 8 (Tensor G3) has i8mm, which no QEMU 7.2 core names: its stand-in (QEMU's max
+    without SME, 128-bit SVE) runs LiteRT int8 bit-exact to this host, which max with SME
+    did not, and the report labels it emulated, never a device timing."""
+    run = api.export(tiny_model(), "tflite", out=tmp_path / "run", int8=True, calib=calib_dir,
+                     calib_size=8, progress=False).run_dir.path  # fmt: skip
+    bundle = make_bundle(run, "pixel-8", tmp_path / "pixel8", samples=4, data=val_dir).path
+    result = verify(bundle, "cortex-x3")
+    assert result.passed, result
+    checks = {c.precision: c for c in result.checks}
+    assert checks["int8"].max_abs_diff == 0.0 and checks["fp32"].cosine >= 0.99999
+    results = json.loads(Path(result.results).read_text())
+    assert results["emulated"] == "aarch64 (cortex-x3)"
+    assert all("p50_ms" not in r for r in results["results"])
+
 
 @needs_qemu
 @pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc builds the QEMU counting plugin")
@@ -170,7 +190,8 @@ def test_instruction_counts_follow_the_cores_int8_kernels(
     tmp_path: Path, calib_dir: Path, val_dir: Path
 ) -> None:
     """XNNPACK picks its int8 kernels by the core: with dotprod (cortex-a76) one inference
-    executes far fewer instructions than without (cortex-a72); a count is deterministic."""
+    executes far fewer instructions than without (cortex-a72), and fewer still with i8mm
+    (cortex-x3, Pixel 8); a count is deterministic."""
     from edgevt.aarch64 import count_instructions
 
     run = api.export(tiny_model(), "tflite", out=tmp_path / "run", int8=True, calib=calib_dir,
@@ -179,8 +200,10 @@ def test_instruction_counts_follow_the_cores_int8_kernels(
     a76 = count_instructions(bundle, "cortex-a76", ["model_int8.tflite"], n=2)
     again = count_instructions(bundle, "cortex-a76", ["model_int8.tflite"], n=2)
     a72 = count_instructions(bundle, "cortex-a72", ["model_int8.tflite"], n=2)
+    x3 = count_instructions(bundle, "cortex-x3", ["model_int8.tflite"], n=2)
     name = "model_int8.tflite"
-    assert 0 < a76[name] < a72[name]
+    assert 0 < a76[name] < a72[name] and 0 < x3[name] < a72[name]
+    assert x3[name] != a76[name]  # i8mm kernels (a real Lite0: 56.9 M against 64.1 M on a76)
     assert abs(again[name] - a76[name]) <= 0.01 * a76[name]
 
 
@@ -200,7 +223,7 @@ def test_verify_requests_are_checked_before_the_bundle_is_built(tmp_path: Path) 
     cases = [
         (["--device", "raspberry-pi-5", "--core", "max"], "no emulated core 'max'"),
         (["--device", "intel-nuc", "--verify-aarch64"], "intel-nuc is an x86_64 device"),
-        (["--device", "pixel-8", "--verify-aarch64"], "pixel-8 names no ARM core"),
+        (["--device", "iphone-15", "--verify-aarch64"], "iphone-15 names no ARM core"),
         (["--device", "raspberry-pi-5", "--verify-aarch64", "--emulated-accuracy",
           "--eval-images", "0"], "carries none: give --eval-images N"),
     ]

@@ -63,8 +63,9 @@ def add_parsers(sub) -> None:
         "code an element at a time; a real fp32 Lite0 takes about 2.5 s an image on 2 cores, "
         "int8 0.25-0.7 s)",
     )  # fmt: skip
-    p.add_argument("--core", help="the ARM core to emulate (default: the profile's core, e.g. "
-                   "cortex-a76 for raspberry-pi-5; or cortex-a72, neoverse-n1)")  # fmt: skip
+    p.add_argument("--core", help="the ARM core to emulate (default: the profile's core: "
+                   "cortex-a76 for raspberry-pi-5, cortex-x3 for pixel-8; or cortex-a72, "
+                   "neoverse-n1)")  # fmt: skip
     p.set_defaults(func=bundle)
 
     p = sub.add_parser(
