@@ -23,6 +23,7 @@ from edgevt.fuse.levit import (
     fold_levit_batchnorms,
     merge_distillation_head,
     precompute_attention_biases,
+    subsample_without_strides,
 )
 
 RELATIVE_TOLERANCE = 1e-4  # of the fp32 logit range
@@ -70,6 +71,7 @@ def apply_rewrites(model: nn.Module, family: str, example: torch.Tensor) -> dict
         rewrites["levit_fold_batchnorm"] = fold_levit_batchnorms(model)
         rewrites["merge_distillation_head"] = merge_distillation_head(model)
         rewrites["precompute_attention_biases"] = precompute_attention_biases(model)
+        rewrites["subsample_without_strides"] = subsample_without_strides(model)
     # Any conv->BN left (CvT projections, CNNs, stems) is found from the tensors that flow.
     rewrites["fold_conv_batchnorm"] = fold_all_conv_bn(model, example[:1])
     return rewrites

@@ -1,5 +1,5 @@
 """LeViT rewrites: BatchNorm folding (timm's own ``fuse()``), one merged classifier head,
-and attention biases precomputed into constants."""
+attention biases precomputed into constants, and token subsampling without strided slices."""
 
 from __future__ import annotations
 
@@ -93,6 +93,45 @@ def _constant_bias_class(cls: type) -> type:
 
         # timm's train()/_apply() only reset a cache we no longer use; keep them harmless.
         _CLASS_CACHE[name] = type(name, (cls,), {"get_attention_biases": get_attention_biases})
+    return _CLASS_CACHE[name]
+
+
+@torch.no_grad()
+def subsample_without_strides(model: nn.Module) -> int:
+    """Rewrite each token subsampling ``x.view(B, H, W, C)[:, ::s, ::s]`` (timm's
+    ``Downsample`` without pooling) as reshapes and unit-stride slices.
+
+    LiteRT's XNNPACK delegate takes no strided slice, so each one ran in TFLite's
+    single-threaded reference kernel and split the graph into three XNNPACK partitions (4 % of
+    LeViT-128S's int8 time at one thread, all of it serial at two). Rows ``0, s, 2s, ...`` are
+    the first of each group of ``s`` once the grid is zero-padded to a multiple of ``s``: the
+    same values, moved, in any precision. At most 4-D, which every target's reshape takes.
+    """
+    count = 0
+    for module in model.modules():
+        if type(module).__name__ != "Downsample" or getattr(module, "pool", 1) is not None:
+            continue
+        module.__class__ = _unit_stride_class(type(module))
+        count += 1
+    return count
+
+
+def _unit_stride_class(cls: type) -> type:
+    name = f"UnitStride{cls.__name__}"
+    if name not in _CLASS_CACHE:
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            _, _, c = x.shape
+            (h, w), s = self.resolution, self.stride
+            hp, wp = -(-h // s) * s, -(-w // s) * s  # padded to a multiple of the stride
+            x = x.reshape(-1, h, w, c)
+            if (hp, wp) != (h, w):
+                x = nn.functional.pad(x, (0, 0, 0, wp - w, 0, hp - h))
+            x = x.reshape(-1, hp // s, s, wp * c)[:, :, :1]  # rows 0, s, 2s, ...
+            x = x.reshape(-1, wp // s, s, c)[:, :, :1]  # columns 0, s, 2s, ...
+            return x.reshape(-1, (hp // s) * (wp // s), c)
+
+        _CLASS_CACHE[name] = type(name, (cls,), {"forward": forward})
     return _CLASS_CACHE[name]
 
 

@@ -120,12 +120,67 @@ def _builtin_names() -> dict[int, str]:
     return {v: k for k, v in vars(BuiltinOperator).items() if not k.startswith("_")}
 
 
-def tensors_of_ops(model_t: Any, exclude: tuple[str, ...] = ()) -> set[int]:
-    """Tensors that some op outside the ``exclude`` op types reads or writes."""
+def tensors_of_ops(
+    model_t: Any, exclude: tuple[str, ...] = (), exclude_ops: frozenset[int] = frozenset()
+) -> set[int]:
+    """Tensors that some op outside the ``exclude`` op types (and ``exclude_ops`` indices)
+    reads or writes."""
     return {
-        t for op in read_ops(model_t) if op.op_type not in exclude
+        t for op in read_ops(model_t) if op.op_type not in exclude and op.index not in exclude_ops
         for t in (*op.inputs, *op.outputs) if t >= 0
     }  # fmt: skip
+
+
+# Ops cheap in any precision: quantizing one that sits between float ops only adds a
+# QUANTIZE before it and a DEQUANTIZE after it.
+GLUE_OP_TYPES = frozenset({
+    "RESHAPE", "TRANSPOSE", "SLICE", "STRIDED_SLICE", "SQUEEZE", "EXPAND_DIMS", "PAD",
+    "CONCATENATION", "SPLIT", "GATHER", "MUL", "ADD", "SUB",
+})  # fmt: skip
+
+
+def ops_between_float_ops(model_t: Any, float_types: tuple[str, ...]) -> list[TfliteOp]:
+    """The glue ops (reshapes, transposes, scalar MULs, bias ADDs...) whose every input comes
+    from a float op or a constant and whose every output goes only to float ops, once the
+    ``float_types`` are kept float: the largest such set, chains included (softmax, reshape,
+    batch matmul in LeViT's attention). In int8 each would cost a QUANTIZE and a DEQUANTIZE,
+    two more operators per inference (and a thread-pool hand-off each at batch 1), for no
+    int8 arithmetic."""
+    graph = model_t.subgraphs[0]
+    ops = read_ops(model_t)
+    producer = {t: op for op in ops for t in op.outputs}
+    consumers: dict[int, list[TfliteOp]] = {}
+    for op in ops:
+        for t in op.inputs:
+            consumers.setdefault(t, []).append(op)
+    constant = {
+        i for i, t in enumerate(graph.tensors)
+        if getattr(model_t.buffers[t.buffer], "data", None) is not None
+        and len(model_t.buffers[t.buffer].data)
+    }  # fmt: skip
+    ends = set(graph.inputs) | set(graph.outputs)
+    glue = {op.index for op in ops if op.op_type in GLUE_OP_TYPES and op.op_type not in float_types}
+
+    def is_float(op: TfliteOp) -> bool:
+        return op.op_type in float_types or op.index in glue
+
+    changed = True
+    while changed:  # drop any op with a quantized neighbour until none is left
+        changed = False
+        for op in ops:
+            if op.index not in glue:
+                continue
+            fed = [t for t in op.inputs if t >= 0 and t not in constant]
+            feeds = [consumers.get(t, []) for t in op.outputs]
+            keep = (
+                bool(fed) and all(t in producer and is_float(producer[t]) for t in fed)
+                and not ends.intersection(op.outputs)
+                and all(c and all(is_float(o) for o in c) for c in feeds)
+            )  # fmt: skip
+            if not keep:
+                glue.discard(op.index)
+                changed = True
+    return [op for op in ops if op.index in glue]
 
 
 def tensor_name(model_t: Any, index: int) -> str:

@@ -145,6 +145,7 @@ class TfliteQuantReport:
     unmatched_ops: list[str] = field(default_factory=list)
     config_ops: int | None = None  # ops a QuantConfig put in int8 (None: full integer)
     float_ops: list[str] = field(default_factory=list)  # op types kept float (--float-ops)
+    glue_ops: int = 0  # reshapes and the like between float ops, kept float with them
     widened_weights: list[str] = field(default_factory=list)  # see quant.tflite_bias
 
     def to_dict(self) -> dict[str, Any]:
@@ -158,6 +159,7 @@ class TfliteQuantReport:
             "unmatched_ops": self.unmatched_ops,
             "config_ops": self.config_ops,
             "float_ops": self.float_ops,
+            "glue_ops": self.glue_ops,
             "widened_weights": self.widened_weights,
         }
 
@@ -298,6 +300,14 @@ def _full_integer(
             qt.update_quantization_recipe(".*", io_op, algorithm_key=AlgorithmName.NO_QUANTIZE)
     for op_type in float_ops:
         qt.update_quantization_recipe(".*", op_type, algorithm_key=AlgorithmName.NO_QUANTIZE)
+    glue = tflite_ranges.ops_between_float_ops(model_t, float_ops) if float_ops else []
+    graph = model_t.subgraphs[0]
+    for op in glue:  # by its scope (its output tensors' names, unique per op)
+        scope = fu.get_op_scope(graph.operators[op.index], graph.tensors)
+        qt.update_quantization_recipe(
+            "^" + re.escape(scope) + "$", op.op_type, algorithm_key=AlgorithmName.NO_QUANTIZE
+        )
+    report.glue_ops = len(glue)
     signature = _signature(fp32)
     with _quiet():
         calibrated = qt.calibrate(
@@ -314,7 +324,9 @@ def _full_integer(
             if k.split(":")[0] in names and (not k.endswith(":out") or t in direct)
         }  # fmt: skip
     if float_ops:  # a tensor that only float ops touch stays float: nothing to honour
-        kept = tflite_ranges.tensors_of_ops(model_t, exclude=float_ops)
+        kept = tflite_ranges.tensors_of_ops(
+            model_t, exclude=float_ops, exclude_ops=frozenset(op.index for op in glue)
+        )
         mapping.tensor_of_key = {k: t for k, t in mapping.tensor_of_key.items() if t in kept}
         report.float_ops = list(float_ops)
     plan = tflite_ranges.apply_table(model_t, calibrated, mapping)

@@ -90,6 +90,7 @@ def test_levit_fusion_merges_heads_and_freezes_attention_biases(tmp_path, data_r
     assert report.rewrites["levit_fold_batchnorm"] == 52
     assert report.rewrites["merge_distillation_head"] == 1
     assert report.rewrites["precompute_attention_biases"] == 11
+    assert report.rewrites["subsample_without_strides"] == 2  # 14 -> 7 and 7 -> 4 tokens a side
     assert not hasattr(fused, "head_dist") and isinstance(fused.head, nn.Linear)
     assert not any(n.endswith("attention_biases") for n, _ in fused.named_parameters())
     # The exported graph holds constant bias tables: no Gather of attention_bias_idxs.
@@ -98,6 +99,23 @@ def test_levit_fusion_merges_heads_and_freezes_attention_biases(tmp_path, data_r
     assert not [n for n in graph.node if n.op_type == "Gather" and "bias" in "".join(n.input)]
     unfused = onnx.load(str(export_onnx(loaded.model, info, tmp_path / "u.onnx"))).graph
     assert len(graph.node) < len(unfused.node)
+
+
+@pytest.mark.parametrize("resolution,stride", [(14, 2), (7, 2), (9, 3), (4, 1)])
+def test_subsampling_without_strides_moves_the_same_values(resolution: int, stride: int) -> None:
+    """LiteRT's XNNPACK takes no strided slice: the rewrite picks rows and columns 0, s, 2s...
+    by reshapes and unit-stride slices (zero-padded to a multiple of s), the same values."""
+    from timm.models.levit import Downsample
+
+    from edgevt.fuse.levit import subsample_without_strides
+
+    module = nn.Sequential(Downsample(stride, resolution))
+    x = torch.randn(3, resolution * resolution, 5)
+    expected = module(x)
+    assert subsample_without_strides(module) == 1
+    assert torch.equal(module(x), expected)
+    pooled = nn.Sequential(Downsample(stride, resolution, use_pool=True))
+    assert subsample_without_strides(pooled) == 0  # an average pool is not a subsampling
 
 
 def test_fusion_that_changes_numerics_is_refused(monkeypatch, data_root) -> None:

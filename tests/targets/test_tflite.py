@@ -220,6 +220,21 @@ def test_float_ops_keep_op_types_out_of_int8(levit_tflite: api.ExportOutcome, tm
     assert int8_ops["HARD_SWISH"] == 0 and int8_ops["BATCH_MATMUL"] == 0
     assert int8_ops["CONV_2D"] == 4 and int8_ops["FULLY_CONNECTED"] == 47
     assert int8_ops["SOFTMAX"] > 0
+    # The glue between float ops stays float with them: LeViT's attention runs batch matmul,
+    # scale, bias, softmax, reshape, batch matmul without a QUANTIZE/DEQUANTIZE pair between.
+    report = tflite.quantize(*args, **kw, float_ops=("BATCH_MATMUL", "HARD_SWISH", "SOFTMAX"))
+    model_t = fu.read_model(tmp_path / "m.tflite")
+    ops = tflite_ranges.read_ops(model_t)
+    producer = {t: op for op in ops for t in op.outputs}
+    kind = {op.index: model_t.subgraphs[0].tensors[op.outputs[0]].type for op in ops}
+    for softmax in (op for op in ops if op.op_type == "SOFTMAX"):
+        chain, op = [], softmax
+        while op.op_type != "BATCH_MATMUL":
+            op = producer[op.inputs[0]]
+            chain.append(op.op_type)
+        assert chain == ["ADD", "MUL", "BATCH_MATMUL"]
+    assert not any(kind[op.index] == 9 for op in ops if op.op_type in ("MUL", "SOFTMAX"))
+    assert report.glue_ops == 66 and int8_ops["FULLY_CONNECTED"] == 47
     with pytest.raises(EdgevtError, match="unknown TFLite op type.*HARDSWISH"):
         tflite.quantize(*args, **kw, float_ops=("HARDSWISH",))
     with pytest.raises(EdgevtError, match="--float-ops applies to"):
