@@ -47,17 +47,14 @@ def merge_distillation_head(model: nn.Module) -> int:
     return 1
 
 
+def _single_head(self: nn.Module, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+    if self.global_pool == "avg":
+        x = x.mean(dim=(-2, -1)) if self.use_conv else x.mean(dim=1)
+    return x if pre_logits else self.head(x)
+
+
 def _single_head_class(cls: type) -> type:
-    name = f"SingleHead{cls.__name__}"
-    if name not in _CLASS_CACHE:
-
-        def forward_head(self, x, pre_logits: bool = False):
-            if self.global_pool == "avg":
-                x = x.mean(dim=(-2, -1)) if self.use_conv else x.mean(dim=1)
-            return x if pre_logits else self.head(x)
-
-        _CLASS_CACHE[name] = type(name, (cls,), {"forward_head": forward_head})
-    return _CLASS_CACHE[name]
+    return _subclass(cls, "SingleHead", forward_head=_single_head)
 
 
 @torch.no_grad()
@@ -84,16 +81,13 @@ def precompute_attention_biases(model: nn.Module) -> int:
     return count
 
 
+def _constant_biases(self: nn.Module, device: torch.device) -> torch.Tensor:
+    # timm's train()/_apply() only reset a cache we no longer use; keep them harmless.
+    return self.attention_bias_table
+
+
 def _constant_bias_class(cls: type) -> type:
-    name = f"ConstantBias{cls.__name__}"
-    if name not in _CLASS_CACHE:
-
-        def get_attention_biases(self, device: torch.device) -> torch.Tensor:
-            return self.attention_bias_table
-
-        # timm's train()/_apply() only reset a cache we no longer use; keep them harmless.
-        _CLASS_CACHE[name] = type(name, (cls,), {"get_attention_biases": get_attention_biases})
-    return _CLASS_CACHE[name]
+    return _subclass(cls, "ConstantBias", get_attention_biases=_constant_biases)
 
 
 @torch.no_grad()
@@ -116,22 +110,28 @@ def subsample_without_strides(model: nn.Module) -> int:
     return count
 
 
+def _unit_stride_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    _, _, c = x.shape
+    (h, w), s = self.resolution, self.stride
+    hp, wp = -(-h // s) * s, -(-w // s) * s  # padded to a multiple of the stride
+    x = x.reshape(-1, h, w, c)
+    if (hp, wp) != (h, w):
+        x = nn.functional.pad(x, (0, 0, 0, wp - w, 0, hp - h))
+    x = x.reshape(-1, hp // s, s, wp * c)[:, :, :1]  # rows 0, s, 2s, ...
+    x = x.reshape(-1, wp // s, s, c)[:, :, :1]  # columns 0, s, 2s, ...
+    return x.reshape(-1, (hp // s) * (wp // s), c)
+
+
 def _unit_stride_class(cls: type) -> type:
-    name = f"UnitStride{cls.__name__}"
+    return _subclass(cls, "UnitStride", forward=_unit_stride_forward)
+
+
+def _subclass(cls: type, prefix: str, **methods: object) -> type:
+    """``cls`` with ``methods`` replaced, one class per name (a module's ``__class__`` is
+    swapped in place, keeping its weights, names and hooks)."""
+    name = f"{prefix}{cls.__name__}"
     if name not in _CLASS_CACHE:
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            _, _, c = x.shape
-            (h, w), s = self.resolution, self.stride
-            hp, wp = -(-h // s) * s, -(-w // s) * s  # padded to a multiple of the stride
-            x = x.reshape(-1, h, w, c)
-            if (hp, wp) != (h, w):
-                x = nn.functional.pad(x, (0, 0, 0, wp - w, 0, hp - h))
-            x = x.reshape(-1, hp // s, s, wp * c)[:, :, :1]  # rows 0, s, 2s, ...
-            x = x.reshape(-1, wp // s, s, c)[:, :, :1]  # columns 0, s, 2s, ...
-            return x.reshape(-1, (hp // s) * (wp // s), c)
-
-        _CLASS_CACHE[name] = type(name, (cls,), {"forward": forward})
+        _CLASS_CACHE[name] = type(name, (cls,), methods)
     return _CLASS_CACHE[name]
 
 
