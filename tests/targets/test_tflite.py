@@ -274,3 +274,35 @@ def test_module_scope_through_module_lists_and_merged_names() -> None:
     wanted = {f"{layer}.projection_query"}
     assert tflite_ranges.module_scope(merged, modules, wanted) == f"{layer}.projection_query"
     assert tflite_ranges.module_scope(merged, modules) == layer  # no kind given: the first
+
+
+def test_glue_between_float_ops_is_data_movement_or_arithmetic_with_a_constant(
+    tmp_path: Path,
+) -> None:
+    """Between two float ops, a reshape and a MUL by a constant stay float with them; a MUL of
+    two activations is left to the recipe (keeping CvT's LayerNorm x * rsqrt(var) float beside
+    an int8 mean term took its cosine to fp32 from 0.943 to 0.697)."""
+    import litert_torch
+    import torch
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fu
+
+    class Net(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            a = torch.softmax(x, -1)
+            scaled = (a * 0.5).reshape(4, 8)  # MUL by a constant, then a reshape
+            mixed = a.reshape(4, 8) * a.reshape(4, 8)  # a product of activations
+            return torch.softmax(scaled, -1) + torch.softmax(mixed, -1)
+
+    path = tmp_path / "net.tflite"
+    converted = litert_torch.convert(Net().eval(), (torch.randn(8, 4),))
+    path.write_bytes(bytes(converted.model_content()))
+    model_t = fu.read_model(path)
+    glue = tflite_ranges.ops_between_float_ops(model_t, ("SOFTMAX",))
+    constant = {i for i, t in enumerate(model_t.subgraphs[0].tensors)
+                if tflite_ranges._is_constant(model_t, t)}  # fmt: skip
+    muls = [op for op in tflite_ranges.read_ops(model_t) if op.op_type == "MUL"]
+    by_constant = [op for op in muls if constant.intersection(op.inputs)]
+    assert by_constant and all(op in glue for op in by_constant)
+    mixed = [op for op in muls if op not in by_constant]
+    assert mixed and all(op not in glue for op in mixed)
+    assert any(op.op_type == "RESHAPE" for op in glue)
