@@ -120,15 +120,9 @@ def _builtin_names() -> dict[int, str]:
     return {v: k for k, v in vars(BuiltinOperator).items() if not k.startswith("_")}
 
 
-def tensors_of_ops(
-    model_t: Any, exclude: tuple[str, ...] = (), exclude_ops: frozenset[int] = frozenset()
-) -> set[int]:
-    """Tensors that some op outside the ``exclude`` op types (and ``exclude_ops`` indices)
-    reads or writes."""
-    return {
-        t for op in read_ops(model_t) if op.op_type not in exclude and op.index not in exclude_ops
-        for t in (*op.inputs, *op.outputs) if t >= 0
-    }  # fmt: skip
+def tensors_of_ops(model_t: Any, ops: list[TfliteOp]) -> set[int]:
+    """Tensors that some op of ``ops`` reads or writes."""
+    return {t for op in ops for t in (*op.inputs, *op.outputs) if t >= 0}
 
 
 # Ops cheap in any precision: quantizing one that sits between float ops only adds a

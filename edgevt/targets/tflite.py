@@ -14,6 +14,7 @@ Every file carries the edgevt ArtifactInfo in the flatbuffer's metadata (key "ed
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import io
@@ -300,13 +301,18 @@ def _full_integer(
             qt.update_quantization_recipe(".*", io_op, algorithm_key=AlgorithmName.NO_QUANTIZE)
     for op_type in float_ops:
         qt.update_quantization_recipe(".*", op_type, algorithm_key=AlgorithmName.NO_QUANTIZE)
-    glue = tflite_ranges.ops_between_float_ops(model_t, float_ops) if float_ops else []
     graph = model_t.subgraphs[0]
-    for op in glue:  # by its scope (its output tensors' names, unique per op)
-        scope = fu.get_op_scope(graph.operators[op.index], graph.tensors)
+    scopes = [fu.get_op_scope(op, graph.tensors) for op in graph.operators]
+    shared = {s for s, n in collections.Counter(scopes).items() if n > 1}
+    glue = [  # named by its scope (its output tensors' names): only where that names one op
+        op for op in (tflite_ranges.ops_between_float_ops(model_t, float_ops) if float_ops else [])
+        if scopes[op.index] not in shared
+    ]  # fmt: skip
+    for op in glue:
         qt.update_quantization_recipe(
-            "^" + re.escape(scope) + "$", op.op_type, algorithm_key=AlgorithmName.NO_QUANTIZE
-        )
+            "^" + re.escape(scopes[op.index]) + "$", op.op_type,
+            algorithm_key=AlgorithmName.NO_QUANTIZE,
+        )  # fmt: skip
     report.glue_ops = len(glue)
     signature = _signature(fp32)
     with _quiet():
@@ -324,9 +330,11 @@ def _full_integer(
             if k.split(":")[0] in names and (not k.endswith(":out") or t in direct)
         }  # fmt: skip
     if float_ops:  # a tensor that only float ops touch stays float: nothing to honour
-        kept = tflite_ranges.tensors_of_ops(
-            model_t, exclude=float_ops, exclude_ops=frozenset(op.index for op in glue)
-        )
+        glued = {op.index for op in glue}
+        kept = tflite_ranges.tensors_of_ops(model_t, [
+            op for op in tflite_ranges.read_ops(model_t)
+            if op.op_type not in float_ops and op.index not in glued
+        ])  # fmt: skip
         mapping.tensor_of_key = {k: t for k, t in mapping.tensor_of_key.items() if t in kept}
         report.float_ops = list(float_ops)
     plan = tflite_ranges.apply_table(model_t, calibrated, mapping)
