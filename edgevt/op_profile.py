@@ -7,6 +7,12 @@ int8 with T in float`` is what running T in int8 costs (negative: int8 T is fast
 is also scored against the fp32 file's logits on a few calibration images (cosine), which is
 what keeping T in float buys in accuracy.
 
+One op type at a time cannot find a recipe where types only pay off together: CvT-13's
+LayerNorm leaves int8 whole or not at all, and each int8 op XNNPACK does not take (RSQRT, GELU)
+cuts the graph into partitions, run between by TFLite's single-threaded kernels. So the profile
+also measures a *group*: the op types whose float form cuts the file into the fewest XNNPACK
+partitions (``tflite_profile.fewest_partitions``, counted, not timed, so it costs seconds).
+
 From that profile, ``choose`` picks the op types to keep in float:
 
 * ``latency``: every type whose int8 form costs more than ``MIN_SAVING`` of the full-int8
@@ -16,6 +22,9 @@ From that profile, ``choose`` picks the op types to keep in float:
 * ``accuracy``: those, plus the types that buy the most accuracy, for as long as the sum of
   the measured costs keeps the file no slower than fp32;
 * ``full``: nothing in float (NPUs and the Edge TPU need every op in int8); no profile.
+
+``latency`` and ``balanced`` take the group instead where its measured time beats what their
+per-type recipe predicts (``balanced``: and it is no less accurate than full int8).
 
 The chosen file is timed again beside fp32 (the guard: an int8 file slower than its fp32
 sibling is never passed off silently).
@@ -54,6 +63,7 @@ class Variant:
     float_types: list[str]
     ms: dict[int, float]
     cosine: float
+    partitions: int | None = None  # XNNPACK partitions of the file (None: not counted)
 
 
 @dataclass
@@ -69,19 +79,24 @@ class OpProfile:
     full: Variant
     types: list[Variant] = field(default_factory=list)  # one per op type kept in float
     unit: str = MS  # or COUNTS: an ARM core's instruction counts (emulated), not a time
+    groups: list[Variant] = field(default_factory=list)  # several types in float together
 
     @property
     def base(self) -> int:
         """The thread count recipes are chosen at: the largest profiled (what devices run)."""
         return max(self.threads)
 
+    @property
+    def noise(self) -> float:
+        """A difference smaller than this, in the profile's unit, is none."""
+        return NOISE_MS if self.unit == MS else COUNT_NOISE * self.full.ms[self.base]
+
     def cost(self, op_type: str) -> float:
         """What ``op_type`` costs by running in int8 at ``base`` threads, in the profile's
         unit (negative: saves; 0 within the noise, so that noise never decides)."""
         variant = next(v for v in self.types if v.float_types == [op_type])
         cost = self.full.ms[self.base] - variant.ms[self.base]
-        noise = NOISE_MS if self.unit == MS else COUNT_NOISE * self.full.ms[self.base]
-        return cost if abs(cost) >= noise else 0.0
+        return cost if abs(cost) >= self.noise else 0.0
 
     def gain(self, op_type: str) -> float:
         """Cosine to fp32 that keeping ``op_type`` in float buys."""
@@ -97,12 +112,15 @@ class OpProfile:
     def from_dict(cls, data: dict[str, Any]) -> OpProfile:
         def variant(d: dict[str, Any]) -> Variant:
             ms = {int(k): float(v) for k, v in d["ms"].items()}
-            return Variant(d["label"], list(d["float_types"]), ms, float(d["cosine"]))
+            parts = d.get("partitions")
+            return Variant(d["label"], list(d["float_types"]), ms, float(d["cosine"]),
+                           None if parts is None else int(parts))  # fmt: skip
 
         return cls(
             data["model"], data["target"], data["host"], [int(t) for t in data["threads"]],
             dict(data["census"]), variant(data["fp32"]), variant(data["full"]),
             [variant(v) for v in data["types"]], str(data.get("unit", MS)),
+            [variant(v) for v in data.get("groups", [])],
         )  # fmt: skip
 
     def save(self, path: Path) -> Path:
@@ -138,6 +156,12 @@ def choose(profile: OpProfile, mode: str) -> list[str]:
         ):
             chosen.append(t)
             predicted += extra
+    if mode in ("latency", "balanced"):  # a group measured faster than the prediction wins
+        faster = [g for g in profile.groups
+                  if g.ms[profile.base] < predicted - profile.noise
+                  and (mode == "latency" or g.cosine >= profile.full.cosine)]  # fmt: skip
+        if faster:
+            return sorted(min(faster, key=lambda g: g.ms[profile.base]).float_types)
     return sorted(chosen)
 
 

@@ -302,6 +302,11 @@ def profile_table(entry: dict[str, Any]) -> list[list[str]]:
         modes = [m for m, types in entry["recipes"].items() if op in types]
         table.append([op, str(profile.census.get(op, "")), f"{profile.cost(op):+.2f}",
                       f"{profile.gain(op):+.4f}", ", ".join(modes) or "none"])  # fmt: skip
+    for g in profile.groups:  # several types together: its cost and gain against full int8
+        modes = [m for m, types in entry["recipes"].items() if types == sorted(g.float_types)]
+        label = " + ".join(g.float_types) + f" ({g.partitions} XNNPACK partitions)"
+        cost, gain = profile.full.ms[base] - g.ms[base], g.cosine - profile.full.cosine
+        table.append([label, "", f"{cost:+.2f}", f"{gain:+.4f}", ", ".join(modes) or "none"])
     return table
 
 
@@ -623,7 +628,8 @@ def mark_pareto(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def recipe_points(entry: dict[str, Any]) -> list[dict[str, Any]]:
-    """An op-type profile's measured candidates (fp32, full int8, each type in float) as
+    """An op-type profile's measured candidates (fp32, full int8, each type and each group
+    in float) as
     cost-vs-cosine points with their Pareto front: the trade-off ``--optimize`` chooses on."""
     from edgevt.op_profile import OpProfile
 
@@ -631,7 +637,7 @@ def recipe_points(entry: dict[str, Any]) -> list[dict[str, Any]]:
     return mark_pareto([
         {"label": v.label, "latency": v.ms[profile.base], "accuracy": v.cosine,
          "model": profile.model}
-        for v in [profile.fp32, profile.full, *profile.types]
+        for v in [profile.fp32, profile.full, *profile.types, *profile.groups]
     ])  # fmt: skip
 
 

@@ -82,3 +82,42 @@ def tiny_model() -> str:
             source="tests", convert_state_dict=lambda sd, model: ("timm", sd),
         ))  # fmt: skip
     return TINY
+
+
+TINY_BLOCK = "tiny_block"
+
+
+class TinyBlock(nn.Module):
+    """A conv stem, then one pre-norm MLP block on its tokens (LayerNorm, GELU): the ops CvT's
+    int8 splits XNNPACK's graph on, in a model that converts in seconds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 4, stride=4)
+        self.norm = nn.LayerNorm(16)
+        self.fc1, self.act, self.fc2 = nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 16)
+        self.head = nn.Linear(16, 1000)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.stem(x).flatten(2).transpose(1, 2)
+        y = y + self.fc2(self.act(self.fc1(self.norm(y))))
+        return self.head(y.mean(1))
+
+
+def tiny_block() -> str:
+    """Register (once) and name a zoo entry for ``TinyBlock`` (32 px inputs)."""
+    from edgevt.data.preprocess import Preprocess
+    from edgevt.models import list_models
+    from edgevt.models.registry import ModelEntry, register_model
+
+    def build() -> nn.Module:
+        torch.manual_seed(0)
+        return TinyBlock()
+
+    if TINY_BLOCK not in list_models():
+        register_model(ModelEntry(
+            name=TINY_BLOCK, family="cnn", build=build,
+            preprocess=Preprocess(input_size=32, crop_pct=0.875, interpolation="bilinear"),
+            source="tests", convert_state_dict=lambda sd, model: ("timm", sd),
+        ))  # fmt: skip
+    return TINY_BLOCK

@@ -12,7 +12,7 @@ import pytest
 from edgevt import api
 from edgevt.errors import EdgevtError
 from edgevt.op_profile import OpProfile, Variant, choose
-from tests.helpers import tiny_model
+from tests.helpers import tiny_block, tiny_model
 
 
 def _levit_like() -> OpProfile:
@@ -71,7 +71,76 @@ def test_profile_round_trips_and_a_damaged_one_is_named(tmp_path: Path) -> None:
         OpProfile.load(path)
 
 
+def test_a_group_measured_faster_than_the_per_type_prediction_is_chosen() -> None:
+    """CvT-13's case: no single type pays off alone, but its LayerNorm and GELU in float
+    together leave one XNNPACK partition and the fastest file."""
+    profile = _levit_like()
+    group = ["ADD", "BATCH_MATMUL", "HARD_SWISH", "MEAN", "SOFTMAX"]
+    # latency predicts 9.14 - 2.52 - 3.05 - 0.56 = 3.01 ms for its per-type recipe
+    profile.groups = [Variant("int8, group float", group, {1: 2.5, 2: 2.5}, 0.9500, 1)]
+    assert choose(profile, "latency") == choose(profile, "balanced") == group
+    assert choose(profile, "accuracy") == sorted(["BATCH_MATMUL", "HARD_SWISH", "SOFTMAX", "ADD"])
+    profile.groups[0].cosine = 0.9400  # faster, but less accurate than full int8 (0.9442)
+    assert choose(profile, "latency") == group
+    assert choose(profile, "balanced") == sorted(["BATCH_MATMUL", "HARD_SWISH", "SOFTMAX", "ADD"])
+    profile.groups[0].cosine, profile.groups[0].ms[2] = 0.95, 3.0  # within the noise: no gain
+    assert choose(profile, "latency") == ["BATCH_MATMUL", "HARD_SWISH", "SOFTMAX"]
+
+
+def test_profiles_without_groups_or_partitions_still_load(tmp_path: Path) -> None:
+    data = _levit_like().to_dict()
+    del data["groups"]
+    for v in [data["fp32"], data["full"], *data["types"]]:
+        del v["partitions"]
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(data))
+    old = OpProfile.load(path)
+    assert old.groups == [] and old.full.partitions is None
+    assert choose(old, "balanced") == choose(_levit_like(), "balanced")
+
+
+def test_fewest_partitions_adds_greedily_then_drops_what_does_not_help(tmp_path: Path) -> None:
+    """CvT-13's counts: no single float type reaches one partition; GELU, SUB and
+    SQUARED_DIFFERENCE lower the count alone, RSQRT only beside them, MEAN never."""
+    from edgevt.targets.tflite_profile import fewest_partitions
+
+    def left(types: tuple[str, ...]) -> int:
+        n = 129 - 30 * ("GELU" in types) - 28 * ("SUB" in types)
+        n -= 40 * ("SQUARED_DIFFERENCE" in types) + 30 * ("RSQRT" in types and "SUB" in types)
+        return max(n, 1)
+
+    def count(types: tuple[str, ...]) -> tuple[int, Path]:
+        path = tmp_path / ("+".join(types) + ".tflite")
+        path.write_bytes(b"")
+        return left(types), path
+
+    single = {t: left((t,)) for t in ["GELU", "MEAN", "RSQRT", "SQUARED_DIFFERENCE", "SUB"]}
+    types, partitions, path = fewest_partitions(single, 129, count)
+    assert types == ["GELU", "RSQRT", "SQUARED_DIFFERENCE", "SUB"] and partitions == 1
+    assert path.name == "GELU+RSQRT+SQUARED_DIFFERENCE+SUB.tflite" and path.exists()
+    assert [p.name for p in tmp_path.glob("*.tflite")] == [path.name]  # the others are gone
+    assert fewest_partitions(single, 1, count) is None  # full int8 is whole already
+    assert fewest_partitions({"GELU": 99, "MEAN": 129}, 129, count) is None  # one type does it
+
+
 # ---------------------------------------------------------------- through the TFLite export
+
+
+def test_the_profile_counts_partitions_and_measures_the_group_that_has_fewest(
+    tmp_path: Path, calib_dir: Path
+) -> None:
+    """A LayerNorm + GELU block: its full-int8 file is cut into XNNPACK partitions, and the
+    group the profile measures is cut into fewer than any one type in float."""
+    pytest.importorskip("ai_edge_litert", reason="pip install edgevt[tflite]")
+    out = api.export(tiny_block(), "tflite", out=tmp_path / "run", int8=True, calib=calib_dir,
+                     calib_size=16, progress=False)  # fmt: skip
+    profile = OpProfile.load(out.run_dir.path / out.artifacts[-1].details["op_profile"])
+    assert profile.full.partitions > 1 and profile.fp32.partitions == 1
+    (group,) = profile.groups
+    assert len(group.float_types) >= 2 and "GELU" in group.float_types
+    assert group.partitions < min(v.partitions for v in profile.types)
+    assert set(group.ms) == set(profile.threads) and 0 < group.cosine <= 1
+    assert not list(out.run_dir.path.glob(".op-profile-*"))
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
 """The TFLite side of the int8 op-type profile (``edgevt.op_profile``): one int8 file per op
 type with that type kept in float, each quantized from the same fp32 file and table as the
-full-int8 one, measured with LiteRT on this host."""
+full-int8 one, plus the group of types that leaves the fewest XNNPACK partitions, measured with
+LiteRT on this host."""
 
 from __future__ import annotations
 
@@ -71,6 +72,13 @@ def profile(
             path = work / f"int8_float_{op_type.lower()}.tflite"
             quantize_with(path, (op_type,))
             files[op_type] = path
+        parts = {key: partitions(path) for key, path in files.items()}
+        group = fewest_partitions(
+            {t: parts[t] for t in candidates}, parts["full int8"],
+            lambda types: _counted_file(work, types, quantize_with), progress,
+        )  # fmt: skip
+        if group is not None:
+            files[GROUP], parts[GROUP] = group[2], group[1]
         checked = images[:CHECK_IMAGES]
         if core is None:
             found = measure(files, lambda p, t: LiteRTRunner(p, threads=t, info=info),
@@ -84,14 +92,88 @@ def profile(
 
     def variant(key: str, label: str, float_types: list[str]) -> Variant:
         ms, cosine = found[key]
-        return Variant(label, float_types, ms, cosine)
+        return Variant(label, float_types, ms, cosine, parts[key])
 
+    groups = [] if group is None else [
+        variant(GROUP, f"int8, {' '.join(group[0])} float (fewest partitions)", group[0])
+    ]  # fmt: skip
     return OpProfile(
         model=info.model, target="tflite", host=where, threads=list(threads),
         census=dict(sorted(ops.items())), fp32=variant("fp32", "fp32", []),
         full=variant("full int8", "full int8", []),
         types=[variant(t, f"int8, {t} float", [t]) for t in candidates], unit=unit,
+        groups=groups,
     )  # fmt: skip
+
+
+GROUP = "group"  # the files' key of the fewest-partitions group
+
+
+def partitions(path: Path) -> int | None:
+    """XNNPACK partitions LiteRT cuts ``path`` into here (its DELEGATE nodes): between two,
+    an op XNNPACK does not take runs in TFLite's single-threaded kernels (CvT-13's int8 RSQRT
+    and GELU). None where this LiteRT does not list its nodes."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path), num_threads=1)
+    interpreter.allocate_tensors()
+    try:
+        nodes = interpreter._get_ops_details()  # noqa: SLF001  (the execution plan's nodes)
+    except AttributeError:
+        return None
+    return sum(node.get("op_name") == "DELEGATE" for node in nodes)
+
+
+def fewest_partitions(
+    single: dict[str, int | None], full: int | None,
+    count: Callable[[tuple[str, ...]], tuple[int | None, Path]],
+    progress: Callable[[str], None] = lambda _: None,
+) -> tuple[list[str], int, Path] | None:
+    """The op types to keep in float together for the fewest XNNPACK partitions: the types
+    whose float form alone lowers full int8's count, then, greedily, the type that lowers it
+    most, until one partition or no type helps; then each type whose removal keeps the count
+    is dropped again (more int8). ``count(types)`` writes such a file and counts it. (float
+    types, partitions, file), or None where no group beats full int8 and every single type."""
+    if full is None or full <= 1 or any(n is None for n in single.values()):
+        return None
+    chosen = {t for t, n in single.items() if n < full}
+    counted: dict[tuple[str, ...], tuple[int | None, Path]] = {}
+
+    def partitions_of(types: set[str]) -> int:
+        key = tuple(sorted(types))
+        if key not in counted:
+            progress(f"counting XNNPACK partitions with {' '.join(key)} in float")
+            counted[key] = count(key)
+        return counted[key][0] or full
+
+    now = partitions_of(chosen) if chosen else full
+    while now > 1 and len(chosen) < len(single):
+        best, op_type = min((partitions_of(chosen | {t}), t) for t in single if t not in chosen)
+        if best >= now:
+            break
+        chosen.add(op_type)
+        now = best
+    for op_type in sorted(chosen):
+        if len(chosen) > 1 and partitions_of(chosen - {op_type}) <= now:
+            chosen.discard(op_type)
+            now = partitions_of(chosen)
+    key = tuple(sorted(chosen))
+    for other, (_, path) in counted.items():  # the files not chosen: up to one per type
+        if other != key:
+            path.unlink(missing_ok=True)
+    if len(chosen) < 2 or now >= min(n for n in single.values()):
+        if key in counted:
+            counted[key][1].unlink(missing_ok=True)
+        return None  # a single type's file (already in the profile) does as well
+    return list(key), now, counted[key][1]
+
+
+def _counted_file(
+    work: Path, types: tuple[str, ...], quantize_with: Callable[[Path, tuple[str, ...]], Any]
+) -> tuple[int | None, Path]:
+    path = work / f"int8_group_{len(list(work.glob('int8_group_*')))}.tflite"
+    quantize_with(path, types)
+    return partitions(path), path
 
 
 def counted(
