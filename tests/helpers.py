@@ -71,17 +71,21 @@ def _build() -> nn.Module:
 
 def tiny_model() -> str:
     """Register (once) and name a zoo entry for ``TinyCnn``: 32 px inputs, seconds per target."""
+    return _register(TINY, _build)
+
+
+def _register(name: str, build) -> str:
     from edgevt.data.preprocess import Preprocess
     from edgevt.models import list_models
     from edgevt.models.registry import ModelEntry, register_model
 
-    if TINY not in list_models():
+    if name not in list_models():
         register_model(ModelEntry(
-            name=TINY, family="cnn", build=_build,
+            name=name, family="cnn", build=build,
             preprocess=Preprocess(input_size=32, crop_pct=0.875, interpolation="bilinear"),
             source="tests", convert_state_dict=lambda sd, model: ("timm", sd),
         ))  # fmt: skip
-    return TINY
+    return name
 
 
 TINY_BLOCK = "tiny_block"
@@ -106,18 +110,9 @@ class TinyBlock(nn.Module):
 
 def tiny_block() -> str:
     """Register (once) and name a zoo entry for ``TinyBlock`` (32 px inputs)."""
-    from edgevt.data.preprocess import Preprocess
-    from edgevt.models import list_models
-    from edgevt.models.registry import ModelEntry, register_model
 
     def build() -> nn.Module:
         torch.manual_seed(0)
         return TinyBlock()
 
-    if TINY_BLOCK not in list_models():
-        register_model(ModelEntry(
-            name=TINY_BLOCK, family="cnn", build=build,
-            preprocess=Preprocess(input_size=32, crop_pct=0.875, interpolation="bilinear"),
-            source="tests", convert_state_dict=lambda sd, model: ("timm", sd),
-        ))  # fmt: skip
-    return TINY_BLOCK
+    return _register(TINY_BLOCK, build)
