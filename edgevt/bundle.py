@@ -11,7 +11,11 @@
 * ``run_bundle.py``: a standalone runner (numpy + the device's runtime, nothing from edgevt);
 * ``bundle.json`` (what is inside) and ``README.md`` (the exact commands, over ssh/adb);
 * what the device's targets add (for TensorRT, ``trtexec.sh`` that builds the engines on the
-  device from the ONNX).
+  device from the ONNX);
+* ``op_profile`` (a .tflite int8 run): ``models/profile/``, the int8 op-type profile's files
+  (full int8, one op type in float per file, the fewest-partitions group), which
+  ``run_bundle.py --op-profile`` times on the device; ``edgevt export --profile-on RESULTS``
+  chooses the int8 recipe from those timings.
 
 Which files go in is decided by the ArtifactInfo each one carries: its target must be one the
 device's profile names.
@@ -76,6 +80,7 @@ def make_bundle(
     force: bool = False,
     eval_images: int = 0,
     eval_data: str | Path | None = None,
+    op_profile: bool = False,
 ) -> Bundle:
     """Write a bundle of ``run_dir``'s artifacts for ``device`` into ``out`` (see module doc)."""
     from edgevt.data.imagenet import default_data_root, no_images_message, sample_batch
@@ -126,6 +131,14 @@ def make_bundle(
 
     if data is not None and not Path(data).is_dir():
         raise EdgevtError(no_images_message("--data", data))
+    if op_profile and not (run_dir / "model.tflite").is_file() or op_profile and (
+        "tflite" not in profile.targets
+    ):
+        raise EdgevtError(
+            f"--op-profile times LiteRT int8 files on the device: {profile.name} must run "
+            f"tflite and {run_dir} must hold an int8 TFLite export (`edgevt export MODEL "
+            "--target tflite --int8 ...`)."
+        )
     first = open_runner(artifacts[0])
     folder = Path(data) if data else default_data_root() / "imagenet-val1000"
     inputs, described = sample_batch(first.info.preprocess, folder, samples)
@@ -142,6 +155,7 @@ def make_bundle(
             folder = Path(eval_data) if eval_data else default_data_root() / "imagenet-val1000"
             evaluation = _eval_subset(staging, artifacts, first.info.preprocess, folder,
                                       eval_images)  # fmt: skip
+        profiled = _op_profile(staging, run_dir, inputs) if op_profile else None
         shutil.copy2(RUNNER, staging / "run_bundle.py")
         builds = {}  # what the device builds from the bundled files (TensorRT engines)
         for name in profile.targets:
@@ -160,12 +174,13 @@ def make_bundle(
                 "models": models,
                 **({"builds": builds} if builds else {}),
                 **({"eval": evaluation} if evaluation else {}),
+                **({"op_profile": profiled} if profiled else {}),
             },
         )
         for name in profile.targets:  # what each of the device's targets adds (a build script)
             get_target(name).bundle_files(staging, infos, first.info.preprocess.input_size)
         with atomic_path(staging / "README.md") as tmp:
-            tmp.write_text(_readme(profile, first.info.model, infos, out.name))
+            tmp.write_text(_readme(profile, first.info.model, infos, out.name, op_profile))
         if out.exists():
             shutil.rmtree(out)
         staging.rename(out)  # the bundle appears whole or not at all
@@ -214,6 +229,27 @@ def _copy_models(
     return models, infos
 
 
+def _op_profile(staging: Path, run_dir: Path, inputs: np.ndarray) -> dict[str, object]:
+    """The run's int8 op-type profile files in ``models/profile/`` (fp32: the bundled
+    model.tflite) and each one's cosine to fp32 on the sample images here: LiteRT's int8
+    kernels compute the same integers on ARM, so the device needs only to time them."""
+    from edgevt.targets.tflite import LiteRTRunner
+    from edgevt.validate.evaluate import compare_logits
+
+    folder = staging / "models" / "profile"
+    folder.mkdir()
+    found, info, _ = get_target("tflite").profile_candidates(run_dir, folder)
+    files = {k: "model.tflite" if k == "fp32" else f"profile/{p.name}"
+             for k, p in found.files.items()}  # fmt: skip
+    logits = {}
+    for key, name in files.items():
+        with LiteRTRunner(staging / "models" / name, threads=1, info=info) as runner:
+            logits[key] = np.concatenate([runner.infer(x[None]) for x in inputs])
+    cosine = {k: compare_logits(logits["fp32"], v)["cosine"] for k, v in logits.items()}
+    return {"model": info.model, "files": files, "float_types": found.float_types,
+            "partitions": found.partitions, "census": found.census, "cosine": cosine}  # fmt: skip
+
+
 def _eval_subset(
     staging: Path, artifacts: list[Path], preprocess, folder: Path, n: int
 ) -> dict[str, object]:
@@ -254,6 +290,18 @@ def _eval_subset(
             "std": list(preprocess.std), "reference": reference, "host": models}  # fmt: skip
 
 
+_PROFILE_README = """
+With `--op-profile` it then times the int8 op-type profile's files in `models/profile/` (full
+int8, one op type in float per file, the group with the fewest XNNPACK partitions) in
+interleaved rounds, so that the int8 recipe is chosen from this device's own timings:
+
+```bash
+edgevt export {model} --target tflite --int8 --calib DIR \\
+    --profile-on {name}-results/DEVICE-TIME.json
+```
+"""
+
+
 def _runtime(profile: DeviceProfile, name: str) -> str:
     """What runs a file on the device: the first of its targets that takes such files (a
     Jetson's TensorRT builds engines from every ONNX file)."""
@@ -263,8 +311,11 @@ def _runtime(profile: DeviceProfile, name: str) -> str:
     return "?"
 
 
-def _readme(profile: DeviceProfile, model: str, models: dict[str, ArtifactInfo], name: str) -> str:
-    run = "python3 run_bundle.py"
+def _readme(
+    profile: DeviceProfile, model: str, models: dict[str, ArtifactInfo], name: str,
+    op_profile: bool = False,
+) -> str:  # fmt: skip
+    run = "python3 run_bundle.py" + " --op-profile" * op_profile
     if profile.connect == "adb":
         reach = f"""```bash
 adb push {name} /data/local/tmp/{name}
@@ -307,4 +358,5 @@ It writes `results/{profile.name}-<time>.json`. Give that file to the report:
 ```bash
 edgevt report RUN_DIR --device-results {name}-results/*.json -o reports/NAME
 ```
+{_PROFILE_README.format(model=model, name=name) if op_profile else ""}
 """

@@ -8,6 +8,12 @@ ship its own ``load_<suffix>.py`` beside it). edgevt copies this file verbatim i
 bundle and runs the same file on the host in its tests.
 
     python3 run_bundle.py [--threads N] [--seconds S] [--iterations N] [--out results/]
+        [--op-profile]
+
+With ``--op-profile`` (a bundle made with ``edgevt bundle --op-profile``) it also times the
+int8 op-type profile's files (full int8, one op type in float per file) in interleaved rounds,
+so that ``edgevt export --profile-on RESULTS.json`` chooses the int8 recipe from this device's
+own timings.
 
 For each model listed in bundle.json it runs the bundled sample images, compares the logits with
 the expected ones computed on the host (cosine and top-1 agreement; a model that fails the check
@@ -324,6 +330,36 @@ def time_model(model: Model, x: np.ndarray, warmup: int, seconds: float, iterati
     }
 
 
+PROFILE_TURN_MS = 300.0  # each file's turn: about this long, 3 to 10 calls
+
+
+def time_op_profile(section: dict, threads: list[int], x: np.ndarray, rounds: int) -> dict:
+    """The profile's files timed at each thread count: ``rounds`` interleaved rounds, each
+    file loaded only for its turn (a slow device must not hold 20 models at once), the median
+    of the per-turn medians (ms, batch 1)."""
+    ms: dict[str, dict[str, float]] = {key: {} for key in section["files"]}
+    for t in threads:
+        turns: dict[str, list[float]] = {key: [] for key in section["files"]}
+        for r in range(rounds):
+            for key, name in section["files"].items():
+                model = Model(HERE / "models" / name, t)
+                model.infer(x)  # warm-up: allocation, packing
+                t0 = time.perf_counter()
+                model.infer(x)
+                first = (time.perf_counter() - t0) * 1e3
+                times = []
+                for _ in range(max(3, min(10, int(PROFILE_TURN_MS / max(first, 1e-3))))):
+                    t0 = time.perf_counter()
+                    model.infer(x)
+                    times.append((time.perf_counter() - t0) * 1e3)
+                turns[key].append(float(np.median(times)))
+                del model
+            print(f"op profile: round {r + 1}/{rounds} at {t} thread(s)", flush=True)
+        for key, values in turns.items():
+            ms[key][str(t)] = float(np.median(values))
+    return {**section, "ms": ms, "rounds": rounds}
+
+
 def main(argv: list[str] | None = None) -> int:
     bundle = json.loads((HERE / "bundle.json").read_text())
     parser = argparse.ArgumentParser(description="check, then time, the bundled models")
@@ -342,7 +378,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="check and score, time none (under emulation time means nothing)")
     parser.add_argument("--emulated", default=None,
                         help="what emulated the device (recorded; e.g. 'aarch64 (cortex-a76)')")
+    parser.add_argument("--op-profile", action="store_true",
+                        help="also time the int8 op-type profile's files (edgevt bundle "
+                        "--op-profile), for `edgevt export --profile-on RESULTS.json`")
+    parser.add_argument("--profile-rounds", type=int, default=5,
+                        help="interleaved rounds of the op profile (default 5)")
     args = parser.parse_args(argv)
+    if args.op_profile and "op_profile" not in bundle:
+        raise SystemExit("run_bundle: --op-profile: this bundle carries no op profile; make it "
+                         "with `edgevt bundle RUN --device ... --op-profile`")  # fmt: skip
+    if args.op_profile and (args.emulated or args.no_timing or args.check_only):
+        raise SystemExit("run_bundle: --op-profile times files; it does not go with "
+                         "--emulated, --no-timing or --check-only")  # fmt: skip
 
     samples = np.load(HERE / "samples.npz")
     inputs = samples["inputs"]
@@ -413,6 +460,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.emulated:  # never a device timing: what ran was an emulator on another machine
         result["emulated"] = args.emulated
+    if args.op_profile and all(r["check"]["passed"] for r in rows):
+        result["op_profile"] = time_op_profile(bundle["op_profile"], args.threads, inputs[:1],
+                                               args.profile_rounds)  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path = args.out / f"{bundle['device']}-{stamp}.json"

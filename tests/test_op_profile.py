@@ -261,3 +261,71 @@ def test_a_run_without_int8_is_refused_with_what_to_do(tmp_path: Path) -> None:
     run = api.export(tiny_model(), "tflite", out=tmp_path / "run", progress=False).run_dir.path
     with pytest.raises(EdgevtError, match="no calibration.json: export it with --int8 first"):
         api.profile(run)
+
+
+def test_a_device_times_the_bundled_profile_and_the_export_chooses_from_it(
+    tmp_path: Path, calib_dir: Path
+) -> None:
+    """Issue 21 item 1: the profile's files travel in a bundle, the bundle's own runner
+    (numpy + LiteRT, no edgevt) times them, and `--profile-on RESULTS.json` chooses the
+    recipe from those timings. This host stands in for the device."""
+    pytest.importorskip("ai_edge_litert", reason="pip install edgevt[tflite]")
+    import subprocess
+    import sys
+
+    from edgevt.bundle import make_bundle
+    from tests.test_bundle import STANDALONE
+
+    first = api.export(tiny_block(), "tflite", out=tmp_path / "run", int8=True, calib=calib_dir,
+                       calib_size=16, progress=False, optimize="full")  # fmt: skip
+    run = first.run_dir.path
+    bundle = make_bundle(run, "raspberry-pi-5", tmp_path / "pi5", samples=2,
+                         op_profile=True).path  # fmt: skip
+    section = json.loads((bundle / "bundle.json").read_text())["op_profile"]
+    assert {"fp32", "full int8", "GELU", "group"} <= set(section["files"])
+    assert all((bundle / "models" / f).is_file() for f in section["files"].values())
+    assert section["cosine"]["fp32"] == pytest.approx(1.0) and section["model"] == "tiny_block"
+    assert "--op-profile" in (bundle / "README.md").read_text()
+
+    ran = subprocess.run(
+        [sys.executable, "-c", STANDALONE, str(bundle / "run_bundle.py"), "--threads", "1", "2",
+         "--seconds", "0", "--iterations", "3", "--op-profile", "--profile-rounds", "2"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    results_path = next((bundle / "results").glob("raspberry-pi-5-*.json"))
+    results = json.loads(results_path.read_text())
+    timed = results["op_profile"]["ms"]
+    assert set(timed) == set(section["files"]) and all(set(v) == {"1", "2"} for v in timed.values())
+    assert all(ms > 0 for v in timed.values() for ms in v.values())
+
+    # a device on which the group is clearly the fastest file: the export takes it from there
+    for key in timed:
+        timed[key] = {"1": 5.0, "2": 4.0}
+    timed["fp32"], timed["group"] = {"1": 6.0, "2": 5.0}, {"1": 1.0, "2": 0.5}
+    results_path.write_text(json.dumps(results))
+    out = api.export(tiny_block(), "tflite", out=tmp_path / "chosen", int8=True,
+                     calib_table=run / "calibration.json", progress=False,
+                     profile_on=str(results_path))  # fmt: skip
+    int8 = out.artifacts[-1]
+    assert int8.details["float_types"] == sorted(section["float_types"]["group"])
+    assert int8.details["op_profile"] == "op_profile_tflite_raspberry-pi-5.json"
+    profile = OpProfile.load(out.run_dir.path / int8.details["op_profile"])
+    assert profile.host.startswith("raspberry-pi-5 (") and "timed on the device" in profile.host
+    line = next(n for n in int8.notes if n.startswith("int8 latency on raspberry-pi-5"))
+    assert "(timed there): 1.00 ms vs fp32 6.00 ms at 1 thread (6.00x)" in line
+    assert "0.50 ms vs fp32 5.00 ms at 2 threads (10.00x)" in line
+
+    results["emulated"] = "aarch64 (cortex-a76)"
+    results_path.write_text(json.dumps(results))
+    with pytest.raises(EdgevtError, match="run under emulation"):
+        api.export(tiny_block(), "tflite", out=tmp_path / "x", int8=True,
+                   calib_table=run / "calibration.json", profile_on=str(results_path))  # fmt: skip
+    (tmp_path / "plain.json").write_text(json.dumps({"format": "edgevt.device-results/1"}))
+    with pytest.raises(EdgevtError, match="holds no op profile timed on a device"):
+        api.export(tiny_block(), "tflite", out=tmp_path / "y", int8=True,
+                   calib_table=run / "calibration.json", profile_on=str(tmp_path / "plain.json"))
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+    onnx_only = api.export(tiny_block(), "onnx", out=tmp_path / "onnx", progress=False)
+    with pytest.raises(EdgevtError, match="--op-profile times LiteRT int8 files"):
+        make_bundle(onnx_only.run_dir.path, "raspberry-pi-5", tmp_path / "b2", op_profile=True)

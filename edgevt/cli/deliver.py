@@ -63,6 +63,13 @@ def add_parsers(sub) -> None:
         "code an element at a time; a real fp32 Lite0 takes about 2.5 s an image on 2 cores, "
         "int8 0.25-0.7 s)",
     )  # fmt: skip
+    p.add_argument(
+        "--op-profile", action="store_true",
+        help="also carry the run's int8 op-type profile files (.tflite: full int8, one op type "
+        "in float per file, the fewest-partitions group) for `run_bundle.py --op-profile` to "
+        "time on the device; then `edgevt export ... --int8 --profile-on RESULTS.json` chooses "
+        "the recipe from the device's own timings",
+    )  # fmt: skip
     p.add_argument("--core", help="the ARM core to emulate (default: the profile's core: "
                    "cortex-a76 for raspberry-pi-5, cortex-x3 for pixel-8; or cortex-a72, "
                    "neoverse-n1)")  # fmt: skip
@@ -141,7 +148,7 @@ def bundle(args: argparse.Namespace) -> None:
         )
     made = make_bundle(args.run_dir, args.device, args.out, data=args.data, force=args.force,
                        eval_images=eval_images, eval_data=args.eval_data,
-                       **given(args, "samples"))  # fmt: skip
+                       op_profile=args.op_profile, **given(args, "samples"))  # fmt: skip
     print(
         f"bundle for {made.device.name}: {made.path} ({', '.join(made.models)}; "
         f"{made.samples} sample images"

@@ -480,11 +480,14 @@ class TfliteTarget(Target):
                       "latency (fastest), balanced (also cheap accuracy wins; default), "
                       "accuracy (most accurate not slower than fp32), full (every op int8, "
                       "for NPUs; no profile). --float-ops and --quant-config choose by hand"}),
-        ("profile_on", {"metavar": "DEVICE",
-                        "help": "choose --optimize's recipe for an ARM device instead of this "
-                        "host: what each op type costs in aarch64 instructions on DEVICE's core "
-                        "under qemu (raspberry-pi-5: cortex-a76, raspberry-pi-4: cortex-a72; "
-                        "1 thread, a count, not a time; needs qemu-user and gcc)"}),
+        ("profile_on", {"metavar": "DEVICE|RESULTS.json",
+                        "help": "choose --optimize's recipe for a device instead of this host: "
+                        "RESULTS.json, the device's own timings of the op profile (`edgevt "
+                        "bundle RUN --device D --op-profile`, then `run_bundle.py --op-profile` "
+                        "there); or an ARM DEVICE, what each op type costs in aarch64 "
+                        "instructions on its core under qemu (raspberry-pi-5: cortex-a76, "
+                        "raspberry-pi-4: cortex-a72; 1 thread, a count, not a time; needs "
+                        "qemu-user and gcc)"}),
     )  # fmt: skip
 
     def quantization_rules(self) -> TargetRules:
@@ -513,6 +516,21 @@ class TfliteTarget(Target):
         import tempfile
 
         from edgevt.progress import step
+        from edgevt.targets import tflite_profile
+
+        work = Path(tempfile.mkdtemp(prefix=".op-profile-", dir=run))
+        try:
+            how = "timing" if core is None else f"counting instructions on emulated {core} of"
+            with step(f"quantizing and {how} one file per op type", progress):
+                found, info, images = self.profile_candidates(run, work)
+                return tflite_profile.measure_candidates(found, info, images, threads, core)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def profile_candidates(self, run: Path, work: Path):
+        """The op-type profile's files of ``run`` (full int8, one per op type, the group),
+        quantized into ``work`` from the run's table: (Candidates, the fp32 file's
+        ArtifactInfo, the images the quantizer ranges gaps on)."""
         from edgevt.quant.table import CalibrationTable
         from edgevt.targets import tflite_profile
 
@@ -526,23 +544,15 @@ class TfliteTarget(Target):
             raise EdgevtError(f"{run} has no model.tflite written by edgevt; export the run "
                               "again with --target tflite.")  # fmt: skip
         fp32, modules, images = _requantize_inputs(run, table, info)
-
         calibration: dict = {}  # one float pass over the images for every file
 
         def write(out: Path, float_ops: tuple[str, ...]) -> Any:
             return quantize(fp32, out, "int8", info, table=table, modules=modules, images=images,
                             float_ops=float_ops, calibration=calibration)  # fmt: skip
 
-        work = Path(tempfile.mkdtemp(prefix=".op-profile-", dir=run))
-        try:
-            with step("quantizing the full-int8 file", progress):
-                write(work / "full_int8.tflite", ())
-            how = "timing" if core is None else f"counting instructions on emulated {core} of"
-            with step(f"quantizing and {how} one file per op type", progress):
-                return tflite_profile.profile(fp32, work / "full_int8.tflite", info, write,
-                                              images, threads, core=core)  # fmt: skip
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+        write(work / "int8_full.tflite", ())
+        found = tflite_profile.candidates(fp32, work / "int8_full.tflite", write, work)
+        return found, info, images
 
     def simulation(self, model, fp32_onnx, table, config, artifact: Path | None = None):
         """The QDQ simulation of LiteRT's rules, with what a full-integer .tflite adds: one
@@ -588,9 +598,14 @@ class TfliteTarget(Target):
                     "--profile-on measures the op types --optimize chooses from; --optimize "
                     "full, --float-ops and --max-drop choose otherwise. Drop one."
                 )
-            from edgevt.aarch64 import core_for_device
+            from edgevt.targets import tflite_profile
 
-            core_for_device(options.profile_on)  # an ARM profile with a core, qemu here
+            if tflite_profile.is_device_results(options.profile_on):  # read it before any work
+                tflite_profile.from_device_results(Path(options.profile_on))
+            else:
+                from edgevt.aarch64 import core_for_device
+
+                core_for_device(options.profile_on)  # an ARM profile with a core, qemu here
 
     def export(self, ctx: ExportContext, options: TfliteOptions) -> list[Artifact]:
         """fp32 through litert-torch, then fp16 / w8 / int8 from it with ai-edge-quantizer.
@@ -669,19 +684,35 @@ class TfliteTarget(Target):
                 runner.infer(images[:1])
         except Exception:  # noqa: BLE001  (whatever the runtime raised: the check says it)
             return report, notes, details
-        timed, core = None, None
+        timed, core, device = None, None, None
         if options.profile_on and mode != "full":
-            from edgevt.aarch64 import core_for_device
+            if tflite_profile.is_device_results(options.profile_on):
+                device_profile, device = tflite_profile.from_device_results(
+                    Path(options.profile_on))
+                if device_profile.model != ctx.info.model:
+                    raise EdgevtError(
+                        f"--profile-on {options.profile_on} profiles {device_profile.model}, "
+                        f"not {ctx.info.model}: bundle this model's run with --op-profile.")
+            else:
+                from edgevt.aarch64 import core_for_device
 
-            core = core_for_device(options.profile_on)
+                core = core_for_device(options.profile_on)
         if mode != "full":
-            where = "here" if core is None else f"on emulated {core} (instructions)"
-            with ctx.stage(f"profiling what each op type costs in int8 {where} (a file per "
-                           "type)"):  # fmt: skip
-                profile = tflite_profile.profile(fp32, path, ctx.info, write, images, threads,
-                                                 core=core)  # fmt: skip
-            name = ("op_profile_tflite.json" if core is None
-                    else f"op_profile_tflite_{options.profile_on}_{core}.json")  # fmt: skip
+            where = "here"
+            if device is not None:
+                where = f"on {device} (its own timings)"
+            elif core is not None:
+                where = f"on emulated {core} (instructions)"
+            if device is not None:
+                profile = device_profile
+                name = f"op_profile_tflite_{device}.json"
+            else:
+                with ctx.stage(f"profiling what each op type costs in int8 {where} (a file "
+                               "per type)"):  # fmt: skip
+                    profile = tflite_profile.profile(fp32, path, ctx.info, write, images,
+                                                     threads, core=core)  # fmt: skip
+                name = ("op_profile_tflite.json" if core is None
+                        else f"op_profile_tflite_{options.profile_on}_{core}.json")  # fmt: skip
             details["op_profile"] = profile.save(ctx.run / name).name
             chosen = choose(profile, mode)
             details["float_types"] = chosen
@@ -689,10 +720,12 @@ class TfliteTarget(Target):
                 with ctx.stage(f"quantizing the {mode} recipe: {' '.join(chosen)} in float"):
                     report = write(path, tuple(chosen))
                 notes = list(report.widened_weights)
-            elif core is None:
+            elif core is None and device is None:
                 timed = profile.fp32.ms, profile.full.ms
             notes.append(f"--optimize {mode}: " + (f"{' '.join(chosen)} kept in float"
                          if chosen else f"no op type costs more in int8 {where}"))  # fmt: skip
+            if device is not None:
+                notes += self._on_device(device, profile, chosen)
             if core is not None:
                 counts = self._counted_on(core, fp32, path, chosen, profile, images)
                 details["instructions"] = counts
@@ -720,6 +753,28 @@ class TfliteTarget(Target):
             notes.append(f"WARNING: this int8 file is slower than fp32 at {slow} thread(s) on "
                          f"this host; {how}.")  # fmt: skip
         return report, notes, details
+
+    @staticmethod
+    def _on_device(device: str, profile, chosen: list[str]) -> list[str]:
+        """What the device's own timings say of the chosen file: measured where the profile
+        timed that very file, else the sum of the measured per-type costs."""
+        from edgevt.op_profile import slower_than_fp32, speed_line
+
+        same = [v for v in [profile.full, *profile.types, *profile.groups]
+                if sorted(v.float_types) == chosen]  # fmt: skip
+        if same:
+            ms, how = same[0].ms, "timed there"
+        else:
+            base = profile.base  # where the per-type costs are taken
+            ms = {base: profile.full.ms[base] - sum(profile.cost(c) for c in chosen)}
+            how = "predicted from its per-type timings"
+        fp32 = {t: profile.fp32.ms[t] for t in ms}
+        notes = [speed_line(f"int8 latency on {device} ({how})", ms, fp32)]
+        slow = slower_than_fp32(ms, fp32)
+        if slow:
+            notes.append(f"WARNING: on {device} this int8 file is slower than fp32 at {slow} "
+                         "thread(s); model.tflite is the faster file there.")  # fmt: skip
+        return notes
 
     @staticmethod
     def _counted_on(

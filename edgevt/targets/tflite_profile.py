@@ -9,12 +9,14 @@ import shutil
 import tempfile
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgevt.artifact import ArtifactInfo
+from edgevt.errors import EdgevtError
 from edgevt.op_profile import (
     COUNTS,
     MS,
@@ -42,6 +44,72 @@ def census(path: Path) -> Counter:
     return Counter(op.op_type for op in read_ops(fu.read_model(str(path))))
 
 
+@dataclass
+class Candidates:
+    """The files an op-type profile measures, by key (``fp32``, ``full int8``, each op type,
+    ``group``): what each keeps in float, its XNNPACK partitions here, the fp32 op census."""
+
+    files: dict[str, Path]
+    float_types: dict[str, list[str]]
+    partitions: dict[str, int | None]
+    census: dict[str, int]
+
+    def label(self, key: str) -> str:
+        types = self.float_types[key]
+        if key in ("fp32", "full int8"):
+            return key
+        return f"int8, {' '.join(types)} float" + (" (fewest partitions)" * (key == GROUP))
+
+
+def candidates(
+    fp32: Path,
+    full_int8: Path,
+    quantize_with: Callable[[Path, tuple[str, ...]], Any],
+    work: Path,
+    progress: Callable[[str], None] = lambda _: None,
+) -> Candidates:
+    """Write into ``work`` one int8 file per op type of ``fp32`` that is not a layout op, with
+    that type in float, and the group of types with the fewest XNNPACK partitions.
+    ``quantize_with(out, float_types)`` writes such a file as ``full_int8`` was written."""
+    ops = census(fp32)
+    types = sorted(t for t in ops if t not in LAYOUT_OPS)
+    files = {"fp32": fp32, "full int8": full_int8}
+    float_types: dict[str, list[str]] = {"fp32": [], "full int8": []}
+    for i, op_type in enumerate(types, 1):
+        progress(f"int8 with {op_type} in float ({i}/{len(types)})")
+        path = work / f"int8_float_{op_type.lower()}.tflite"
+        quantize_with(path, (op_type,))
+        files[op_type], float_types[op_type] = path, [op_type]
+    parts = {key: partitions(path) for key, path in files.items()}
+    group = fewest_partitions(
+        {t: parts[t] for t in types}, parts["full int8"],
+        lambda chosen: _counted_file(work, chosen, quantize_with), progress,
+    )  # fmt: skip
+    if group is not None:
+        float_types[GROUP], parts[GROUP], files[GROUP] = group
+    return Candidates(files, float_types, parts, dict(sorted(ops.items())))
+
+
+def assemble(
+    found: Candidates, measured: dict[str, tuple[dict[int, float], float]], model: str,
+    where: str, threads: list[int], unit: str = MS,
+) -> OpProfile:  # fmt: skip
+    """The OpProfile of ``found``'s files from what was measured of each: (cost per thread
+    count, cosine to fp32) by key."""
+
+    def variant(key: str) -> Variant:
+        ms, cosine = measured[key]
+        return Variant(found.label(key), found.float_types[key], ms, cosine,
+                       found.partitions.get(key))  # fmt: skip
+
+    singles = [k for k in found.files if k not in ("fp32", "full int8", GROUP)]
+    return OpProfile(
+        model=model, target="tflite", host=where, threads=list(threads), census=found.census,
+        fp32=variant("fp32"), full=variant("full int8"), types=[variant(k) for k in singles],
+        unit=unit, groups=[variant(GROUP)] if GROUP in found.files else [],
+    )  # fmt: skip
+
+
 def profile(
     fp32: Path,
     full_int8: Path,
@@ -52,58 +120,79 @@ def profile(
     progress: Callable[[str], None] = lambda _: None,
     core: str | None = None,
 ) -> OpProfile:
-    """Measure the int8 cost of every op type of ``fp32`` that is not a layout op.
+    """Measure the int8 cost of every op type of ``fp32`` that is not a layout op (and of the
+    fewest-partitions group: ``candidates``), on this host.
 
-    ``quantize_with(out, float_types)`` writes the int8 file with those types in float, as
-    the full-int8 ``full_int8`` was written. The variants live in a temporary folder. With
-    ``core`` (an ARM core, e.g. cortex-a76) the cost is aarch64 instructions per inference on
-    that emulated core (1 thread), not host time: the profile of a device not at hand.
+    The variants live in a temporary folder. With ``core`` (an ARM core, e.g. cortex-a76) the
+    cost is aarch64 instructions per inference on that emulated core (1 thread), not host
+    time: the profile of a device not at hand.
     """
-    from edgevt.targets.tflite import LiteRTRunner
-
-    threads = threads or default_threads()
-    ops = census(fp32)
-    candidates = sorted(t for t in ops if t not in LAYOUT_OPS)
     work = Path(tempfile.mkdtemp(prefix=".op-profile-", dir=full_int8.parent))
     try:
-        files = {"fp32": fp32, "full int8": full_int8}
-        for i, op_type in enumerate(candidates, 1):
-            progress(f"int8 with {op_type} in float ({i}/{len(candidates)})")
-            path = work / f"int8_float_{op_type.lower()}.tflite"
-            quantize_with(path, (op_type,))
-            files[op_type] = path
-        parts = {key: partitions(path) for key, path in files.items()}
-        group = fewest_partitions(
-            {t: parts[t] for t in candidates}, parts["full int8"],
-            lambda types: _counted_file(work, types, quantize_with), progress,
-        )  # fmt: skip
-        if group is not None:
-            files[GROUP], parts[GROUP] = group[2], group[1]
-        checked = images[:CHECK_IMAGES]
-        if core is None:
-            found = measure(files, lambda p, t: LiteRTRunner(p, threads=t, info=info),
-                            checked[:1], checked, threads, progress)  # fmt: skip
-            where, unit = host_label(), MS
-        else:
-            found = counted(files, info, checked, core, progress)
-            threads, where, unit = [1], f"emulated aarch64 ({core})", COUNTS
+        found = candidates(fp32, full_int8, quantize_with, work, progress)
+        return measure_candidates(found, info, images, threads, core, progress)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    def variant(key: str, label: str, float_types: list[str]) -> Variant:
-        ms, cosine = found[key]
-        return Variant(label, float_types, ms, cosine, parts[key])
 
-    groups = [] if group is None else [
-        variant(GROUP, f"int8, {' '.join(group[0])} float (fewest partitions)", group[0])
-    ]  # fmt: skip
-    return OpProfile(
-        model=info.model, target="tflite", host=where, threads=list(threads),
-        census=dict(sorted(ops.items())), fp32=variant("fp32", "fp32", []),
-        full=variant("full int8", "full int8", []),
-        types=[variant(t, f"int8, {t} float", [t]) for t in candidates], unit=unit,
-        groups=groups,
-    )  # fmt: skip
+def measure_candidates(
+    found: Candidates, info: ArtifactInfo, images: np.ndarray,
+    threads: list[int] | None = None, core: str | None = None,
+    progress: Callable[[str], None] = lambda _: None,
+) -> OpProfile:  # fmt: skip
+    """Time ``found``'s files here (or count them on the emulated ``core``) and score them
+    against fp32 on ``CHECK_IMAGES`` of ``images``."""
+    from edgevt.targets.tflite import LiteRTRunner
+
+    threads = threads or default_threads()
+    checked = images[:CHECK_IMAGES]
+    if core is None:
+        measured = measure(found.files, lambda p, t: LiteRTRunner(p, threads=t, info=info),
+                           checked[:1], checked, threads, progress)  # fmt: skip
+        return assemble(found, measured, info.model, host_label(), threads)
+    measured = counted(found.files, info, checked, core, progress)
+    return assemble(found, measured, info.model, f"emulated aarch64 ({core})", [1], COUNTS)
+
+
+def is_device_results(value: str) -> bool:
+    """Whether ``--profile-on VALUE`` names a results file (else a device profile's name)."""
+    return value.endswith(".json") or Path(value).is_file()
+
+
+def from_device_results(path: Path) -> tuple[OpProfile, str]:
+    """The op-type profile a device timed itself (``run_bundle.py --op-profile``'s results
+    file; cosines and partitions from the host that made the bundle) and the device's name."""
+    import json
+
+    hint = ("time it on the device with `python3 run_bundle.py --op-profile` in a bundle made "
+            "by `edgevt bundle RUN --device DEVICE --op-profile`")  # fmt: skip
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise EdgevtError(f"--profile-on {path}: cannot read it ({exc}); {hint}.") from exc
+    section = data.get("op_profile") if isinstance(data, dict) else None
+    if not isinstance(section, dict) or "ms" not in section:
+        raise EdgevtError(f"--profile-on {path} holds no op profile timed on a device; {hint}.")
+    if data.get("emulated"):
+        raise EdgevtError(f"--profile-on {path} was run under emulation ({data['emulated']}): "
+                          "its times mean nothing; use --profile-on DEVICE to count "
+                          "instructions instead, or run the bundle on the device.")  # fmt: skip
+    try:
+        keys = list(section["files"])
+        found = Candidates({k: Path(section["files"][k]) for k in keys},
+                           {k: list(section["float_types"][k]) for k in keys},
+                           {k: section["partitions"].get(k) for k in keys},
+                           dict(section["census"]))  # fmt: skip
+        measured = {k: ({int(t): float(ms) for t, ms in section["ms"][k].items()},
+                        float(section["cosine"][k])) for k in keys}  # fmt: skip
+        threads = sorted(measured["fp32"][0])
+        host = data["host"]
+        where = (f"{data['device']} ({host.get('machine')}, {host.get('cpus')} CPUs; timed on "
+                 "the device)")  # fmt: skip
+        return assemble(found, measured, str(section["model"]), where, threads), data["device"]
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise EdgevtError(f"--profile-on {path}: its op profile is damaged ({exc!r}); "
+                          f"{hint}.") from exc
 
 
 GROUP = "group"  # the files' key of the fewest-partitions group
