@@ -23,8 +23,9 @@ From that profile, ``choose`` picks the op types to keep in float:
   the measured costs keeps the file no slower than fp32;
 * ``full``: nothing in float (NPUs and the Edge TPU need every op in int8); no profile.
 
-``latency`` and ``balanced`` take the group instead where its measured time beats what their
-per-type recipe predicts (``balanced``: and it is no less accurate than full int8).
+Where the group was measured faster than the ``latency`` types' predicted time, it replaces
+them as the fast base of every mode; ``balanced`` and ``accuracy`` add their accuracy types to
+it as they would to those.
 
 The chosen file is timed again beside fp32 (the guard: an int8 file slower than its fp32
 sibling is never passed off silently).
@@ -146,6 +147,10 @@ def choose(profile: OpProfile, mode: str) -> list[str]:
     full_ms, fp32_ms = profile.full.ms[profile.base], profile.fp32.ms[profile.base]
     chosen = [t for t in names if profile.cost(t) > MIN_SAVING * full_ms]
     predicted = full_ms - sum(profile.cost(t) for t in chosen)
+    faster = [g for g in profile.groups if g.ms[profile.base] < predicted - profile.noise]
+    if faster:  # a group measured faster than the per-type prediction is the fast base
+        group = min(faster, key=lambda g: g.ms[profile.base])
+        chosen, predicted = list(group.float_types), group.ms[profile.base]
     rest = sorted((t for t in names if t not in chosen), key=profile.gain, reverse=True)
     for t in rest:
         if profile.gain(t) < ACCURACY_GAIN:
@@ -156,12 +161,6 @@ def choose(profile: OpProfile, mode: str) -> list[str]:
         ):
             chosen.append(t)
             predicted += extra
-    if mode in ("latency", "balanced"):  # a group measured faster than the prediction wins
-        faster = [g for g in profile.groups
-                  if g.ms[profile.base] < predicted - profile.noise
-                  and (mode == "latency" or g.cosine >= profile.full.cosine)]  # fmt: skip
-        if faster:
-            return sorted(min(faster, key=lambda g: g.ms[profile.base]).float_types)
     return sorted(chosen)
 
 
