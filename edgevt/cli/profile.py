@@ -71,16 +71,17 @@ def profile(args: argparse.Namespace) -> None:
           + ("" if unit == "ms" else " (instructions per inference, not a time)"))  # fmt: skip
     head = f"{'variant':<32}{'cosine':>9}" + "".join(f"{f'{short} {t}T':>10}" for t in threads)
     print(head + f"{f'int8 cost {base}T':>16}")
+    groups = {id(g): f"int8, group {i + 1} float" for i, g in enumerate(measured.groups)}
     for v in [measured.fp32, measured.full, *measured.types, *measured.groups]:
         cost = (measured.cost(v.float_types[0]) if len(v.float_types) == 1
                 else measured.full.ms[base] - v.ms[base] if v.float_types else None)  # fmt: skip
         cost = "" if cost is None else f"{cost:+.2f} {short}"
-        label = v.label if len(v.float_types) < 2 else "int8, group float (fewest partitions)"
+        label = groups.get(id(v), v.label)
         print(f"{label:<32}{v.cosine:>9.5f}" + "".join(f"{v.ms[t]:>10.2f}" for t in threads)
               + f"{cost:>16}")  # fmt: skip
-    for g in measured.groups:
-        print(f"group: {' '.join(g.float_types)} in float together cut the file into "
-              f"{g.partitions} XNNPACK partitions (full int8: {measured.full.partitions})")
+    for i, g in enumerate(measured.groups, 1):
+        print(f"group {i}: {' '.join(g.float_types)} in float ({g.partitions} XNNPACK "
+              f"partitions; full int8: {measured.full.partitions}; {g.label})")
     print("int8 cost: full int8 minus the file with that type in float (positive: the type is "
           "slower in int8 here)")  # fmt: skip
     recipes = {mode: choose(measured, mode) for mode in OPTIMIZE}
