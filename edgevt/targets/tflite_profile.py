@@ -170,9 +170,9 @@ def head_to_head(
 ) -> OpProfile:  # fmt: skip
     """The per-type latency types' own file, measured again beside the group (both groups'
     figures then come from that run). Their per-type time is a sum of separately measured
-    savings, which counts twice what two types save together: one CvT-13 profile took the
-    per-type set, predicted faster than the group, and it ran at 1.99x fp32 where the group
-    had run at 2.33x."""
+    savings, which counts twice what two types save together: one CvT-13 profile kept the
+    per-type set, predicted faster than the group's measured time, and that file ran at 1.99x
+    fp32 at 2 threads (reports/int8_recipes.md) where other runs took the group."""
     types = sorted(latency_types(profile))
     if not profile.groups or not types or found.write is None or found.work is None:
         return profile
