@@ -131,9 +131,7 @@ def make_bundle(
 
     if data is not None and not Path(data).is_dir():
         raise EdgevtError(no_images_message("--data", data))
-    if op_profile and not (run_dir / "model.tflite").is_file() or op_profile and (
-        "tflite" not in profile.targets
-    ):
+    if op_profile and ("tflite" not in profile.targets or not (run_dir / "model.tflite").is_file()):
         raise EdgevtError(
             f"--op-profile times LiteRT int8 files on the device: {profile.name} must run "
             f"tflite and {run_dir} must hold an int8 TFLite export (`edgevt export MODEL "
@@ -233,19 +231,14 @@ def _op_profile(staging: Path, run_dir: Path, inputs: np.ndarray) -> dict[str, o
     """The run's int8 op-type profile files in ``models/profile/`` (fp32: the bundled
     model.tflite) and each one's cosine to fp32 on the sample images here: LiteRT's int8
     kernels compute the same integers on ARM, so the device needs only to time them."""
-    from edgevt.targets.tflite import LiteRTRunner
-    from edgevt.validate.evaluate import compare_logits
+    from edgevt.targets.tflite_profile import cosines
 
     folder = staging / "models" / "profile"
     folder.mkdir()
     found, info, _ = get_target("tflite").profile_candidates(run_dir, folder)
     files = {k: "model.tflite" if k == "fp32" else f"profile/{p.name}"
              for k, p in found.files.items()}  # fmt: skip
-    logits = {}
-    for key, name in files.items():
-        with LiteRTRunner(staging / "models" / name, threads=1, info=info) as runner:
-            logits[key] = np.concatenate([runner.infer(x[None]) for x in inputs])
-    cosine = {k: compare_logits(logits["fp32"], v)["cosine"] for k, v in logits.items()}
+    cosine = cosines({k: staging / "models" / n for k, n in files.items()}, info, inputs)
     return {"model": info.model, "files": files, "float_types": found.float_types,
             "partitions": found.partitions, "census": found.census, "cosine": cosine}  # fmt: skip
 

@@ -100,6 +100,16 @@ class OpProfile:
         cost = self.full.ms[self.base] - variant.ms[self.base]
         return cost if abs(cost) >= self.noise else 0.0
 
+    def predicted(self, float_types: list[str]) -> float:
+        """The time (or count) at ``base`` of the int8 file with ``float_types`` in float:
+        measured where the profile holds that very file, else full int8 less the measured
+        per-type costs (a sum that counts twice what two types save together)."""
+        wanted = sorted(float_types)
+        for v in [self.full, *self.types, *self.groups]:
+            if sorted(v.float_types) == wanted:
+                return v.ms[self.base]
+        return self.full.ms[self.base] - sum(self.cost(t) for t in float_types)
+
     def gain(self, op_type: str) -> float:
         """Cosine to fp32 that keeping ``op_type`` in float buys."""
         variant = next(v for v in self.types if v.float_types == [op_type])
@@ -152,12 +162,9 @@ def choose(profile: OpProfile, mode: str) -> list[str]:
     if mode == "full":
         return []
     names = [v.float_types[0] for v in profile.types]
-    full_ms, fp32_ms = profile.full.ms[profile.base], profile.fp32.ms[profile.base]
+    fp32_ms = profile.fp32.ms[profile.base]
     chosen = latency_types(profile)
-    predicted = full_ms - sum(profile.cost(t) for t in chosen)
-    timed = [g for g in profile.groups if sorted(g.float_types) == sorted(chosen)]
-    if timed:  # that very file was measured beside the group: its time, not the sum
-        predicted = timed[0].ms[profile.base]
+    predicted = profile.predicted(chosen)  # measured where timed beside the group
     faster = [g for g in profile.groups if g.ms[profile.base] < predicted - profile.noise]
     if faster:  # a group measured faster than the per-type prediction is the fast base
         group = min(faster, key=lambda g: g.ms[profile.base])

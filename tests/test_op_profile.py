@@ -346,6 +346,12 @@ def test_a_device_times_the_bundled_profile_and_the_export_chooses_from_it(
     assert "(timed there): 1.00 ms vs fp32 6.00 ms at 1 thread (6.00x)" in line
     assert "0.50 ms vs fp32 5.00 ms at 2 threads (10.00x)" in line
 
+    results["op_profile"]["model"] = "levit_128s"
+    results_path.write_text(json.dumps(results))
+    with pytest.raises(EdgevtError, match="profiles levit_128s, not tiny_block"):
+        api.export(tiny_block(), "tflite", out=tmp_path / "w", int8=True,
+                   calib_table=run / "calibration.json", profile_on=str(results_path))  # fmt: skip
+    results["op_profile"]["model"] = "tiny_block"
     results["emulated"] = "aarch64 (cortex-a76)"
     results_path.write_text(json.dumps(results))
     with pytest.raises(EdgevtError, match="run under emulation"):
@@ -359,3 +365,41 @@ def test_a_device_times_the_bundled_profile_and_the_export_chooses_from_it(
     onnx_only = api.export(tiny_block(), "onnx", out=tmp_path / "onnx", progress=False)
     with pytest.raises(EdgevtError, match="--op-profile times LiteRT int8 files"):
         make_bundle(onnx_only.run_dir.path, "raspberry-pi-5", tmp_path / "b2", op_profile=True)
+
+
+def test_one_calibration_pass_serves_every_file_and_changes_no_byte(
+    tmp_path: Path, calib_dir: Path, monkeypatch
+) -> None:
+    """The op profile quantizes a file per op type from one float pass over the images: the
+    files are the bytes each would be with a calibration pass of its own (float ops and a
+    quant config alike), and the float model runs once."""
+    pytest.importorskip("ai_edge_quantizer", reason="pip install edgevt[tflite]")
+    from ai_edge_quantizer import quantizer
+
+    from edgevt.quant.config import QuantConfig
+    from edgevt.quant.table import CalibrationTable
+    from edgevt.targets.tflite import _requantize_inputs, quantize, read_tflite_info
+
+    out = api.export(tiny_block(), "tflite", out=tmp_path / "run", int8=True, calib=calib_dir,
+                     calib_size=8, progress=False, optimize="full")  # fmt: skip
+    run = out.run_dir.path
+    table = CalibrationTable.load(run / "calibration.json")
+    info = read_tflite_info(run / "model.tflite")
+    fp32, modules, images = _requantize_inputs(run, table, info)
+    passes = []
+    real = quantizer.Quantizer.calibrate
+    monkeypatch.setattr(quantizer.Quantizer, "calibrate",
+                        lambda self, *a, **k: passes.append(1) or real(self, *a, **k))  # fmt: skip
+    kinds = {"gelu": {"float_ops": ("GELU",)}, "config": {"config": QuantConfig()},
+             "ln": {"float_ops": ("RSQRT", "SUB", "SQUARED_DIFFERENCE")}}  # fmt: skip
+    memo: dict = {}
+    for name, kind in kinds.items():
+        quantize(fp32, tmp_path / f"{name}_memo.tflite", "int8", info, table=table,
+                 modules=modules, images=images, calibration=memo, **kind)  # fmt: skip
+    assert len(passes) == 1
+    for name, kind in kinds.items():
+        quantize(fp32, tmp_path / f"{name}_own.tflite", "int8", info, table=table,
+                 modules=modules, images=images, **kind)  # fmt: skip
+        own = (tmp_path / f"{name}_own.tflite").read_bytes()
+        assert (tmp_path / f"{name}_memo.tflite").read_bytes() == own, name
+    assert len(passes) == 1 + len(kinds)

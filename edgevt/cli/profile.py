@@ -71,12 +71,12 @@ def profile(args: argparse.Namespace) -> None:
           + ("" if unit == "ms" else " (instructions per inference, not a time)"))  # fmt: skip
     head = f"{'variant':<32}{'cosine':>9}" + "".join(f"{f'{short} {t}T':>10}" for t in threads)
     print(head + f"{f'int8 cost {base}T':>16}")
-    groups = {id(g): f"int8, group {i + 1} float" for i, g in enumerate(measured.groups)}
-    for v in [measured.fp32, measured.full, *measured.types, *measured.groups]:
+    rows = [(v.label, v) for v in [measured.fp32, measured.full, *measured.types]]
+    rows += [(f"int8, group {i} float", g) for i, g in enumerate(measured.groups, 1)]
+    for label, v in rows:
         cost = (measured.cost(v.float_types[0]) if len(v.float_types) == 1
                 else measured.full.ms[base] - v.ms[base] if v.float_types else None)  # fmt: skip
         cost = "" if cost is None else f"{cost:+.2f} {short}"
-        label = groups.get(id(v), v.label)
         print(f"{label:<32}{v.cosine:>9.5f}" + "".join(f"{v.ms[t]:>10.2f}" for t in threads)
               + f"{cost:>16}")  # fmt: skip
     for i, g in enumerate(measured.groups, 1):

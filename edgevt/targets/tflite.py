@@ -194,7 +194,7 @@ def quantize(
             float ones (``benchmarks/tflite_op_profile.py`` measures which).
         calibration: a dict the caller keeps across calls on the same ``fp32`` and ``images``
             (the op profile's one file per op type): the float model is run on the images
-            once, not once per file (29 of CvT-13's 33 s per file).
+            once, not once per file (most of each file's quantize time).
     """
     if precision not in PRECISIONS[1:]:
         raise EdgevtError(f"tflite precision {precision!r}: choose from {', '.join(PRECISIONS)}.")
@@ -762,11 +762,10 @@ class TfliteTarget(Target):
 
         same = [v for v in [profile.full, *profile.types, *profile.groups]
                 if sorted(v.float_types) == chosen]  # fmt: skip
-        if same:
+        if same:  # every thread count the device timed
             ms, how = same[0].ms, "timed there"
         else:
-            base = profile.base  # where the per-type costs are taken
-            ms = {base: profile.full.ms[base] - sum(profile.cost(c) for c in chosen)}
+            ms = {profile.base: profile.predicted(chosen)}
             how = "predicted from its per-type timings"
         fp32 = {t: profile.fp32.ms[t] for t in ms}
         notes = [speed_line(f"int8 latency on {device} ({how})", ms, fp32)]

@@ -309,16 +309,23 @@ def counted(
     (emulated, 1 thread) for the time; the cosine to fp32 is taken here, because LiteRT's
     int8 kernels compute the same integers on ARM (``edgevt bundle --verify-aarch64``)."""
     from edgevt.aarch64 import count_files
+
+    counts = count_files(files, core, images[:1], progress=progress)
+    cosine = cosines(files, info, images)
+    return {k: ({1: counts[k] / 1e6}, cosine[k]) for k in files}
+
+
+def cosines(files: dict[str, Path], info: ArtifactInfo, images: np.ndarray) -> dict[str, float]:
+    """Each file's logit cosine to the ``fp32`` file's on ``images``, run here (LiteRT's int8
+    kernels compute the same integers on ARM, so this stands for the device's)."""
     from edgevt.targets.tflite import LiteRTRunner
     from edgevt.validate.evaluate import compare_logits
 
-    counts = count_files(files, core, images[:1], progress=progress)
     logits = {}
     for key, path in files.items():
-        with LiteRTRunner(path, info=info) as runner:
+        with LiteRTRunner(path, threads=1, info=info) as runner:
             logits[key] = runner.infer(images)
-    return {k: ({1: counts[k] / 1e6}, compare_logits(logits["fp32"], logits[k])["cosine"])
-            for k in files}  # fmt: skip
+    return {k: compare_logits(logits["fp32"], v)["cosine"] for k, v in logits.items()}
 
 
 def time_pair(
