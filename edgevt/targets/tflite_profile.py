@@ -45,6 +45,24 @@ def census(path: Path) -> Counter:
     return Counter(op.op_type for op in read_ops(fu.read_model(str(path))))
 
 
+def float_compute_ops(path: Path) -> Counter:
+    """Op types of an int8 .tflite that still compute in float (float outputs; QUANTIZE and
+    DEQUANTIZE aside): an --optimize recipe's float ops. Empty for a full-int8 file, whose
+    integer kernels give the same bytes on every CPU; float kernels differ in the last bits."""
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fu
+
+    from edgevt.quant.tflite_ranges import read_ops
+
+    model = fu.read_model(str(path))
+    tensors = model.subgraphs[0].tensors
+    float32 = 0  # TensorType.FLOAT32 in LiteRT's schema
+    return Counter(
+        op.op_type for op in read_ops(model)
+        if op.op_type not in ("QUANTIZE", "DEQUANTIZE")
+        and any(t >= 0 and tensors[t].type == float32 for t in op.outputs)
+    )  # fmt: skip
+
+
 @dataclass
 class Candidates:
     """The files an op-type profile measures, by key (``fp32``, ``full int8``, each op type,
