@@ -23,10 +23,12 @@ From that profile, ``choose`` picks the op types to keep in float:
   the measured costs keeps the file no slower than fp32;
 * ``full``: nothing in float (NPUs and the Edge TPU need every op in int8); no profile.
 
-The ``latency`` types' own file is then measured again beside the group (their predicted
-time, a sum of separately measured savings, counts twice what two types save together).
-Where the group was measured faster, it replaces them as the fast base of every mode;
-``balanced`` and ``accuracy`` add their accuracy types to it as they would to those.
+The ``latency`` types' own file is then measured again beside full int8 and the group (their
+predicted time, a sum of separately measured savings, counts twice what two types save
+together, and one noisy round can make a type look faster in float). Types whose own file is
+not ``MIN_SAVING`` faster than full int8 there are not kept; where the group was measured
+faster, it replaces them as the fast base of every mode; ``balanced`` and ``accuracy`` add
+their accuracy types to it as they would to those.
 
 The chosen file is timed again beside fp32 (the guard: an int8 file slower than its fp32
 sibling is never passed off silently).
@@ -105,7 +107,7 @@ class OpProfile:
         measured where the profile holds that very file, else full int8 less the measured
         per-type costs (a sum that counts twice what two types save together)."""
         wanted = sorted(float_types)
-        for v in [self.full, *self.types, *self.groups]:
+        for v in [*self.groups, self.full, *self.types]:  # the latest (head to head) first
             if sorted(v.float_types) == wanted:
                 return v.ms[self.base]
         return self.full.ms[self.base] - sum(self.cost(t) for t in float_types)
@@ -164,11 +166,14 @@ def choose(profile: OpProfile, mode: str) -> list[str]:
     names = [v.float_types[0] for v in profile.types]
     fp32_ms = profile.fp32.ms[profile.base]
     chosen = latency_types(profile)
-    predicted = profile.predicted(chosen)  # measured where timed beside the group
+    predicted = profile.predicted(chosen)  # measured where timed again beside full int8
     faster = [g for g in profile.groups if g.ms[profile.base] < predicted - profile.noise]
     if faster:  # a group measured faster than the per-type prediction is the fast base
         group = min(faster, key=lambda g: g.ms[profile.base])
         chosen, predicted = list(group.float_types), group.ms[profile.base]
+    full_ms = profile.full.ms[profile.base]
+    if chosen and predicted > full_ms * (1 - MIN_SAVING):  # a noisy round's types: not kept
+        chosen, predicted = [], full_ms
     rest = sorted((t for t in names if t not in chosen), key=profile.gain, reverse=True)
     for t in rest:
         if profile.gain(t) < ACCURACY_GAIN:

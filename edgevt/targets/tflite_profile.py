@@ -77,7 +77,7 @@ class Candidates:
 
     def label(self, key: str) -> str:
         types = self.float_types[key]
-        if key in ("fp32", "full int8"):
+        if key in ("fp32", FULL):
             return key
         return f"int8, {' '.join(types)} float" + (" (fewest partitions)" * (key == GROUP))
 
@@ -94,8 +94,8 @@ def candidates(
     ``quantize_with(out, float_types)`` writes such a file as ``full_int8`` was written."""
     ops = census(fp32)
     types = sorted(t for t in ops if t not in LAYOUT_OPS)
-    files = {"fp32": fp32, "full int8": full_int8}
-    float_types: dict[str, list[str]] = {"fp32": [], "full int8": []}
+    files = {"fp32": fp32, FULL: full_int8}
+    float_types: dict[str, list[str]] = {"fp32": [], FULL: []}
     for i, op_type in enumerate(types, 1):
         progress(f"int8 with {op_type} in float ({i}/{len(types)})")
         path = work / f"int8_float_{op_type.lower()}.tflite"
@@ -103,7 +103,7 @@ def candidates(
         files[op_type], float_types[op_type] = path, [op_type]
     parts = {key: partitions(path) for key, path in files.items()}
     group = fewest_partitions(
-        {t: parts[t] for t in types}, parts["full int8"],
+        {t: parts[t] for t in types}, parts[FULL],
         lambda chosen: _counted_file(work, chosen, quantize_with), progress,
     )  # fmt: skip
     if group is not None:
@@ -123,10 +123,10 @@ def assemble(
         return Variant(found.label(key), found.float_types[key], ms, cosine,
                        found.partitions.get(key))  # fmt: skip
 
-    singles = [k for k in found.files if k not in ("fp32", "full int8", GROUP)]
+    singles = [k for k in found.files if k not in ("fp32", FULL, GROUP)]
     return OpProfile(
         model=model, target="tflite", host=where, threads=list(threads), census=found.census,
-        fp32=variant("fp32"), full=variant("full int8"), types=[variant(k) for k in singles],
+        fp32=variant("fp32"), full=variant(FULL), types=[variant(k) for k in singles],
         unit=unit, groups=[variant(GROUP)] if GROUP in found.files else [],
     )  # fmt: skip
 
@@ -186,24 +186,43 @@ def head_to_head(
     run: Callable[[dict[str, Path]], dict[str, tuple[dict[int, float], float]]],
     progress: Callable[[str], None] = lambda _: None,
 ) -> OpProfile:  # fmt: skip
-    """The per-type latency types' own file, measured again beside the group (both groups'
-    figures then come from that run). Their per-type time is a sum of separately measured
-    savings, which counts twice what two types save together: one CvT-13 profile kept the
-    per-type set, predicted faster than the group's measured time, and that file ran at 1.99x
-    fp32 at 2 threads (reports/int8_recipes.md) where other runs took the group."""
+    """The latency types' own file, measured again beside full int8 (and the group): the
+    profile's figures for both then come from that run, in the first run's terms (scaled by
+    full int8's time in each). Their per-type time is a sum of separately measured savings,
+    which counts twice what two types save together: one CvT-13 profile kept the per-type set,
+    predicted faster than the group's measured time, and that file ran at 1.99x fp32 at 2
+    threads (reports/int8_recipes.md) where other runs took the group. And a type that one
+    noisy round made look faster in float is timed again before choose() keeps it."""
     types = sorted(latency_types(profile))
-    if not profile.groups or not types or found.write is None or found.work is None:
+    if not types or found.write is None or found.work is None:
         return profile
-    group = profile.groups[0]
-    if types == sorted(group.float_types):
+    group = profile.groups[0] if profile.groups else None
+    own_file = group is None or types != sorted(group.float_types)
+    timed = profile.unit == MS  # instruction counts do not drift: only a new file is counted
+    if not own_file and not timed:
         return profile
-    path = found.work / "int8_latency_types.tflite"
-    progress(f"int8 with {' '.join(types)} in float, measured beside the group")
-    found.write(path, tuple(types))
-    again = run({"fp32": found.files["fp32"], GROUP: found.files[GROUP], LATENCY: path})
-    group.ms, group.cosine = again[GROUP]
-    profile.groups.append(Variant(f"int8, {' '.join(types)} float (the per-type recipe)",
-                                  types, *again[LATENCY], partitions(path)))  # fmt: skip
+    files = {"fp32": found.files["fp32"]}
+    if timed:
+        files[FULL] = found.files[FULL]
+        if group is not None:
+            files[GROUP] = found.files[GROUP]
+    if own_file:
+        files[LATENCY] = found.work / "int8_latency_types.tflite"
+        progress(f"int8 with {' '.join(types)} in float, measured again beside full int8")
+        found.write(files[LATENCY], tuple(types))
+    again = run(files)
+
+    def scaled(key: str) -> dict[int, float]:
+        if not timed:
+            return again[key][0]
+        return {t: ms * profile.full.ms[t] / again[FULL][0][t] for t, ms in again[key][0].items()}
+
+    if group is not None and timed:
+        group.ms, group.cosine = scaled(GROUP), again[GROUP][1]
+    if own_file:
+        profile.groups.append(Variant(f"int8, {' '.join(types)} float (the per-type recipe)",
+                                      types, scaled(LATENCY), again[LATENCY][1],
+                                      partitions(files[LATENCY])))  # fmt: skip
     return profile
 
 
@@ -248,7 +267,8 @@ def from_device_results(path: Path) -> tuple[OpProfile, str]:
                           f"{hint}.") from exc
 
 
-GROUP = "group"  # the files' key of the fewest-partitions group
+FULL = "full int8"  # the files' key of full int8
+GROUP = "group"  # ... of the fewest-partitions group
 LATENCY = "latency types"  # ... and of the per-type latency recipe's own file
 
 
