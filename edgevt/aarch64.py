@@ -433,13 +433,6 @@ def grid_step(logits: np.ndarray) -> float:
     return float(gaps.min()) if gaps.size else 0.0
 
 
-def _computes_in_float(path: Path) -> bool:
-    """Whether a LiteRT int8 file keeps some ops in float (an --optimize recipe)."""
-    from edgevt.targets.tflite_profile import float_compute_ops
-
-    return bool(float_compute_ops(path))
-
-
 SECONDS_PER_IMAGE = 10.0  # the most one scored image may take under emulation (fp32 Lite0: 2.5)
 
 
@@ -454,6 +447,8 @@ def verify(
     ``score``: also score the bundle's labelled images on ARM code (slow: QEMU runs float
     vector code an element at a time), recorded as the emulated run's accuracy."""
     import time
+
+    from edgevt.targets.tflite_profile import float_compute_ops
 
     check_core(core)
     bundle = Path(bundle)
@@ -508,7 +503,7 @@ def verify(
         if row["precision"] != "int8":
             ok = check["cosine"] >= FP32_MIN_COSINE
             tolerance = f"cosine >= {FP32_MIN_COSINE}"
-        elif not name.endswith(".tflite") or _computes_in_float(bundle / "models" / name):
+        elif not name.endswith(".tflite") or float_compute_ops(bundle / "models" / name):
             # ONNX Runtime's int8 kernels are not the same code on x86 (u8s8, VNNI) and ARM
             # (dotprod): the real Lite0 read cosine 0.99977 to x86, not bit-exact. A LiteRT
             # file with float ops runs ARM's float kernels there, last bits apart (a float

@@ -102,14 +102,20 @@ class OpProfile:
         cost = self.full.ms[self.base] - variant.ms[self.base]
         return cost if abs(cost) >= self.noise else 0.0
 
+    def measured(self, float_types: list[str]) -> Variant | None:
+        """The profile's own file with exactly ``float_types`` in float, if it timed one
+        (the latest, head to head, first)."""
+        wanted = sorted(float_types)
+        return next((v for v in [*self.groups, self.full, *self.types]
+                     if sorted(v.float_types) == wanted), None)  # fmt: skip
+
     def predicted(self, float_types: list[str]) -> float:
         """The time (or count) at ``base`` of the int8 file with ``float_types`` in float:
         measured where the profile holds that very file, else full int8 less the measured
         per-type costs (a sum that counts twice what two types save together)."""
-        wanted = sorted(float_types)
-        for v in [*self.groups, self.full, *self.types]:  # the latest (head to head) first
-            if sorted(v.float_types) == wanted:
-                return v.ms[self.base]
+        same = self.measured(float_types)
+        if same is not None:
+            return same.ms[self.base]
         return self.full.ms[self.base] - sum(self.cost(t) for t in float_types)
 
     def gain(self, op_type: str) -> float:

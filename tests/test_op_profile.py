@@ -151,6 +151,36 @@ def test_a_type_one_noisy_round_made_faster_in_float_is_timed_again(
     assert choose(profile, "latency") == choose(profile, "balanced") == expected
 
 
+def test_an_instruction_count_profile_counts_only_the_latency_types_new_file(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Counts do not drift between runs: the group is not counted again, nothing is scaled,
+    and where the latency types are the group no file is counted at all."""
+    from edgevt.op_profile import COUNTS
+    from edgevt.targets import tflite_profile
+    from edgevt.targets.tflite_profile import FULL, GROUP, LATENCY, Candidates, head_to_head
+
+    profile = _levit_like()
+    profile.unit = COUNTS
+    group = ["BATCH_MATMUL", "HARD_SWISH", "MEAN", "SOFTMAX"]
+    profile.groups = [Variant("int8, group float", group, {1: 3.2, 2: 3.2}, 0.9450, 1)]
+    found = Candidates({"fp32": tmp_path / "fp32", FULL: tmp_path / "full", GROUP: tmp_path / "g"},
+                       {}, {}, {}, lambda path, types: None, tmp_path)
+    asked = []
+
+    def run(files: dict[str, Path]) -> dict:
+        asked.append(set(files))
+        return {"fp32": ({1: 7.8, 2: 7.8}, 1.0), LATENCY: ({1: 3.4, 2: 3.4}, 0.9448)}
+
+    monkeypatch.setattr(tflite_profile, "partitions", lambda path: 2)
+    head_to_head(profile, found, run)
+    assert asked == [{"fp32", LATENCY}]
+    assert profile.groups[0].ms[2] == 3.2 and profile.groups[1].ms[2] == 3.4
+    profile.groups = [Variant("g", ["BATCH_MATMUL", "HARD_SWISH", "SOFTMAX"], {2: 3.0}, 0.9, 1)]
+    head_to_head(profile, found, run)
+    assert len(asked) == 1
+
+
 def test_profiles_without_groups_or_partitions_still_load(tmp_path: Path) -> None:
     data = _levit_like().to_dict()
     del data["groups"]

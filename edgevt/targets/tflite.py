@@ -760,10 +760,9 @@ class TfliteTarget(Target):
         timed that very file, else the sum of the measured per-type costs."""
         from edgevt.op_profile import slower_than_fp32, speed_line
 
-        same = [v for v in [profile.full, *profile.types, *profile.groups]
-                if sorted(v.float_types) == chosen]  # fmt: skip
-        if same:  # every thread count the device timed
-            ms, how = same[0].ms, "timed there"
+        same = profile.measured(chosen)
+        if same is not None:  # every thread count the device timed
+            ms, how = same.ms, "timed there"
         else:
             ms = {profile.base: profile.predicted(chosen)}
             how = "predicted from its per-type timings"
