@@ -670,6 +670,9 @@ def format_table(result: DebugResult, top: int | None = None) -> str:
     if result.bisect:
         b = result.bisect
         kept = ", ".join(b["kept_float"]) or "none"
+        also = b.get("also_float") or []
+        if also:  # the target's own rules float these with them
+            kept += f"; the file also keeps {', '.join(also)} in float"
         lines.append(
             f"goal {b['goal']}: {'met' if b['met'] else 'NOT met'} with {len(b['kept_float'])} "
             f"ops in float ({kept}); measured on exported files: {b['measured']:.4g} (as "

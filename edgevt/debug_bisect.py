@@ -3,19 +3,24 @@ reaches the goal, measured on exported files (not on the simulation), written as
 config that `edgevt export --quant-config` takes as is.
 
 1. Rank: each op alone in int8 in edgevt's simulation of the target (``QuantSim``), by the KL
-   divergence of its logits from fp32 (the sensitivity ranking the report charts).
+   divergence of its logits from fp32 (the sensitivity ranking the report charts). Every
+   candidate is simulated as the file the export would write with it: ONNX Runtime's export
+   also keeps in float a conv whose input and output both end up float (``plan_and_quantize``),
+   so keeping EfficientNet's first depthwise conv in float floats the stem as well.
 2. Order: greedily, the op whose return to float lowers that KL most, given the ones already
    chosen (among the ``GREEDY_POOL`` ops that help most alone; the rest follow by rank). Ops
    that hurt together are found together, where ranking each alone misses them.
 3. Bisect: the shortest prefix of that order kept in float whose *exported file* (the same
    table, config and rules, written with those ops in float and run by the target's runner)
-   meets the goal on the images: top-1 drop against their labels (or disagreement with fp32
-   without labels) at most ``max_drop`` points, or logits cosine to fp32 at least ``fix_to``.
+   meets the goal on the images (at most the longest prefix that leaves the file an int8 op):
+   top-1 drop against their labels (or disagreement with fp32 without labels) at most
+   ``max_drop`` points, or logits cosine to fp32 at least ``fix_to``.
 """
 
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +48,8 @@ class BisectResult:
     # (op, simulated KL with it and the ones before it in float): the order the bisection
     # keeps ops in float in
     order: list[tuple[str, float]] = field(default_factory=list)
+    # ops the file keeps in float beside ``kept_float``, by the target's own rules
+    also_float: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -64,43 +71,70 @@ def _kl(p: torch.Tensor, q: torch.Tensor) -> float:
     return float((lp.exp() * (lp - lq)).sum(1).mean())
 
 
-def rank_ops(sim: Any, images: torch.Tensor, reference: torch.Tensor, progress: bool):
-    """(op, KL of the logits when only that op is int8), most sensitive first."""
+Quantized = Callable[[Iterable[str]], set[str]]  # ops kept in float -> ops the file quantizes
+
+
+def file_ops(plugin: Any, inputs: Any, ops: Iterable[str]) -> Quantized:
+    """What the int8 file the target writes with some of ``ops`` in float quantizes."""
+    from edgevt.quant.onnx_qdq import file_quantized_ops
+
+    return file_quantized_ops(inputs.fp32_onnx, inputs.table, inputs.config,
+                              plugin.quantization_rules(), ops)  # fmt: skip
+
+
+def _others(ops: Iterable[str]) -> Quantized:
+    everything = frozenset(ops)
+    return lambda kept: set(everything - set(kept))
+
+
+def rank_ops(sim: Any, images: torch.Tensor, reference: torch.Tensor, progress: bool,
+             quantized: Quantized | None = None):  # fmt: skip
+    """(op, KL of the logits when only that op is int8), most sensitive first (0 for an op the
+    target's file would not quantize alone)."""
     from tqdm import tqdm
 
     ops = sorted(sim.ops)
+    quantized = quantized or _others(ops)
     scores = []
     with torch.no_grad():
         for op in tqdm(ops, desc="rank ops", unit="op", disable=not progress):
-            sim.set_active([op])
+            sim.set_active(quantized(set(ops) - {op}))
             scores.append((op, _kl(reference, sim(images))))
     sim.set_active(ops)
     return sorted(scores, key=lambda s: -s[1])
 
 
-def float_order(sim: Any, images: torch.Tensor, reference: torch.Tensor, progress: bool):
+def float_order(sim: Any, images: torch.Tensor, reference: torch.Tensor, progress: bool,
+                quantized: Quantized | None = None):  # fmt: skip
     """[(op, simulated KL with it and all before it in float)], greedily (see the module
     doc), then the ops the greedy part did not pick, most helpful alone first."""
     from tqdm import tqdm
 
     ops = sorted(sim.ops)
+    quantized = quantized or _others(ops)
 
     def kl_without(kept: list[str]) -> float:
-        sim.set_active(set(ops) - set(kept))
+        sim.set_active(quantized(kept))
         return _kl(reference, sim(images))
+
+    def int8_first(s: tuple[str, float]) -> tuple[bool, float]:
+        # a set the target's file would run wholly in float is the fp32 model: KL 0, but no
+        # int8 file; every set that leaves one comes before it
+        return not quantized([*(op for op, _ in order), s[0]]), s[1]
 
     with torch.no_grad():
         alone = sorted(((op, kl_without([op])) for op in tqdm(
             ops, desc="each op in float", unit="op", disable=not progress)),
             key=lambda s: s[1])  # fmt: skip
-        pool = [op for op, _ in alone[:GREEDY_POOL]]
         order: list[tuple[str, float]] = []
+        alone.sort(key=int8_first)
+        pool = [op for op, _ in alone[:GREEDY_POOL]]
         steps = min(GREEDY_STEPS, len(pool))
         with tqdm(total=steps, desc="greedy float set", unit="op", disable=not progress) as bar:
             for _ in range(steps):
                 kept = [op for op, _ in order]
                 op, kl = min(((op, kl_without([*kept, op])) for op in pool if op not in kept),
-                             key=lambda s: s[1])  # fmt: skip
+                             key=int8_first)  # fmt: skip
                 order.append((op, kl))
                 bar.update()
     sim.set_active(ops)
@@ -139,8 +173,9 @@ def bisect(
                                for i in range(0, len(images), 32)])  # fmt: skip
     sim = plugin.simulation(inputs.fused, inputs.fp32_onnx, inputs.table,
                             inputs.config if inputs.config_given else None, artifact)
-    ranking = rank_ops(sim, images[:RANK_IMAGES], reference[:RANK_IMAGES], progress)
-    order = float_order(sim, images[:RANK_IMAGES], reference[:RANK_IMAGES], progress)
+    quantized = file_ops(plugin, inputs, sim.ops)
+    ranking = rank_ops(sim, images[:RANK_IMAGES], reference[:RANK_IMAGES], progress, quantized)
+    order = float_order(sim, images[:RANK_IMAGES], reference[:RANK_IMAGES], progress, quantized)
     ops = [op for op, _ in order]
     ref = reference.numpy()
 
@@ -169,8 +204,6 @@ def bisect(
 
         def on_file(kept: list[str]) -> float:
             nonlocal checked
-            if len(kept) >= len(ops):  # every op in float: the fp32 model itself
-                return measure(ref)
             path = Path(tmp) / f"k{len(kept)}{plugin.spec.suffix}"
             copy = ArtifactInfo.from_json(info.to_json())
             try:
@@ -183,9 +216,14 @@ def bisect(
 
         as_given = run(artifact)  # the file itself, as exported
         best, value = [], as_given
-        if not met(as_given):
-            lo, hi = 1, len(ops)
-            best, value = list(ops), on_file(list(ops))
+        # The longest prefix whose file still quantizes something (beyond it lies the fp32
+        # model, which no int8 export writes): the bisection's upper end.
+        longest = len(ops) - 1
+        while longest > 0 and not quantized(ops[:longest]):
+            longest -= 1
+        if not met(as_given) and longest:
+            best, value = ops[:longest], on_file(ops[:longest])
+            lo, hi = 1, longest - 1 if met(value) else 0
             while lo <= hi:
                 mid = (lo + hi) // 2
                 v = on_file(ops[:mid])
@@ -199,5 +237,6 @@ def bisect(
     config_path = out / f"{artifact.name}.float.json"
     out.mkdir(parents=True, exist_ok=True)
     write_json(config_path, inputs.config.keep_float(list(best)).to_dict())
+    also = sorted(set(ops) - quantized(best) - set(best)) if best else []
     return BisectResult(goal, list(best), value, as_given, met(value), checked, ranking,
-                        str(config_path), order)  # fmt: skip
+                        str(config_path), order, also)  # fmt: skip

@@ -86,11 +86,15 @@ def bisect_html(result: DebugResult, top: int = 20) -> str:
         return ""
     kept = set(b["kept_float"])
     verdict = "met" if b["met"] else "NOT met"
+    also = b.get("also_float") or []
+    also_text = (f" (the file also keeps {html.escape(', '.join(also))} in float, by the "
+                 "target's own rules)" if also else "")  # fmt: skip
     return (
         f"<h2>Which ops to keep in float</h2><p>Goal: {html.escape(b['goal'])}: {verdict} "
-        f"with {len(kept)} ops in float, measured on exported files ({b['measured']:.4g}; as "
-        f"exported {b['as_given']:.4g}). Config written: <code>{html.escape(b['config'])}"
-        "</code>.</p><h3>Sensitivity: KL of the logits from fp32 with only that op in int8 "
+        f"with {len(kept)} ops in float{also_text}, measured on exported files "
+        f"({b['measured']:.4g}; as exported {b['as_given']:.4g}). Config written: "
+        f"<code>{html.escape(b['config'])}</code>.</p><h3>Sensitivity: KL of the logits from "
+        "fp32 with only that op in int8 "
         f"(simulation; top {top}, red: kept in float)</h3>"
         + _bars([(op, kl) for op, kl in b["ranking"][:top]], "", kept)
         + "<h3>Order the bisection kept ops in float (simulated KL with it and the ones "

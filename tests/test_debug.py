@@ -8,11 +8,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from edgevt import api
 from edgevt.debug import FAITHFUL_COSINE, debug, debug_artifact
 from edgevt.errors import EdgevtError
-from tests.helpers import tiny_model
+from tests.helpers import _register, tiny_model
 
 
 @pytest.fixture(scope="module", params=["onnx", "tensorrt"])
@@ -232,3 +233,56 @@ def test_a_graph_padded_input_is_compared_on_its_unpadded_window() -> None:
     assert [(s.start, s.stop) for s in b[2:]] == [(1, 15), (1, 15)]
     assert _window((4, 96, 14, 14), (4, 96, 14, 14)) is None
     assert _window((4, 8, 20, 20), (4, 96, 14, 14)) is None  # not a padding of it
+
+
+class _Chain(torch.nn.Module):
+    """A stem conv fed by the image, a second conv, a head: keeping ``conv2`` in float leaves
+    the stem between float tensors, which ONNX Runtime's export then floats too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.conv2 = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.act = torch.nn.ReLU6()
+        self.head = torch.nn.Linear(8, 1000)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.act(self.conv2(self.act(self.stem(x)))).mean((2, 3)))
+
+
+def _chain() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return _Chain()
+
+
+def test_candidates_are_simulated_as_the_files_the_export_writes(tmp_path: Path,
+                                                                  calib_dir) -> None:  # fmt: skip
+    """The bisection ranks float sets in the simulation: each must quantize what the file
+    written with that set does. With ``conv2`` float, ONNX Runtime's file floats the stem too
+    (the simulation used to keep it int8: Lite0's first depthwise conv then looked useless to
+    keep in float, though its file lost 2 points less)."""
+    from edgevt.artifact import ArtifactInfo
+    from edgevt.debug import _check_artifact, _run_inputs
+    from edgevt.debug_bisect import file_ops, rank_ops
+    from edgevt.targets import get_target
+
+    name = _register("tiny_chain", _chain)
+    run = tmp_path / "run"
+    api.export(name, "onnx", out=run, int8=True, calib=calib_dir, calib_size=8, progress=False)
+    artifact = run / "model_int8.onnx"
+    info = _check_artifact(artifact, calib_dir, 2, 2)
+    inputs = _run_inputs(artifact, None, info)
+    plugin = get_target("onnx")
+    sim = plugin.simulation(inputs.fused, inputs.fp32_onnx, inputs.table, None, artifact)
+    assert sim.ops == {"stem", "conv2", "head"}
+    quantized = file_ops(plugin, inputs, sim.ops)
+    assert quantized(["conv2"]) == {"head"} and quantized(["head"]) == {"stem", "conv2"}
+    images = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        ranking = dict(rank_ops(sim, images, inputs.fused(images), False, quantized))
+    assert ranking["stem"] == 0 < ranking["conv2"]  # the file would not quantize the stem alone
+    written = ArtifactInfo.from_json(info.to_json())  # the export records its float ops here
+    plugin.int8_variant(run, tmp_path / "v.onnx", inputs.table,
+                        inputs.config.keep_float(["conv2"]), written)  # fmt: skip
+    assert sorted(written.extra["float_ops"]) == ["conv2", "stem"]
+    assert file_ops(get_target("tflite"), inputs, sim.ops)(["conv2"]) == {"stem", "head"}

@@ -26,6 +26,7 @@ is how a node finds its table entry.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -203,6 +204,36 @@ def plan_and_quantize(
         if not idle:
             return plan, qdq
         floated += tuple(idle)
+
+
+def file_quantized_ops(
+    proto: Any, table: CalibrationTable, config: QuantConfig, rules: TargetRules,
+    ops: Iterable[str],
+) -> Callable[[Iterable[str]], set[str]]:  # fmt: skip
+    """ops kept in float -> those of ``ops`` the int8 file exported with them in float
+    quantizes (cached): the other ops, less on ONNX Runtime the convs ``plan_and_quantize``
+    floats because they sit between float tensors (keeping EfficientNet's first depthwise conv
+    in float floats the stem too). What a simulation must quantize to rank float sets."""
+    from edgevt.quant.simulate import op_of
+
+    everything = frozenset(ops)
+    cache: dict[frozenset[str], set[str]] = {}
+
+    def quantized(kept: Iterable[str]) -> set[str]:
+        key = frozenset(kept)
+        if key in cache:
+            return cache[key]
+        if not rules.int8_conv_needs_quantized_output:
+            cache[key] = set(everything - key)
+            return cache[key]
+        try:
+            tensors = quantized_tensors(proto, table, config.keep_float(sorted(key)), rules)
+        except EdgevtError:  # nothing left this target would quantize
+            tensors = []
+        cache[key] = {op_of(k) for t in tensors for k in t.keys} & everything
+        return cache[key]
+
+    return quantized
 
 
 def convs_without_quantized_output(qdq: Any, plan: QdqPlan) -> list[str]:

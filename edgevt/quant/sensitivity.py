@@ -82,11 +82,18 @@ def choose_float_layers(
     labels = np.concatenate([b[1] for b in batches])
     labelled = bool((labels >= 0).all())
     reference = _logits(model, images)
-    fq = QuantSim.for_export(model, fp32_onnx, table, config, rules)
+    import onnx
+
+    from edgevt.quant.onnx_qdq import file_quantized_ops
+
+    proto = onnx.load(str(fp32_onnx))
+    fq = QuantSim.for_export(model, proto, table, config, rules)
     ops = sorted(fq.ops)
+    # each candidate quantizes what the file exported with it would (a target may float more)
+    quantized = file_quantized_ops(proto, table, config, rules, ops)
 
     def drop(kept: list[str]) -> float:
-        fq.set_active(set(ops) - set(kept))
+        fq.set_active(quantized(kept))
         q = _logits(fq, images).argmax(1)
         search.update()
         ref = reference.argmax(1)
@@ -96,7 +103,7 @@ def choose_float_layers(
 
     scores = []
     for op in tqdm(ops, desc="sensitivity", unit="op", disable=not progress):
-        fq.set_active([op])
+        fq.set_active(quantized(set(ops) - {op}))
         scores.append((op, _kl(reference[:n_rank], _logits(fq, images[:n_rank]))))
     ranking = sorted(scores, key=lambda s: -s[1])
     order = [op for op, _ in ranking]
