@@ -74,27 +74,13 @@ def _kl(p: torch.Tensor, q: torch.Tensor) -> float:
 Quantized = Callable[[Iterable[str]], set[str]]  # ops kept in float -> ops the file quantizes
 
 
-def file_ops(plugin: Any, inputs: Any, ops: Iterable[str]) -> Quantized:
-    """What the int8 file the target writes with some of ``ops`` in float quantizes."""
-    from edgevt.quant.onnx_qdq import file_quantized_ops
-
-    return file_quantized_ops(inputs.fp32_onnx, inputs.table, inputs.config,
-                              plugin.quantization_rules(), ops)  # fmt: skip
-
-
-def _others(ops: Iterable[str]) -> Quantized:
-    everything = frozenset(ops)
-    return lambda kept: set(everything - set(kept))
-
-
 def rank_ops(sim: Any, images: torch.Tensor, reference: torch.Tensor, progress: bool,
-             quantized: Quantized | None = None):  # fmt: skip
+             quantized: Quantized):  # fmt: skip
     """(op, KL of the logits when only that op is int8), most sensitive first (0 for an op the
     target's file would not quantize alone)."""
     from tqdm import tqdm
 
     ops = sorted(sim.ops)
-    quantized = quantized or _others(ops)
     scores = []
     with torch.no_grad():
         for op in tqdm(ops, desc="rank ops", unit="op", disable=not progress):
@@ -105,13 +91,12 @@ def rank_ops(sim: Any, images: torch.Tensor, reference: torch.Tensor, progress: 
 
 
 def float_order(sim: Any, images: torch.Tensor, reference: torch.Tensor, progress: bool,
-                quantized: Quantized | None = None):  # fmt: skip
+                quantized: Quantized):  # fmt: skip
     """[(op, simulated KL with it and all before it in float)], greedily (see the module
     doc), then the ops the greedy part did not pick, most helpful alone first."""
     from tqdm import tqdm
 
     ops = sorted(sim.ops)
-    quantized = quantized or _others(ops)
 
     def kl_without(kept: list[str]) -> float:
         sim.set_active(quantized(kept))
@@ -123,11 +108,10 @@ def float_order(sim: Any, images: torch.Tensor, reference: torch.Tensor, progres
         return not quantized([*(op for op, _ in order), s[0]]), s[1]
 
     with torch.no_grad():
+        order: list[tuple[str, float]] = []
         alone = sorted(((op, kl_without([op])) for op in tqdm(
             ops, desc="each op in float", unit="op", disable=not progress)),
-            key=lambda s: s[1])  # fmt: skip
-        order: list[tuple[str, float]] = []
-        alone.sort(key=int8_first)
+            key=int8_first)  # fmt: skip
         pool = [op for op, _ in alone[:GREEDY_POOL]]
         steps = min(GREEDY_STEPS, len(pool))
         with tqdm(total=steps, desc="greedy float set", unit="op", disable=not progress) as bar:
@@ -163,6 +147,7 @@ def bisect(
         raise EdgevtError(f"--fix-to {fix_to}: give a cosine between 0 and 1, e.g. 0.999.")
     from edgevt.artifact import ArtifactInfo
     from edgevt.io import write_json
+    from edgevt.quant.onnx_qdq import file_quantized_ops
     from edgevt.targets import get_target
 
     plugin = get_target(info.target)
@@ -173,7 +158,8 @@ def bisect(
                                for i in range(0, len(images), 32)])  # fmt: skip
     sim = plugin.simulation(inputs.fused, inputs.fp32_onnx, inputs.table,
                             inputs.config if inputs.config_given else None, artifact)
-    quantized = file_ops(plugin, inputs, sim.ops)
+    quantized = file_quantized_ops(inputs.fp32_onnx, inputs.table, inputs.config,
+                                   plugin.quantization_rules(), sim.ops)  # fmt: skip
     ranking = rank_ops(sim, images[:RANK_IMAGES], reference[:RANK_IMAGES], progress, quantized)
     order = float_order(sim, images[:RANK_IMAGES], reference[:RANK_IMAGES], progress, quantized)
     ops = [op for op, _ in order]

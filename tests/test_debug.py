@@ -263,7 +263,10 @@ def test_candidates_are_simulated_as_the_files_the_export_writes(tmp_path: Path,
     keep in float, though its file lost 2 points less)."""
     from edgevt.artifact import ArtifactInfo
     from edgevt.debug import _check_artifact, _run_inputs
-    from edgevt.debug_bisect import file_ops, rank_ops
+    from edgevt.debug_bisect import rank_ops
+    from edgevt.quant.config import QuantConfig
+    from edgevt.quant.onnx_qdq import file_quantized_ops
+    from edgevt.quant.sensitivity import choose_float_layers
     from edgevt.targets import get_target
 
     name = _register("tiny_chain", _chain)
@@ -275,7 +278,8 @@ def test_candidates_are_simulated_as_the_files_the_export_writes(tmp_path: Path,
     plugin = get_target("onnx")
     sim = plugin.simulation(inputs.fused, inputs.fp32_onnx, inputs.table, None, artifact)
     assert sim.ops == {"stem", "conv2", "head"}
-    quantized = file_ops(plugin, inputs, sim.ops)
+    quantized = file_quantized_ops(inputs.fp32_onnx, inputs.table, inputs.config,
+                                   plugin.quantization_rules(), sim.ops)  # fmt: skip
     assert quantized(["conv2"]) == {"head"} and quantized(["head"]) == {"stem", "conv2"}
     images = torch.rand(4, 3, 32, 32)
     with torch.no_grad():
@@ -285,4 +289,12 @@ def test_candidates_are_simulated_as_the_files_the_export_writes(tmp_path: Path,
     plugin.int8_variant(run, tmp_path / "v.onnx", inputs.table,
                         inputs.config.keep_float(["conv2"]), written)  # fmt: skip
     assert sorted(written.extra["float_ops"]) == ["conv2", "stem"]
-    assert file_ops(get_target("tflite"), inputs, sim.ops)(["conv2"]) == {"stem", "head"}
+    litert = get_target("tflite").quantization_rules()  # floats nothing by itself
+    assert file_quantized_ops(inputs.fp32_onnx, inputs.table, inputs.config, litert,
+                              sim.ops)(["conv2"]) == {"stem", "head"}  # fmt: skip
+    # export --max-drop ranks the same way
+    budget = choose_float_layers(inputs.fused, inputs.table, QuantConfig(),
+                                 plugin.quantization_rules(), calib_dir, info.preprocess, 100.0,
+                                 fp32_onnx=run / "model.onnx", n_images=4, n_rank=4,
+                                 progress=False)  # fmt: skip
+    assert dict(budget.ranking)["stem"] == 0 < dict(budget.ranking)["conv2"]

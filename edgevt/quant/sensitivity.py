@@ -72,7 +72,10 @@ def choose_float_layers(
     n_rank: int = 64,
     progress: bool = True,
 ) -> SensitivityResult:
+    import onnx
     from tqdm import tqdm
+
+    from edgevt.quant.onnx_qdq import file_quantized_ops
 
     if data is None or not Path(data).is_dir():
         raise DataError(f"--max-drop needs the calibration images; {data} is not a folder.")
@@ -82,10 +85,6 @@ def choose_float_layers(
     labels = np.concatenate([b[1] for b in batches])
     labelled = bool((labels >= 0).all())
     reference = _logits(model, images)
-    import onnx
-
-    from edgevt.quant.onnx_qdq import file_quantized_ops
-
     proto = onnx.load(str(fp32_onnx))
     fq = QuantSim.for_export(model, proto, table, config, rules)
     ops = sorted(fq.ops)
